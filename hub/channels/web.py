@@ -1,0 +1,248 @@
+"""The web chat: one page, a streamed answer per message, and a stream of later messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hub.channels.base import Channel, ChannelLimits, SendResult
+from hub.events import Audio, ChatRef, Event, File, Image, Message, Text, User, Video
+from hub.settings import WebSettings
+from hub.storage.media import MediaStore
+from hub.storage.web_events import WebEventRepo
+
+log = logging.getLogger("hub.web")
+PAGE = Path(__file__).parent / "static" / "web.html"
+SESSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+MAX_TEXT = 16000
+KEEPALIVE_S = 15.0
+
+SubmitAndWait = Callable[[Event, Any], Awaitable[bool]]
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {body}\n\n".encode()
+
+
+class _SseSink:
+    """The live answer to one POST: chunks and media straight onto the response."""
+
+    def __init__(self, response: web.StreamResponse, render: Callable[[Message], Awaitable[list[dict[str, Any]]]]) -> None:
+        self._response = response
+        self._render = render
+        self._open = True
+        self._lock = asyncio.Lock()
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    async def _write(self, data: bytes) -> None:
+        async with self._lock:
+            try:
+                await self._response.write(data)
+            except (ConnectionError, RuntimeError):
+                self._open = False
+                raise
+
+    async def text(self, delta: str) -> None:
+        await self._write(sse({"content": delta}))
+
+    async def message(self, message: Message) -> None:
+        for item in await self._render(message):
+            await self._write(sse(item))
+
+    async def comment(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._write(b": keep-alive\n\n")
+
+
+class WebChannel(Channel):
+    name = "web"
+    limits = ChannelLimits(text_max=100_000, caption_max=100_000, can_edit=False, can_quote=False)
+
+    def __init__(
+        self,
+        settings: WebSettings,
+        *,
+        events: WebEventRepo,
+        media: MediaStore,
+        submit_and_wait: SubmitAndWait,
+    ) -> None:
+        self._settings = settings
+        self._events = events
+        self._media = media
+        self._submit_and_wait = submit_and_wait
+        self._streams: set[web.StreamResponse] = set()
+        self._closing = asyncio.Event()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.page),
+            web.post("/api/web/chat", self.chat),
+            web.get("/api/web/events", self.events),
+        ]
+
+    async def stop(self) -> None:
+        # Open event streams would hold the server's shutdown: end them.
+        self._closing.set()
+        self._events.wake_all()
+
+    # --- HTTP handlers ------------------------------------------------------------------
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(PAGE, headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"})
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._settings.token is None:
+            return True
+        expected = self._settings.token.get_secret_value()
+        given = request.headers.get("Authorization", "")
+        if given.startswith("Bearer "):
+            given = given[7:]
+        else:
+            given = request.query.get("token", "")
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response({"error": "missing or wrong token"}, status=401)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        session, text = body.get("session"), body.get("text")
+        if not isinstance(session, str) or not SESSION_RE.match(session):
+            return web.json_response({"error": "session must be 1-128 characters of A-Z a-z 0-9 _ . -"}, status=400)
+        if not isinstance(text, str) or not text.strip():
+            return web.json_response({"error": "text must be a non-empty string"}, status=400)
+        if len(text) > MAX_TEXT:
+            return web.json_response({"error": f"text longer than {MAX_TEXT} characters"}, status=400)
+        event_id = body.get("id")
+        if event_id is not None and (not isinstance(event_id, str) or not SESSION_RE.match(event_id)):
+            return web.json_response({"error": "id must be 1-128 characters of A-Z a-z 0-9 _ . -"}, status=400)
+        event = Event(
+            id=event_id or uuid.uuid4().hex,
+            channel="web",
+            chat=ChatRef("web", "private", session),
+            sender=User("web", session, "web user"),
+            message=Message((Text(text),)),
+        )
+        response = _sse_response()
+        await response.prepare(request)
+        sink = _SseSink(response, self.render)
+        keepalive = asyncio.create_task(_keepalive(sink))
+        try:
+            await self._submit_and_wait(event, sink)
+        finally:
+            keepalive.cancel()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write(sse("[DONE]"))
+        return response
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response({"error": "missing or wrong token"}, status=401)
+        session = request.query.get("session", "")
+        if not SESSION_RE.match(session):
+            return web.json_response({"error": "session must be 1-128 characters of A-Z a-z 0-9 _ . -"}, status=400)
+        response = _sse_response()
+        await response.prepare(request)
+        waiter = self._events.waiter(session)
+        try:
+            await response.write(b": connected\n\n")
+            while not self._closing.is_set():
+                waiter.clear()
+                for items in await self._events.take_undelivered(session):
+                    # Claimed rows are lost if this write fails; a closed page is seen at the
+                    # keep-alive first, which runs every few seconds.
+                    await response.write(b"".join(sse(i) for i in items) + sse("[DONE]"))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), timeout=KEEPALIVE_S)
+                if not waiter.is_set():
+                    await response.write(b": keep-alive\n\n")
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._events.release(session, waiter)
+        return response
+
+    # --- sending ------------------------------------------------------------------------
+
+    async def render(self, message: Message) -> list[dict[str, Any]]:
+        """A message as SSE items: media first, then its text as `content`."""
+        items: list[dict[str, Any]] = []
+        texts: list[str] = []
+        for seg in message.segments:
+            if isinstance(seg, Image | Video | Audio | File):
+                items.append({"media": await self._media_item(seg)})
+                if seg.caption:
+                    texts.append(seg.caption)
+            elif isinstance(seg, Text):
+                texts.append(seg.text)
+        text = "".join(texts).strip()
+        if text:
+            items.append({"content": text})
+        return items
+
+    async def _media_item(self, seg: Image | Video | Audio | File) -> dict[str, Any]:
+        url: str | None = None
+        if seg.path:
+            media_id = self._media.id_of_path(seg.path)
+            if media_id is None:
+                stored = await self._media.save_bytes(await asyncio.to_thread(Path(seg.path).read_bytes), name=seg.name, mime=seg.mime)
+                media_id = stored.id
+            url = f"/media/{media_id}"
+        elif seg.data is not None:
+            url = f"/media/{(await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)).id}"
+        else:
+            url = seg.url
+        item: dict[str, Any] = {"type": seg.kind, "url": url}
+        if seg.name:
+            item["name"] = seg.name
+        return item
+
+    async def send(
+        self,
+        target: ChatRef,
+        message: Message,
+        *,
+        quote: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        progress: int = 0,
+        on_progress: Any = None,
+    ) -> SendResult:
+        items = await self.render(message)
+        if not items:
+            return SendResult()
+        row_id = await self._events.add(target.chat_id, items)
+        return SendResult((str(row_id),))
+
+
+def _sse_response() -> web.StreamResponse:
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+
+
+async def _keepalive(sink: _SseSink) -> None:
+    while True:
+        await asyncio.sleep(KEEPALIVE_S)
+        await sink.comment()

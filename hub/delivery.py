@@ -1,0 +1,221 @@
+"""The outbox worker: claims due messages with a lease, sends them, retries with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import timedelta
+
+from hub.channels.base import Channel
+from hub.errors import SendError
+from hub.events import Image, Message, Video, Audio, File
+from hub.metrics import Metrics
+from hub.storage.chats import ChatRepo
+from hub.storage.db import utcnow
+from hub.storage.media import MediaStore
+from hub.storage.outbox import NewMessage, OutboxItem, OutboxRepo
+
+log = logging.getLogger("hub.delivery")
+
+
+def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential backoff with jitter: attempt 1 → ~1 s, doubling, capped."""
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    return delay * random.uniform(0.5, 1.0)
+
+
+class Outbox:
+    """Queue messages for delivery and run the worker that sends them."""
+
+    def __init__(
+        self,
+        repo: OutboxRepo,
+        media: MediaStore,
+        channels: Mapping[str, Channel],
+        chats: ChatRepo,
+        metrics: Metrics,
+        *,
+        max_attempts: int = 10,
+        concurrency: int = 64,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.repo = repo
+        self._media = media
+        self._channels = channels
+        self._chats = chats
+        self._metrics = metrics
+        self.max_attempts = max_attempts
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._poll_s = poll_s
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
+        self._inflight: set[int] = set()
+        self._sends: set[asyncio.Task[None]] = set()
+
+    # --- queueing -------------------------------------------------------------------------
+
+    async def put(self, msg: NewMessage) -> int:
+        """Queue a message durably; returns its outbox id (the existing one for a known key)."""
+        msg = await self._persist_media(msg)
+        item_id = await self.repo.enqueue(msg)
+        self._wake.set()
+        return item_id
+
+    async def record_sent(self, msg: NewMessage) -> int:
+        """Record a message that went out directly (a live stream), so nothing resends it."""
+        return await self.repo.enqueue(await self._persist_media(msg), already_sent=True)
+
+    async def _persist_media(self, msg: NewMessage) -> NewMessage:
+        # Bytes do not belong in a JSON row: store them as media files and keep the path.
+        if not any(isinstance(s, Image | Video | Audio | File) and s.data is not None for s in msg.message.segments):
+            return msg
+        segments = []
+        for seg in msg.message.segments:
+            if isinstance(seg, Image | Video | Audio | File) and seg.data is not None:
+                stored = await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)
+                seg = dataclasses.replace(seg, data=None, path=str(stored.path), size=stored.size)
+            segments.append(seg)
+        return dataclasses.replace(msg, message=Message(tuple(segments)))
+
+    # --- the worker -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="outbox-worker")
+        self._renew_task = asyncio.create_task(self._renew_leases(), name="outbox-renew")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop claiming; give sends under way `grace_s` to finish (the rest resume later)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+        if self._sends:
+            _, pending = await asyncio.wait(self._sends, timeout=grace_s)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._renew_task:
+            self._renew_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renew_task
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            free = self._concurrency - len(self._inflight)
+            items: list[OutboxItem] = []
+            if free > 0:
+                try:
+                    items = await self.repo.claim_due(free)
+                except Exception:
+                    log.exception("event=outbox_claim_failed")
+                    await asyncio.sleep(1)
+                    continue
+            for target, group in _by_target(items).items():
+                self._inflight.update(i.id for i in group)
+                task = asyncio.create_task(self._send_group(group), name=f"send:{target}")
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+            if len(items) >= free > 0:
+                await asyncio.sleep(0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_s)
+            self._wake.clear()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.repo.lease_s / 3)
+            try:
+                await self.repo.renew(list(self._inflight))
+            except Exception:
+                log.exception("event=outbox_renew_failed")
+
+    async def _send_group(self, group: list[OutboxItem]) -> None:
+        """Send one chat's items in order; a failure defers the rest behind it."""
+        try:
+            async with self._slots:
+                for n, item in enumerate(group):
+                    ok = await self._send_one(item)
+                    if not ok:
+                        for later in group[n + 1 :]:
+                            await self.repo.mark_retry(
+                                later.id, attempts=later.attempts, next_at=utcnow() + timedelta(seconds=1), error="waiting for an earlier message"
+                            )
+                        break
+        finally:
+            for item in group:
+                self._inflight.discard(item.id)
+            self._wake.set()
+
+    async def _send_one(self, item: OutboxItem) -> bool:
+        channel = self._channels.get(item.target.channel)
+        attempts = item.attempts + 1
+        started = time.perf_counter()
+        try:
+            if channel is None:
+                raise SendError(f"channel {item.target.channel} is not enabled", retryable=True, retry_after=60)
+
+            async def on_progress(n: int) -> None:
+                await self.repo.set_progress(item.id, n)
+
+            # The one window DESIGN.md allows: dying inside this await may send twice.
+            result = await channel.send(
+                item.target,
+                item.message,
+                quote=item.quote,
+                context=item.context,
+                progress=item.progress,
+                on_progress=on_progress,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return await self._failed(item, attempts, exc)
+        await self.repo.mark_sent(item.id, list(result.message_ids))
+        self._metrics.replies_out.labels(item.target.channel).inc()
+        log.info(
+            "event=sent outbox_id=%d target=%s attempts=%d ms=%.1f",
+            item.id,
+            item.target,
+            attempts,
+            (time.perf_counter() - started) * 1000,
+        )
+        return True
+
+    async def _failed(self, item: OutboxItem, attempts: int, exc: Exception) -> bool:
+        if isinstance(exc, SendError):
+            retryable, retry_after, final_chat = exc.retryable, exc.retry_after, exc.final_for_chat
+        else:
+            # Network errors, timeouts, a platform's garbled answer: worth another try.
+            retryable, retry_after, final_chat = True, None, False
+        reason = f"{type(exc).__name__}: {exc}"
+        final = not retryable or attempts >= self.max_attempts
+        self._metrics.send_failures.labels(item.target.channel, "yes" if final else "no").inc()
+        if final:
+            await self.repo.mark_failed(item.id, attempts=attempts, error=reason)
+            if final_chat:
+                await self._chats.mark_unreachable(str(item.target), reason)
+            log.warning("event=send_failed outbox_id=%d target=%s attempts=%d final=yes error=%r", item.id, item.target, attempts, reason)
+            return False
+        delay = retry_after if retry_after is not None else backoff_delay(attempts)
+        await self.repo.mark_retry(item.id, attempts=attempts, next_at=utcnow() + timedelta(seconds=delay), error=reason)
+        log.info("event=send_retry outbox_id=%d target=%s attempts=%d delay_s=%.1f error=%r", item.id, item.target, attempts, delay, reason)
+        return False
+
+
+def _by_target(items: list[OutboxItem]) -> dict[str, list[OutboxItem]]:
+    groups: dict[str, list[OutboxItem]] = defaultdict(list)
+    for item in items:
+        groups[str(item.target)].append(item)
+    return groups

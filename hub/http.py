@@ -1,0 +1,116 @@
+"""The server's own routes (/healthz, /metrics, /media) and its error middleware."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+from sqlalchemy import text
+
+from hub.channels.base import Channel
+from hub.errors import BadPayload, VerificationFailed
+from hub.inbound import IngressClosed
+from hub.metrics import Metrics
+from hub.storage.db import Database
+from hub.storage.inbox import InboxRepo
+from hub.storage.media import MediaStore
+from hub.storage.outbox import OutboxRepo
+
+log = logging.getLogger("hub.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bad input gets a 4xx with a short reason; nothing a client sends gives a 500."""
+    try:
+        return await handler(request)
+    except VerificationFailed as exc:
+        log.warning("event=verification_failed path=%s reason=%s", request.path, exc)
+        return web.json_response({"error": str(exc)}, status=exc.status)
+    except BadPayload as exc:
+        log.info("event=bad_payload path=%s reason=%s", request.path, exc)
+        return web.json_response({"error": str(exc)}, status=400)
+    except IngressClosed:
+        return web.json_response({"error": "shutting down, try again"}, status=503)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return web.json_response({"error": f"body larger than {exc.max_size} bytes"}, status=413)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.empty_body is False and exc.content_type != "application/json":
+            reason = "no such path" if exc.status == 404 else exc.reason
+            return web.json_response({"error": reason}, status=exc.status, headers=_allow(exc))
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        log.info("event=bad_payload path=%s reason=%r", request.path, exc)
+        return web.json_response({"error": "malformed request body"}, status=400)
+
+
+def _allow(exc: web.HTTPException) -> Mapping[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+class ServerRoutes:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        metrics: Metrics,
+        media: MediaStore,
+        inbox: InboxRepo,
+        outbox: OutboxRepo,
+        channels: Mapping[str, Channel],
+    ) -> None:
+        self._db = db
+        self._metrics = metrics
+        self._media = media
+        self._inbox = inbox
+        self._outbox = outbox
+        self._channels = channels
+        self._started = time.monotonic()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/metrics", self.metrics),
+            web.get("/media/{media_id}", self.media),
+        ]
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        try:
+            async with self._db.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            db_ok = True
+        except Exception as exc:
+            log.warning("event=health_db_failed error=%r", exc)
+            db_ok = False
+        body = {
+            "status": "ok" if db_ok else "degraded",
+            "database": "ok" if db_ok else "unreachable",
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "channels": {name: ch.status() for name, ch in self._channels.items()},
+        }
+        return web.json_response(body, status=200 if db_ok else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        try:
+            self._metrics.inbox_backlog.set(await self._inbox.backlog())
+            self._metrics.outbox_backlog.set(await self._outbox.backlog())
+        except Exception as exc:
+            log.warning("event=metrics_backlog_failed error=%r", exc)
+        return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        stored = await self._media.get(request.match_info["media_id"])
+        if stored is None:
+            return web.json_response({"error": "no such media (it may have expired)"}, status=404)
+        headers = {"Cache-Control": "private, max-age=86400"}
+        if stored.mime:
+            headers["Content-Type"] = stored.mime
+        if stored.name:
+            safe = "".join(c for c in stored.name if c.isprintable() and c not in '"\\')
+            headers["Content-Disposition"] = f'inline; filename="{safe}"'
+        return web.FileResponse(stored.path, headers=headers)

@@ -1,0 +1,322 @@
+"""From the inbox to the router: ordered per-chat lanes, crash recovery, and how replies leave.
+
+`Dispatcher.submit` is the Ingress every channel calls: store (deduplicated), then hand the
+event to a per-chat lane and return, so the channel can ack at once. Events stored but never
+handled (a crash, a kill) are claimed again at start and whenever their lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hub.channels.base import Channel, LiveStream
+from hub.delivery import Outbox
+from hub.errors import HubError
+from hub.events import Event, Message
+from hub.metrics import Metrics
+from hub.skills.base import Replier, ReplyStream
+from hub.storage.db import utcnow
+from hub.storage.inbox import InboxRepo
+from hub.storage.outbox import NewMessage
+
+log = logging.getLogger("hub.inbound")
+
+
+class IngressClosed(HubError):
+    """The hub is shutting down and takes no new events: answer 503 so the platform retries."""
+
+
+class LiveSink(Protocol):
+    """A reply channel held open by the request that asked (the web chat's SSE answer)."""
+
+    @property
+    def open(self) -> bool: ...
+
+    async def text(self, delta: str) -> None: ...
+
+    async def message(self, message: Message) -> None: ...
+
+
+@dataclass(slots=True)
+class _Work:
+    row_id: int
+    event: Event
+    live: LiveSink | None = None
+    done: asyncio.Future[None] | None = None
+
+
+@dataclass(slots=True)
+class _Lane:
+    queue: deque[_Work] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        inbox: InboxRepo,
+        handle: Callable[[Event, Replier], Awaitable[None]],
+        make_replier: Callable[[Event, LiveSink | None], Replier],
+        metrics: Metrics,
+        *,
+        recover_all_at_start: bool,
+        recovery_interval_s: float = 10.0,
+    ) -> None:
+        self._inbox = inbox
+        self._handle = handle
+        self._make_replier = make_replier
+        self._metrics = metrics
+        self._recover_all = recover_all_at_start
+        self._recovery_interval = recovery_interval_s
+        self._lanes: dict[str, _Lane] = {}
+        self._inflight: set[int] = set()
+        self._accepting = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def submit(self, event: Event, live: LiveSink | None = None) -> bool:
+        """Store the event and queue it for handling; False for a duplicate."""
+        work = await self._store(event, live, wait=False)
+        return work is not None
+
+    async def submit_and_wait(self, event: Event, live: LiveSink) -> bool:
+        """Like submit, then wait until the event is handled (its live replies are out)."""
+        work = await self._store(event, live, wait=True)
+        if work is None:
+            return False
+        assert work.done is not None
+        await asyncio.shield(work.done)
+        return True
+
+    async def _store(self, event: Event, live: LiveSink | None, *, wait: bool) -> _Work | None:
+        if not self._accepting:
+            raise IngressClosed("the hub is shutting down")
+        row_id = await self._inbox.store(event)
+        if row_id is None:
+            self._metrics.duplicates.labels(event.channel).inc()
+            log.info("event=duplicate id=%s channel=%s", event.id, event.channel)
+            return None
+        self._metrics.events_in.labels(event.channel).inc()
+        work = _Work(row_id, event, live, asyncio.get_running_loop().create_future() if wait else None)
+        self._enqueue(work)
+        return work
+
+    def _enqueue(self, work: _Work) -> None:
+        self._inflight.add(work.row_id)
+        key = str(work.event.chat)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        lane.queue.append(work)
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._run_lane(key, lane), name=f"lane:{key}")
+
+    async def _run_lane(self, key: str, lane: _Lane) -> None:
+        try:
+            while lane.queue:
+                work = lane.queue[0]
+                try:
+                    await self._handle_one(work)
+                finally:
+                    lane.queue.popleft()
+                    if work.done is not None and not work.done.done():
+                        work.done.set_result(None)
+        finally:
+            lane.task = None
+            if not lane.queue and self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    async def _handle_one(self, work: _Work) -> None:
+        error: str | None = None
+        try:
+            await self._handle(work.event, self._make_replier(work.event, work.live))
+        except asyncio.CancelledError:
+            # Shutting down: leave the row pending, it is handled after restart.
+            self._inflight.discard(work.row_id)
+            raise
+        except Exception as exc:  # the router already catches skill errors; this is a bug guard
+            log.exception("event=handle_failed id=%s", work.event.id)
+            error = repr(exc)
+        self._metrics.handling.labels(work.event.channel).observe(
+            max(0.0, (utcnow() - work.event.received_at).total_seconds())
+        )
+        try:
+            await self._inbox.mark_done(work.row_id, error)
+        finally:
+            self._inflight.discard(work.row_id)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._accepting = True
+        # Pick up what a previous life of this process stored but never handled.
+        await self._recover(take_all=self._recover_all)
+        self._tasks = [
+            asyncio.create_task(self._recovery_loop(), name="inbox-recovery"),
+            asyncio.create_task(self._renew_loop(), name="inbox-renew"),
+        ]
+
+    async def _recover(self, *, take_all: bool = False) -> int:
+        total = 0
+        while True:
+            rows = await self._inbox.claim_stalled(200, take_all=take_all)
+            rows = [r for r in rows if r.id not in self._inflight]
+            for row in rows:
+                log.info("event=recovered id=%s channel=%s attempts=%d", row.event.id, row.event.channel, row.attempts)
+                self._enqueue(_Work(row.id, row.event))
+            total += len(rows)
+            if len(rows) < 200:
+                return total
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._recovery_interval)
+            try:
+                await self._recover()
+            except Exception:
+                log.exception("event=inbox_recovery_failed")
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._inbox.lease_s / 3)
+            try:
+                await self._inbox.renew(list(self._inflight))
+            except Exception:
+                log.exception("event=inbox_renew_failed")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Take no more events; let lanes finish for `grace_s`; the rest stays pending."""
+        self._accepting = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def busy(self) -> int:
+        return len(self._inflight)
+
+
+# --- how a skill's replies leave -------------------------------------------------------------
+
+
+class EventReplier:
+    """Replies to one event: through its live sink when one is open, else the outbox.
+
+    Every reply carries an idempotency key derived from the event, so handling the same event
+    again after a crash queues nothing twice.
+    """
+
+    def __init__(self, event: Event, outbox: Outbox, channel: Channel | None, live: LiveSink | None) -> None:
+        self.event = event
+        self._outbox = outbox
+        self._channel = channel
+        self._live = live
+        self._n = 0
+
+    def new_message(self, message: Message, *, quote: bool = True) -> NewMessage:
+        self._n += 1
+        return NewMessage(
+            target=self.event.chat,
+            message=message,
+            quote=self.event.id if quote else None,
+            context=self.event.context,
+            idempotency_key=f"{self.event.channel}:{self.event.id}:{self._n}",
+        )
+
+    async def reply(self, message: Message, *, quote: bool = True) -> None:
+        new = self.new_message(message, quote=quote)
+        if self._live is not None and self._live.open:
+            try:
+                await self._live.message(message)
+            except (ConnectionError, RuntimeError):
+                pass  # the page went away: deliver through the outbox instead
+            else:
+                await self._outbox.record_sent(new)
+                return
+        await self._outbox.put(new)
+
+    def stream(self) -> ReplyStream:
+        return _Stream(self, self._outbox, self._channel, self._live)
+
+    async def action(self, kind: str = "typing") -> None:
+        if self._channel is None or (self._live is not None and self._live.open):
+            return
+        try:
+            await self._channel.action(self.event.chat, kind)
+        except Exception as exc:  # a cosmetic hint: never worth failing a reply for
+            log.debug("event=action_failed chat=%s error=%r", self.event.chat, exc)
+
+
+class _Stream:
+    def __init__(self, replier: EventReplier, outbox: Outbox, channel: Channel | None, live: LiveSink | None) -> None:
+        self._replier = replier
+        self._outbox = outbox
+        self._channel = channel
+        self._live = live
+        self._parts: list[str] = []
+        self._live_broken = False
+        self._edit: LiveStream | None = None
+        self._edit_failed = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    async def push(self, delta: str) -> None:
+        if not delta:
+            return
+        self._parts.append(delta)
+        if self._live is not None:
+            if self._live.open and not self._live_broken:
+                try:
+                    await self._live.text(delta)
+                except (ConnectionError, RuntimeError):
+                    self._live_broken = True
+            else:
+                self._live_broken = True
+            return
+        if self._channel is None or not self._channel.limits.can_edit or self._edit_failed:
+            return
+        try:
+            if self._edit is None:
+                ev = self._replier.event
+                self._edit = await self._channel.open_stream(ev.chat, quote=ev.id, context=ev.context)
+                if self._edit is None:
+                    self._edit_failed = True
+                    return
+            await self._edit.update(self.text)
+        except Exception as exc:
+            log.info("event=stream_edit_failed chat=%s error=%r", self._replier.event.chat, exc)
+            self._edit_failed = True
+
+    async def finish(self) -> None:
+        text = self.text
+        if not text.strip():
+            return
+        new = self._replier.new_message(Message.of(text))
+        if self._live is not None and not self._live_broken and self._live.open:
+            await self._outbox.record_sent(new)
+            return
+        if self._edit is not None and not self._edit_failed:
+            try:
+                await self._edit.finish(text)
+            except Exception as exc:
+                log.info("event=stream_finish_failed chat=%s error=%r", self._replier.event.chat, exc)
+            else:
+                await self._outbox.record_sent(new)
+                return
+        # Not streamed, or cut off half-way: the whole reply goes through the outbox.
+        await self._outbox.put(new)

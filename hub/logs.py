@@ -1,0 +1,27 @@
+"""Structured logs: one line per event, `key=value` pairs, never secrets or whole payloads."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"{ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        if record.exc_info:
+            # One line per event: fold the traceback.
+            line += " exc=" + repr(self.formatException(record.exc_info))
+        return line
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "sqlalchemy", "alembic", "apscheduler", "httpx", "openai", "aiogram"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,197 @@
+"""The router: who may talk, the group mention rule, command parsing, dispatch to skills."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from hub.events import Event
+from hub.skills.base import CommandObject, Context, Replier, Skill, SkillInfo
+from hub.storage.chats import ChatSettings
+
+log = logging.getLogger("hub.router")
+
+Handler = Callable[[Event, Context], Awaitable[None]]
+Middleware = Callable[[Handler, Event, Context], Awaitable[None]]
+
+APOLOGY = "Sorry, something went wrong while handling that. Please try again in a moment."
+
+
+def parse_command(
+    text: str, bot_names: Sequence[str] = (), aliases: Mapping[str, str] | None = None
+) -> CommandObject | None:
+    """Parse `/name[@bot] args`; None when the text is not a command.
+
+    `aliases` maps an alias (without the slash) to a command name. A `@bot` suffix naming none
+    of `bot_names` marks the command `foreign` (it is for another bot in the group).
+    """
+    text = text.strip()
+    if not text or text[0] not in "/／":
+        return None
+    head, _, args = text[1:].partition(" ")
+    if "\n" in head:
+        head, _, more = head.partition("\n")
+        args = f"{more} {args}".strip() if args else more
+    raw, _, mention = head.partition("@")
+    if not raw:
+        return None
+    name = raw.lower()
+    aliases = aliases or {}
+    lowered = {k.lstrip("/").lower(): v.lstrip("/").lower() for k, v in aliases.items()}
+    name = lowered.get(name, name)
+    foreign = bool(mention) and bool(bot_names) and mention.lower() not in {b.lower().lstrip("@") for b in bot_names}
+    return CommandObject(name=name, args=args.strip(), mention=mention or None, raw_name=raw, foreign=foreign)
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        aliases: Mapping[str, str],
+        bot_names: Callable[[str], Sequence[str]],
+        chat_settings: Callable[[str], Awaitable[ChatSettings]],
+        is_admin: Callable[[str], Awaitable[bool]],
+        is_banned: Callable[[str], Awaitable[bool]],
+    ) -> None:
+        self._aliases = dict(aliases)
+        self._bot_names = bot_names
+        self._chat_settings = chat_settings
+        self._is_admin = is_admin
+        self._is_banned = is_banned
+        self._skills: dict[str, SkillInfo] = {}
+        self._fallback: SkillInfo | None = None
+        self._middlewares: list[Middleware] = []
+        self._refusal_hooks: list[Callable[[Context, str], Awaitable[None]]] = []
+
+    # --- registration -------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        handler: Skill,
+        *,
+        description: str,
+        usage: str = "",
+        aliases: Sequence[str] = (),
+        admin_only: bool = False,
+        skill: str | None = None,
+    ) -> None:
+        info = SkillInfo(name, handler, description, usage or f"/{name}", admin_only, skill, tuple(aliases))
+        self._skills[name] = info
+        for alias in aliases:
+            self._aliases[alias.lstrip("/")] = name
+
+    def set_fallback(self, handler: Skill, *, skill: str = "chat") -> None:
+        """What handles plain text (the chat skill)."""
+        self._fallback = SkillInfo(skill, handler, "chat with the model", "", False, skill)
+
+    def use(self, middleware: Middleware) -> None:
+        """Add a middleware around every skill call; the first added runs outermost."""
+        self._middlewares.append(middleware)
+
+    def on_refusal(self, hook: Callable[[Context, str], Awaitable[None]]) -> None:
+        """Called with the context and a reason whenever the router refuses a command (audit)."""
+        self._refusal_hooks.append(hook)
+
+    @property
+    def skills(self) -> Mapping[str, SkillInfo]:
+        return self._skills
+
+    def available(self, ctx: Context) -> list[SkillInfo]:
+        """The commands this person may use in this chat, for /help."""
+        out = []
+        for info in self._skills.values():
+            if info.admin_only and not ctx.is_admin:
+                continue
+            if info.skill and info.skill in ctx.chat.skills_off:
+                continue
+            out.append(info)
+        return out
+
+    async def help_skill(self, ctx: Context) -> None:
+        lines = ["Commands:"]
+        for info in self.available(ctx):
+            lines.append(f"{info.usage} — {info.description}")
+        if self._fallback and "chat" not in ctx.chat.skills_off:
+            if ctx.event.chat.kind == "group":
+                lines.append("Mention me or reply to me to chat.")
+            else:
+                lines.append("Any other text: chat with me.")
+        await ctx.reply("\n".join(lines))
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    async def handle(self, event: Event, replier: Replier) -> None:
+        """Route one event to its skill. Never raises: a failing skill gets an apology."""
+        started = time.perf_counter()
+        user = event.sender.key
+        if await self._is_banned(user):
+            log.info("event=ignored reason=banned id=%s chat=%s", event.id, event.chat)
+            return
+        command = parse_command(event.message.text, self._bot_names(event.channel), self._aliases)
+        if command is not None and command.foreign:
+            return
+        info: SkillInfo | None
+        if command is None:
+            if not event.addressed or not event.message:
+                return
+            info = self._fallback
+            if info is None or (not event.message.text and not event.message.media):
+                return
+        else:
+            info = self._skills.get(command.name)
+        chat = await self._chat_settings(str(event.chat))
+        ctx = Context(
+            event=event,
+            command=command,
+            chat=chat,
+            is_admin=await self._is_admin(user),
+            replier=replier,
+            skill=(info.skill or info.name) if info else "",
+        )
+        try:
+            if info is None:
+                assert command is not None
+                await ctx.reply(f"Unknown command /{command.raw_name}. Send /help to see what I can do.")
+                return
+            if info.admin_only and not ctx.is_admin:
+                await ctx.reply("Sorry, that command is for the bot's admins only.")
+                for hook in self._refusal_hooks:
+                    await hook(ctx, "not an admin")
+                return
+            if info.skill and info.skill in chat.skills_off:
+                await ctx.reply(f"/{info.name} is switched off in this chat.")
+                return
+            await self._call(info, event, ctx)
+        except Exception:
+            log.exception("event=skill_failed id=%s channel=%s chat=%s skill=%s", event.id, event.channel, event.chat, ctx.skill)
+            try:
+                await ctx.reply(APOLOGY)
+            except Exception:
+                log.exception("event=apology_failed id=%s", event.id)
+        finally:
+            log.info(
+                "event=handled id=%s channel=%s chat=%s skill=%s ms=%.1f",
+                event.id,
+                event.channel,
+                event.chat,
+                ctx.skill or "-",
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _call(self, info: SkillInfo, event: Event, ctx: Context) -> None:
+        async def innermost(_event: Event, c: Context) -> None:
+            await info.handler(c)
+
+        handler: Handler = innermost
+        for mw in reversed(self._middlewares):
+            handler = _bind(mw, handler)
+        await handler(event, ctx)
+
+
+def _bind(mw: Middleware, nxt: Handler) -> Handler:
+    async def call(event: Event, ctx: Context) -> None:
+        await mw(nxt, event, ctx)
+
+    return call

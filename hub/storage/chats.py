@@ -1,0 +1,138 @@
+"""Per-chat settings, users (bans, admins added from the CLI), the audit log and a small key-value store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from hub.storage.db import Database, utcnow
+from hub.storage.models import audit, chats, kv, users
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    ref: str
+    persona: str | None = None
+    model: str | None = None
+    skills_off: frozenset[str] = field(default_factory=frozenset)
+    unreachable: bool = False
+
+
+class ChatRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, ref: str) -> ChatSettings:
+        async with self._db.engine.connect() as conn:
+            r = (await conn.execute(select(chats).where(chats.c.ref == ref))).first()
+        if r is None:
+            return ChatSettings(ref)
+        return ChatSettings(r.ref, r.persona, r.model, frozenset(r.skills_off or ()), bool(r.unreachable))
+
+    async def update(self, ref: str, **values: Any) -> None:
+        """Set columns of a chat's row, creating it first when it does not exist."""
+        now = utcnow()
+        if "skills_off" in values:
+            values["skills_off"] = sorted(values["skills_off"])
+        async with self._db.engine.begin() as conn:
+            stmt = self._db.insert(chats).values(ref=ref, skills_off=[], created_at=now, updated_at=now)
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["ref"]))
+            await conn.execute(update(chats).where(chats.c.ref == ref).values(updated_at=now, **values))
+
+    async def set_skill(self, ref: str, skill: str, on: bool) -> None:
+        current = set((await self.get(ref)).skills_off)
+        (current.discard if on else current.add)(skill)
+        await self.update(ref, skills_off=current)
+
+    async def mark_unreachable(self, ref: str, reason: str) -> None:
+        await self.update(ref, unreachable=True, unreachable_reason=reason[:500])
+
+    async def mark_reachable(self, ref: str) -> None:
+        await self.update(ref, unreachable=False, unreachable_reason=None)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    name: str = ""
+    banned: bool = False
+    is_admin: bool = False
+    allowed: bool = False
+
+
+class UserRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, user_id: str) -> UserRecord:
+        async with self._db.engine.connect() as conn:
+            r = (await conn.execute(select(users).where(users.c.id == user_id))).first()
+        if r is None:
+            return UserRecord(user_id)
+        return UserRecord(r.id, r.name, bool(r.banned), bool(r.is_admin), bool(r.allowed))
+
+    async def set(self, user_id: str, **values: Any) -> None:
+        now = utcnow()
+        async with self._db.engine.begin() as conn:
+            stmt = self._db.insert(users).values(id=user_id, created_at=now, updated_at=now)
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+            await conn.execute(update(users).where(users.c.id == user_id).values(updated_at=now, **values))
+
+    async def admins(self) -> list[str]:
+        async with self._db.engine.connect() as conn:
+            return [r.id for r in await conn.execute(select(users.c.id).where(users.c.is_admin.is_(True)))]
+
+    async def banned(self) -> set[str]:
+        async with self._db.engine.connect() as conn:
+            return {r.id for r in await conn.execute(select(users.c.id).where(users.c.banned.is_(True)))}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    chat: str | None
+    action: str
+    detail: str
+    outcome: str
+
+
+class AuditRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(self, actor: str, action: str, outcome: str, *, chat: str | None = None, detail: str = "") -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                audit.insert().values(
+                    at=utcnow(), actor=actor, chat=chat, action=action, detail=detail[:2000], outcome=outcome
+                )
+            )
+
+    async def recent(self, n: int = 20) -> Sequence[AuditEntry]:
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(select(audit).order_by(audit.c.id.desc()).limit(n))
+            return [AuditEntry(r.id, r.at, r.actor, r.chat, r.action, r.detail, r.outcome) for r in rows]
+
+
+class KeyValueRepo:
+    """Small settings changed at run time (e.g. the default model chosen by an admin)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        async with self._db.engine.connect() as conn:
+            r = (await conn.execute(select(kv.c.value).where(kv.c.key == key))).first()
+        return default if r is None else r.value
+
+    async def set(self, key: str, value: Any) -> None:
+        now = utcnow()
+        async with self._db.engine.begin() as conn:
+            await conn.execute(delete(kv).where(kv.c.key == key))
+            await conn.execute(kv.insert().values(key=key, value=value, updated_at=now))

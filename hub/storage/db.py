@@ -1,0 +1,162 @@
+"""The engine, dialect helpers, and the batching writer that makes one commit serve many events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("hub.storage")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """One engine for the process; repositories take it in their constructor."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            sa_event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.writer = BatchWriter(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.is_sqlite else "postgresql"
+
+    def insert(self, table: Any) -> Any:
+        """An INSERT that knows ON CONFLICT for this dialect."""
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
+
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def close(self) -> None:
+        await self.writer.stop()
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers run while the one writer commits; NORMAL sync is durable across process
+    # crashes (only an OS crash can lose the last commits).
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+BatchFn = Callable[[AsyncConnection, list[Any]], Awaitable[Sequence[Any]]]
+
+
+class BatchWriter:
+    """Collects writes of one kind and commits whatever arrived meanwhile in one transaction.
+
+    `await submit(kind, item)` returns when the item is committed (its result, per the kind's
+    function). While one commit is in flight the next batch gathers, so batches grow with load
+    and an idle hub commits at once.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._kinds: dict[str, BatchFn] = {}
+        self._pending: dict[str, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+
+    def register(self, kind: str, fn: BatchFn) -> None:
+        """`fn(conn, items)` writes all items and returns one result per item, in order."""
+        self._kinds[kind] = fn
+        self._pending.setdefault(kind, [])
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.create_task(self._run(), name="batch-writer")
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def submit(self, kind: str, item: Any) -> Any:
+        if self._task is None:
+            # Not started (a CLI command, a test): write at once.
+            async with self._engine.begin() as conn:
+                return (await self._kinds[kind](conn, [item]))[0]
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[kind].append((item, fut))
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch = {k: v for k, v in self._pending.items() if v}
+            for k in batch:
+                self._pending[k] = []
+            if batch:
+                await self._flush(batch)
+            elif self._closing:
+                return
+
+    async def _flush(self, batch: dict[str, list[tuple[Any, asyncio.Future[Any]]]]) -> None:
+        try:
+            results: dict[str, Sequence[Any]] = {}
+            async with self._engine.begin() as conn:
+                for kind, entries in batch.items():
+                    results[kind] = await self._kinds[kind](conn, [i for i, _ in entries])
+            self.commits += 1
+        except Exception:
+            # One bad item must not sink the others: retry each alone and fail only the culprit.
+            log.exception("event=batch_failed kinds=%s size=%d", ",".join(batch), sum(map(len, batch.values())))
+            for kind, entries in batch.items():
+                for item, fut in entries:
+                    try:
+                        async with self._engine.begin() as conn:
+                            res = (await self._kinds[kind](conn, [item]))[0]
+                        if not fut.done():
+                            fut.set_result(res)
+                    except Exception as exc:
+                        if not fut.done():
+                            fut.set_exception(exc)
+            return
+        for kind, entries in batch.items():
+            for (_, fut), res in zip(entries, results[kind], strict=True):
+                if not fut.done():
+                    fut.set_result(res)
+
+
+async def advisory_lock(conn: AsyncConnection, key: int) -> bool:
+    """Try a PostgreSQL session-level advisory lock on `conn`; SQLite always has it."""
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool((await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar())

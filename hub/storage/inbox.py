@@ -1,0 +1,147 @@
+"""The inbox: every inbound event is stored (deduplicated) before it is acked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from hub.events import Event, event_from_dict, event_to_dict
+from hub.storage.db import Database, utcnow
+from hub.storage.models import inbox
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    id: int
+    event: Event
+    attempts: int
+
+
+class InboxRepo:
+    def __init__(self, db: Database, holder: str, lease_s: float = 30.0) -> None:
+        self._db = db
+        self.holder = holder
+        self.lease_s = lease_s
+        db.writer.register("inbox.store", self._store_batch)
+        db.writer.register("inbox.done", self._done_batch)
+
+    async def store(self, event: Event) -> int | None:
+        """Store one event; the row id when new, None when it is a duplicate. Batched."""
+        result: int | None = await self._db.writer.submit("inbox.store", event)
+        return result
+
+    async def _store_batch(self, conn: AsyncConnection, events: list[Event]) -> Sequence[int | None]:
+        now = utcnow()
+        lease = now + timedelta(seconds=self.lease_s)
+        rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for ev in events:
+            key = (ev.channel, ev.id)
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(
+                {
+                    "channel": ev.channel,
+                    "event_id": ev.id,
+                    "chat": str(ev.chat),
+                    "sender": ev.sender.key,
+                    "payload": event_to_dict(ev),
+                    "status": "pending",
+                    "attempts": 0,
+                    "holder": self.holder,
+                    "lease_until": lease,
+                    "received_at": ev.received_at,
+                }
+            )
+        stmt = (
+            self._db.insert(inbox)
+            .on_conflict_do_nothing(index_elements=["channel", "event_id"])
+            .returning(inbox.c.id, inbox.c.channel, inbox.c.event_id)
+        )
+        new: dict[tuple[str, str], int] = {}
+        if len(rows) == 1:
+            for r in await conn.execute(stmt.values(rows[0])):
+                new[(r.channel, r.event_id)] = r.id
+        else:
+            for r in await conn.execute(stmt, rows):
+                new[(r.channel, r.event_id)] = r.id
+        out: list[int | None] = []
+        for ev in events:
+            out.append(new.pop((ev.channel, ev.id), None))
+        return out
+
+    async def mark_done(self, row_id: int, error: str | None = None) -> None:
+        await self._db.writer.submit("inbox.done", (row_id, error))
+
+    async def _done_batch(self, conn: AsyncConnection, items: list[tuple[int, str | None]]) -> Sequence[None]:
+        now = utcnow()
+        ok = [i for i, e in items if e is None]
+        if ok:
+            await conn.execute(
+                update(inbox)
+                .where(inbox.c.id.in_(ok))
+                .values(status="done", handled_at=now, holder=None, lease_until=None)
+            )
+        for row_id, err in items:
+            if err is not None:
+                await conn.execute(
+                    update(inbox)
+                    .where(inbox.c.id == row_id)
+                    .values(status="failed", handled_at=now, error=err[:2000], holder=None, lease_until=None)
+                )
+        return [None] * len(items)
+
+    async def renew(self, ids: Sequence[int]) -> None:
+        """Extend this process's lease on events it is still handling."""
+        if not ids:
+            return
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(inbox)
+                .where(inbox.c.id.in_(list(ids)), inbox.c.holder == self.holder)
+                .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
+            )
+
+    async def claim_stalled(self, limit: int = 100, *, take_all: bool = False) -> list[InboxRow]:
+        """Claim pending events whose holder's lease expired (or all pending, with take_all).
+
+        `take_all` is for a process that knows it is the database's only user (SQLite at
+        start): whatever is pending was left by its own previous life.
+        """
+        now = utcnow()
+        cond = [inbox.c.status == "pending"]
+        if not take_all:
+            cond.append(or_(inbox.c.lease_until.is_(None), inbox.c.lease_until < now))
+        sub = select(inbox.c.id).where(*cond).order_by(inbox.c.id).limit(limit).with_for_update(skip_locked=True)
+        stmt = (
+            update(inbox)
+            .where(inbox.c.id.in_(sub.scalar_subquery()))
+            .values(
+                holder=self.holder,
+                lease_until=now + timedelta(seconds=self.lease_s),
+                attempts=inbox.c.attempts + 1,
+            )
+            .returning(inbox.c.id, inbox.c.payload, inbox.c.attempts)
+        )
+        async with self._db.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        out = [InboxRow(r.id, event_from_dict(r.payload), r.attempts) for r in rows]
+        out.sort(key=lambda r: r.id)
+        return out
+
+    async def backlog(self) -> int:
+        async with self._db.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).where(inbox.c.status == "pending"))).scalar() or 0)
+
+    async def get(self, channel: str, event_id: str) -> dict[str, Any] | None:
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(select(inbox).where(inbox.c.channel == channel, inbox.c.event_id == event_id))
+            ).first()
+        return dict(row._mapping) if row else None

@@ -1,0 +1,243 @@
+"""The schema, as SQLAlchemy Core tables. Migrations in `migrations/` must match it (a test checks)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python everywhere; SQLite stores naive UTC and drops tzinfo."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use UTC-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+PK = BigInteger().with_variant(Integer, "sqlite")
+metadata = MetaData()
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("channel", String(32), nullable=False),
+    Column("event_id", String(191), nullable=False),
+    Column("chat", String(255), nullable=False),
+    Column("sender", String(255), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("holder", String(64)),
+    Column("lease_until", UTCDateTime()),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("handled_at", UTCDateTime()),
+    Column("error", Text),
+    UniqueConstraint("channel", "event_id", name="uq_inbox_channel_event"),
+)
+Index("ix_inbox_status_lease", inbox.c.status, inbox.c.lease_until)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("target", String(255), nullable=False),
+    Column("message", JSON, nullable=False),
+    Column("quote", String(191)),
+    Column("context", JSON, nullable=False),
+    Column("origin", String(32), nullable=False, server_default="reply"),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("progress", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("holder", String(64)),
+    Column("lease_until", UTCDateTime()),
+    Column("last_error", Text),
+    Column("idempotency_key", String(255), unique=True),
+    Column("sent_ids", JSON),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime()),
+)
+Index("ix_outbox_status_next", outbox.c.status, outbox.c.next_attempt_at)
+
+chats = Table(
+    "chats",
+    metadata,
+    Column("ref", String(255), primary_key=True),
+    Column("persona", String(64)),
+    Column("model", String(64)),
+    Column("skills_off", JSON, nullable=False),
+    Column("unreachable", Boolean, nullable=False, server_default="0"),
+    Column("unreachable_reason", Text),
+    Column("migrated_to", String(255)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("banned", Boolean, nullable=False, server_default="0"),
+    Column("is_admin", Boolean, nullable=False, server_default="0"),
+    Column("allowed", Boolean, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("chat", String(255)),
+    Column("action", String(64), nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("outcome", String(32), nullable=False),
+)
+Index("ix_audit_at", audit.c.at)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(8), primary_key=True),
+    Column("origin", String(255), unique=True),
+    Column("owner", String(255), nullable=False),
+    Column("chat", String(255), nullable=False),
+    Column("quote", String(191)),
+    Column("context", JSON, nullable=False),
+    Column("skill", String(16), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("provider_job_id", String(255)),
+    Column("prompt", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_poll_at", UTCDateTime()),
+    Column("holder", String(64)),
+    Column("lease_until", UTCDateTime()),
+    Column("result", JSON),
+    Column("error", Text),
+    Column("progress_noted", Boolean, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("submitted_at", UTCDateTime()),
+    Column("deadline_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+)
+Index("ix_jobs_state_next", jobs.c.state, jobs.c.next_poll_at)
+Index("ix_jobs_owner", jobs.c.owner, jobs.c.created_at)
+
+memory = Table(
+    "memory",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("chat", String(255), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("name", String(255)),
+    Column("content", Text, nullable=False),
+    Column("tokens", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+Index("ix_memory_chat", memory.c.chat, memory.c.id)
+
+personas = Table(
+    "personas",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("data", JSON, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("user", String(255), primary_key=True),
+    Column("skill", String(16), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("count", Integer, nullable=False, server_default="0"),
+)
+
+quotas = Table(
+    "quotas",
+    metadata,
+    Column("subject", String(255), primary_key=True),
+    Column("skill", String(16), primary_key=True),
+    Column("per_day", Integer, nullable=False),
+)
+
+pairing = Table(
+    "pairing",
+    metadata,
+    Column("code", String(16), primary_key=True),
+    Column("user", String(255), nullable=False),
+    Column("chat", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("approved_at", UTCDateTime()),
+    Column("approved_by", String(255)),
+)
+
+web_events = Table(
+    "web_events",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("session", String(128), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+)
+Index("ix_web_events_session", web_events.c.session, web_events.c.id)
+
+media = Table(
+    "media",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("name", String(255)),
+    Column("mime", String(127)),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+Index("ix_media_created", media.c.created_at)
+
+kv = Table(
+    "kv",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)

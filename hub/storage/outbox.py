@@ -1,0 +1,211 @@
+"""The outbox: every outgoing message, claimed with a lease, sent with retries, marked sent once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from hub.events import ChatRef, Message, message_from_list, message_to_list
+from hub.storage.db import Database, utcnow
+from hub.storage.models import outbox
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to queue. `idempotency_key` makes a second enqueue of it a no-op."""
+
+    target: ChatRef
+    message: Message
+    quote: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    origin: str = "reply"
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    target: ChatRef
+    message: Message
+    quote: str | None
+    context: Mapping[str, Any]
+    origin: str
+    attempts: int
+    progress: int
+    idempotency_key: str | None
+    created_at: datetime
+
+
+def _row_to_item(r: Any) -> OutboxItem:
+    return OutboxItem(
+        id=r.id,
+        target=ChatRef.parse(r.target),
+        message=message_from_list(r.message),
+        quote=r.quote,
+        context=r.context or {},
+        origin=r.origin,
+        attempts=r.attempts,
+        progress=r.progress,
+        idempotency_key=r.idempotency_key,
+        created_at=r.created_at,
+    )
+
+
+class OutboxRepo:
+    def __init__(self, db: Database, holder: str, lease_s: float = 30.0) -> None:
+        self._db = db
+        self.holder = holder
+        self.lease_s = lease_s
+        db.writer.register("outbox.enqueue", self._enqueue_batch)
+        db.writer.register("outbox.sent", self._sent_batch)
+
+    async def enqueue(self, msg: NewMessage, *, already_sent: bool = False) -> int:
+        """Queue a message (batched); returns its id, or the existing id for a known key.
+
+        `already_sent` records a message that went out directly (a live stream) so that
+        nothing sends it again.
+        """
+        result: int = await self._db.writer.submit("outbox.enqueue", (msg, already_sent))
+        return result
+
+    async def _enqueue_batch(
+        self, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]
+    ) -> Sequence[int]:
+        now = utcnow()
+        rows = [
+            {
+                "target": str(m.target),
+                "message": message_to_list(m.message),
+                "quote": m.quote,
+                "context": dict(m.context),
+                "origin": m.origin,
+                "status": "sent" if sent else "pending",
+                "attempts": 0,
+                "progress": 0,
+                "next_attempt_at": now,
+                "idempotency_key": m.idempotency_key,
+                "created_at": now,
+                "sent_at": now if sent else None,
+            }
+            for m, sent in items
+        ]
+        ids: list[int | None] = [None] * len(rows)
+        keyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is not None]
+        unkeyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
+        if unkeyed:
+            stmt = self._db.insert(outbox).returning(outbox.c.id)
+            for i in unkeyed:
+                ids[i] = (await conn.execute(stmt.values(rows[i]))).scalar_one()
+        if keyed:
+            stmt = (
+                self._db.insert(outbox)
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                .returning(outbox.c.id, outbox.c.idempotency_key)
+            )
+            by_key: dict[str, int] = {}
+            batch = [rows[i] for i in keyed]
+            result = await (conn.execute(stmt.values(batch[0])) if len(batch) == 1 else conn.execute(stmt, batch))
+            for r in result:
+                by_key[r.idempotency_key] = r.id
+            missing = [rows[i]["idempotency_key"] for i in keyed if rows[i]["idempotency_key"] not in by_key]
+            if missing:
+                q = select(outbox.c.id, outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(missing))
+                for r in await conn.execute(q):
+                    by_key[r.idempotency_key] = r.id
+            for i in keyed:
+                ids[i] = by_key[rows[i]["idempotency_key"]]
+        return [int(i) for i in ids if i is not None]
+
+    async def claim_due(self, limit: int) -> list[OutboxItem]:
+        now = utcnow()
+        sub = (
+            select(outbox.c.id)
+            .where(
+                outbox.c.status == "pending",
+                outbox.c.next_attempt_at <= now,
+                or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(outbox)
+            .where(outbox.c.id.in_(sub.scalar_subquery()))
+            .values(holder=self.holder, lease_until=now + timedelta(seconds=self.lease_s))
+            .returning(*outbox.c)
+        )
+        async with self._db.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        items = [_row_to_item(r) for r in rows]
+        items.sort(key=lambda i: i.id)
+        return items
+
+    async def next_due_at(self) -> datetime | None:
+        async with self._db.engine.connect() as conn:
+            return (
+                await conn.execute(select(func.min(outbox.c.next_attempt_at)).where(outbox.c.status == "pending"))
+            ).scalar()
+
+    async def mark_sent(self, item_id: int, sent_ids: Sequence[str] = ()) -> None:
+        await self._db.writer.submit("outbox.sent", (item_id, list(sent_ids)))
+
+    async def _sent_batch(self, conn: AsyncConnection, items: list[tuple[int, list[str]]]) -> Sequence[None]:
+        now = utcnow()
+        for item_id, sent_ids in items:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == item_id, outbox.c.status == "pending")
+                .values(status="sent", sent_at=now, sent_ids=sent_ids, holder=None, lease_until=None)
+            )
+        return [None] * len(items)
+
+    async def set_progress(self, item_id: int, progress: int) -> None:
+        """Record how many parts of a split message went out, so a retry skips them."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(update(outbox).where(outbox.c.id == item_id).values(progress=progress))
+
+    async def renew(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(list(ids)), outbox.c.holder == self.holder)
+                .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
+            )
+
+    async def mark_retry(self, item_id: int, *, attempts: int, next_at: datetime, error: str) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == item_id)
+                .values(attempts=attempts, next_attempt_at=next_at, last_error=error[:2000], holder=None, lease_until=None)
+            )
+
+    async def mark_failed(self, item_id: int, *, attempts: int, error: str) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == item_id)
+                .values(status="failed", attempts=attempts, last_error=error[:2000], holder=None, lease_until=None)
+            )
+
+    async def backlog(self) -> int:
+        async with self._db.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).where(outbox.c.status == "pending"))).scalar() or 0)
+
+    async def failures_since(self, since: datetime) -> int:
+        async with self._db.engine.connect() as conn:
+            q = select(func.count()).where(outbox.c.status == "failed", outbox.c.created_at >= since)
+            return int((await conn.execute(q)).scalar() or 0)
+
+    async def all_rows(self) -> list[dict[str, Any]]:
+        """Every row, oldest first: for tests and `/admin` listings."""
+        async with self._db.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(select(outbox).order_by(outbox.c.id))]

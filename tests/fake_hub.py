@@ -1,0 +1,43 @@
+"""Run the real hub with the test platform added: `python tests/fake_hub.py CONFIG API_BASE`.
+
+Used by tests that kill a real hub process. Prints the same "Hub listening" line as `hub run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from aiohttp import web  # noqa: E402
+from fakechan import FakeChannel  # noqa: E402
+
+from hub.app import HUB_KEY, build_app  # noqa: E402
+from hub.logs import setup_logging  # noqa: E402
+from hub.settings import load_settings  # noqa: E402
+
+
+async def main(config: str, api_base: str) -> None:
+    setup_logging("info")
+    settings = load_settings(config)
+    channel = FakeChannel(api_base)
+    app = build_app(settings, extra_channels=[channel], lease_s=3.0, recovery_interval_s=1.0)
+    channel.bind(app[HUB_KEY].dispatcher)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"Hub listening on http://127.0.0.1:{port}/", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
