@@ -36,8 +36,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response({"error": str(exc)}, status=400)
     except IngressClosed:
         return web.json_response({"error": "shutting down, try again"}, status=503)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return web.json_response({"error": f"body larger than {exc.max_size} bytes"}, status=413)
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response({"error": f"body larger than {request.client_max_size} bytes"}, status=413)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.empty_body is False and exc.content_type != "application/json":
             reason = "no such path" if exc.status == 404 else exc.reason

@@ -6,6 +6,7 @@ Used by tests that kill a real hub process. Prints the same "Hub listening" line
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from fakechan import FakeChannel  # noqa: E402
 from hub.app import HUB_KEY, build_app  # noqa: E402
 from hub.logs import setup_logging  # noqa: E402
 from hub.settings import load_settings  # noqa: E402
+from hub.skills.base import Context  # noqa: E402
 
 
 async def main(config: str, api_base: str) -> None:
@@ -26,7 +28,16 @@ async def main(config: str, api_base: str) -> None:
     settings = load_settings(config)
     channel = FakeChannel(api_base)
     app = build_app(settings, extra_channels=[channel], lease_s=3.0, recovery_interval_s=1.0)
-    channel.bind(app[HUB_KEY].dispatcher)
+    hub = app[HUB_KEY]
+    channel.bind(hub.dispatcher)
+    slow_s = float(os.environ.get("FAKE_SLOW_S", "0"))
+
+    async def slow(ctx: Context) -> None:
+        # A skill that takes its time: lets a test kill the process mid-handling.
+        await asyncio.sleep(slow_s)
+        await ctx.reply(f"slow done: {ctx.args}")
+
+    hub.router.register("slow", slow, description="answer after FAKE_SLOW_S seconds")
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

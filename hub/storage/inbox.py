@@ -27,12 +27,15 @@ class InboxRepo:
         self._db = db
         self.holder = holder
         self.lease_s = lease_s
-        db.writer.register("inbox.store", self._store_batch)
-        db.writer.register("inbox.done", self._done_batch)
+        # Kinds are per repository: two repos on one database keep their own settings.
+        self._k_store = f"inbox.store:{id(self)}"
+        self._k_done = f"inbox.done:{id(self)}"
+        db.writer.register(self._k_store, self._store_batch)
+        db.writer.register(self._k_done, self._done_batch)
 
     async def store(self, event: Event) -> int | None:
         """Store one event; the row id when new, None when it is a duplicate. Batched."""
-        result: int | None = await self._db.writer.submit("inbox.store", event)
+        result: int | None = await self._db.writer.submit(self._k_store, event)
         return result
 
     async def _store_batch(self, conn: AsyncConnection, events: list[Event]) -> Sequence[int | None]:
@@ -77,7 +80,7 @@ class InboxRepo:
         return out
 
     async def mark_done(self, row_id: int, error: str | None = None) -> None:
-        await self._db.writer.submit("inbox.done", (row_id, error))
+        await self._db.writer.submit(self._k_done, (row_id, error))
 
     async def _done_batch(self, conn: AsyncConnection, items: list[tuple[int, str | None]]) -> Sequence[None]:
         now = utcnow()

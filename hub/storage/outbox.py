@@ -61,8 +61,11 @@ class OutboxRepo:
         self._db = db
         self.holder = holder
         self.lease_s = lease_s
-        db.writer.register("outbox.enqueue", self._enqueue_batch)
-        db.writer.register("outbox.sent", self._sent_batch)
+        # Kinds are per repository: two repos on one database keep their own settings.
+        self._k_enqueue = f"outbox.enqueue:{id(self)}"
+        self._k_sent = f"outbox.sent:{id(self)}"
+        db.writer.register(self._k_enqueue, self._enqueue_batch)
+        db.writer.register(self._k_sent, self._sent_batch)
 
     async def enqueue(self, msg: NewMessage, *, already_sent: bool = False) -> int:
         """Queue a message (batched); returns its id, or the existing id for a known key.
@@ -70,7 +73,7 @@ class OutboxRepo:
         `already_sent` records a message that went out directly (a live stream) so that
         nothing sends it again.
         """
-        result: int = await self._db.writer.submit("outbox.enqueue", (msg, already_sent))
+        result: int = await self._db.writer.submit(self._k_enqueue, (msg, already_sent))
         return result
 
     async def _enqueue_batch(
@@ -153,7 +156,7 @@ class OutboxRepo:
             ).scalar()
 
     async def mark_sent(self, item_id: int, sent_ids: Sequence[str] = ()) -> None:
-        await self._db.writer.submit("outbox.sent", (item_id, list(sent_ids)))
+        await self._db.writer.submit(self._k_sent, (item_id, list(sent_ids)))
 
     async def _sent_batch(self, conn: AsyncConnection, items: list[tuple[int, list[str]]]) -> Sequence[None]:
         now = utcnow()

@@ -1,0 +1,149 @@
+"""Storage on SQLite and on the local PostgreSQL: the same repositories, the same promises."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from harness import pg_database
+from sqlalchemy import text
+
+from hub.events import ChatRef, Event, Message, User
+from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
+from hub.storage.db import Database, utcnow
+from hub.storage.inbox import InboxRepo
+from hub.storage.media import MediaStore, MediaTooLarge
+from hub.storage.migrate import HEAD, current_revision, migrate
+from hub.storage.outbox import NewMessage, OutboxRepo
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        database = Database(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}")
+        await migrate(database)
+        await database.start()
+        yield database
+        await database.close()
+    else:
+        async with pg_database() as url:
+            database = Database(url)
+            await migrate(database)
+            await database.start()
+            yield database
+            await database.close()
+
+
+def _event(i: int | str, chat: str = "c1") -> Event:
+    return Event(
+        id=str(i), channel="fake", chat=ChatRef("fake", "private", chat), sender=User("fake", "u1"), message=Message.of(f"m{i}")
+    )
+
+
+async def test_migration_reaches_head_and_is_idempotent(db: Database) -> None:
+    assert await current_revision(db) == HEAD
+    assert await migrate(db) is False
+
+
+async def test_inbox_deduplicates_on_channel_and_event_id(db: Database) -> None:
+    inbox = InboxRepo(db, "h1")
+    first = await asyncio.gather(*(inbox.store(_event(i)) for i in range(20)))
+    assert all(r is not None for r in first)
+    again = await asyncio.gather(*(inbox.store(_event(i)) for i in range(20)), inbox.store(_event(5)))
+    assert again == [None] * 21
+    # Duplicates inside one batch: exactly one of them is new.
+    both = await asyncio.gather(inbox.store(_event("x")), inbox.store(_event("x")))
+    assert sorted(both, key=lambda v: v is None)[1] is None and any(both)
+    assert await inbox.backlog() == 21
+
+
+async def test_inbox_stalled_events_are_claimed_after_the_lease(db: Database) -> None:
+    a = InboxRepo(db, "a", lease_s=0.2)
+    b = InboxRepo(db, "b", lease_s=30)
+    row = await a.store(_event(1))
+    assert row is not None
+    assert await b.claim_stalled() == []  # a's lease still holds
+    await asyncio.sleep(0.3)
+    claimed = await b.claim_stalled()
+    assert [r.event.id for r in claimed] == ["1"] and claimed[0].attempts == 1
+    assert await a.claim_stalled() == []  # b holds it now
+    await b.mark_done(claimed[0].id)
+    assert await b.backlog() == 0
+
+
+async def test_outbox_idempotency_key_and_claims(db: Database) -> None:
+    repo = OutboxRepo(db, "h1")
+    target = ChatRef("fake", "group", "g1")
+    ids = await asyncio.gather(
+        *(repo.enqueue(NewMessage(target, Message.of(f"t{i}"), idempotency_key=f"k{i % 3}")) for i in range(9))
+    )
+    assert len(set(ids)) == 3
+    plain = await repo.enqueue(NewMessage(target, Message.of("no key")))
+    assert plain not in ids
+    other = OutboxRepo(db, "h2")
+    first = await repo.claim_due(10)
+    assert len(first) == 4
+    assert await other.claim_due(10) == []  # leased
+    assert first[0].message.text == "t0" and first[0].target == target
+    await repo.mark_sent(first[0].id, ["m1"])
+    await repo.mark_sent(first[0].id, ["m2"])  # a second mark changes nothing
+    await repo.mark_retry(first[1].id, attempts=1, next_at=utcnow() + timedelta(hours=1), error="429")
+    await repo.mark_failed(first[2].id, attempts=10, error="gone")
+    rows = {r["id"]: r for r in await repo.all_rows()}
+    assert rows[first[0].id]["status"] == "sent" and rows[first[0].id]["sent_ids"] == ["m1"]
+    assert rows[first[1].id]["status"] == "pending" and rows[first[1].id]["last_error"] == "429"
+    assert rows[first[2].id]["status"] == "failed"
+    assert await repo.backlog() == 2
+
+
+async def test_outbox_claims_do_not_overlap_between_holders(db: Database) -> None:
+    target = ChatRef("fake", "private", "p")
+    repos = [OutboxRepo(db, f"h{i}") for i in range(4)]
+    await asyncio.gather(*(repos[0].enqueue(NewMessage(target, Message.of(str(i)))) for i in range(200)))
+    claimed = await asyncio.gather(*(r.claim_due(30) for r in repos for _ in range(3)))
+    ids = [i.id for batch in claimed for i in batch]
+    assert len(ids) == len(set(ids))
+    assert len(ids) == 200 if db.is_sqlite else len(ids) <= 200
+
+
+async def test_chats_users_audit_kv(db: Database) -> None:
+    chats, users, audit, kv = ChatRepo(db), UserRepo(db), AuditRepo(db), KeyValueRepo(db)
+    assert (await chats.get("fake:group:1")).skills_off == frozenset()
+    await chats.set_skill("fake:group:1", "video", on=False)
+    await chats.update("fake:group:1", persona="Mei")
+    got = await chats.get("fake:group:1")
+    assert got.skills_off == {"video"} and got.persona == "Mei"
+    assert (await chats.get("fake:group:2")).skills_off == frozenset()
+    await users.set("telegram:1", banned=True)
+    await users.set("telegram:2", is_admin=True)
+    assert await users.banned() == {"telegram:1"}
+    assert await users.admins() == ["telegram:2"]
+    await audit.record("telegram:3", "admin ban", "refused", chat="telegram:private:3", detail="telegram:1")
+    (entry,) = await audit.recent(5)
+    assert (entry.actor, entry.outcome) == ("telegram:3", "refused")
+    assert entry.at.tzinfo is not None
+    await kv.set("default_model", "qwen")
+    await kv.set("default_model", "gpt")
+    assert await kv.get("default_model") == "gpt"
+
+
+async def test_media_store_caps_size_and_expires(db: Database, tmp_path: Path) -> None:
+    store = MediaStore(db, tmp_path / "media", retention_days=7)
+    saved = await store.save_bytes(b"hello", name="a.txt")
+    assert (await store.get(saved.id)) is not None and saved.mime == "text/plain"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x" * 1000
+
+    with pytest.raises(MediaTooLarge):
+        await store.save_stream(chunks(), max_bytes=5000)
+    assert sorted(p.name for p in (tmp_path / "media").iterdir()) == [saved.id]
+    async with db.engine.begin() as conn:
+        await conn.execute(text("UPDATE media SET created_at = :t"), {"t": (utcnow() - timedelta(days=8)).replace(tzinfo=None)})
+    assert await store.expire() == 1
+    assert await store.get(saved.id) is None
+    assert await store.get("../../etc/passwd") is None
