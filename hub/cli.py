@@ -16,7 +16,6 @@ from hub.settings import Settings, describe, load_settings
 log = logging.getLogger("hub.cli")
 
 
-
 def _load(path: str | None) -> Settings | None:
     try:
         return load_settings(path)

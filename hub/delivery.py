@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from hub.channels.base import Channel
 from hub.errors import SendError
-from hub.events import Image, Message, Video, Audio, File
+from hub.events import Audio, File, Image, Message, Video
 from hub.metrics import Metrics
 from hub.storage.chats import ChatRepo
 from hub.storage.db import utcnow
@@ -150,7 +150,10 @@ class Outbox:
                     if not ok:
                         for later in group[n + 1 :]:
                             await self.repo.mark_retry(
-                                later.id, attempts=later.attempts, next_at=utcnow() + timedelta(seconds=1), error="waiting for an earlier message"
+                                later.id,
+                                attempts=later.attempts,
+                                next_at=utcnow() + timedelta(seconds=1),
+                                error="waiting for an earlier message",
                             )
                         break
         finally:
@@ -206,11 +209,26 @@ class Outbox:
             await self.repo.mark_failed(item.id, attempts=attempts, error=reason)
             if final_chat:
                 await self._chats.mark_unreachable(str(item.target), reason)
-            log.warning("event=send_failed outbox_id=%d target=%s attempts=%d final=yes error=%r", item.id, item.target, attempts, reason)
+            log.warning(
+                "event=send_failed outbox_id=%d target=%s attempts=%d final=yes error=%r",
+                item.id,
+                item.target,
+                attempts,
+                reason,
+            )
             return False
         delay = retry_after if retry_after is not None else backoff_delay(attempts)
-        await self.repo.mark_retry(item.id, attempts=attempts, next_at=utcnow() + timedelta(seconds=delay), error=reason)
-        log.info("event=send_retry outbox_id=%d target=%s attempts=%d delay_s=%.1f error=%r", item.id, item.target, attempts, delay, reason)
+        await self.repo.mark_retry(
+            item.id, attempts=attempts, next_at=utcnow() + timedelta(seconds=delay), error=reason
+        )
+        log.info(
+            "event=send_retry outbox_id=%d target=%s attempts=%d delay_s=%.1f error=%r",
+            item.id,
+            item.target,
+            attempts,
+            delay,
+            reason,
+        )
         return False
 
 

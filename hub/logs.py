@@ -10,7 +10,9 @@ import time
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        line = (
+            f"{ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        )
         if record.exc_info:
             # One line per event: fold the traceback.
             line += " exc=" + repr(self.formatException(record.exc_info))

@@ -10,10 +10,15 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events_in = Counter("hub_events_in", "Inbound events stored, by channel", ["channel"], registry=r)
-        self.duplicates = Counter("hub_events_duplicate", "Inbound events dropped as duplicates", ["channel"], registry=r)
+        self.duplicates = Counter(
+            "hub_events_duplicate", "Inbound events dropped as duplicates", ["channel"], registry=r
+        )
         self.replies_out = Counter("hub_replies_out", "Messages delivered, by channel", ["channel"], registry=r)
         self.send_failures = Counter(
-            "hub_send_failures", "Send attempts that failed, by channel and whether final", ["channel", "final"], registry=r
+            "hub_send_failures",
+            "Send attempts that failed, by channel and whether final",
+            ["channel", "final"],
+            registry=r,
         )
         self.handling = Histogram(
             "hub_handling_seconds",

@@ -15,7 +15,7 @@ class People:
         self._ttl = ttl_s
         self._loaded_at = -1e9
         self._db_admins: set[str] = set()
-        self._banned: set[str] = set()
+        self._banned: frozenset[str] = frozenset()
 
     async def _refresh(self) -> None:
         # Short TTL: a ban or an admin added by another process takes effect within seconds.

@@ -165,7 +165,9 @@ class Router:
                 return
             await self._call(info, event, ctx)
         except Exception:
-            log.exception("event=skill_failed id=%s channel=%s chat=%s skill=%s", event.id, event.channel, event.chat, ctx.skill)
+            log.exception(
+                "event=skill_failed id=%s channel=%s chat=%s skill=%s", event.id, event.channel, event.chat, ctx.skill
+            )
             try:
                 await ctx.reply(APOLOGY)
             except Exception:

@@ -14,13 +14,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aiohttp import web  # noqa: E402
-from fakechan import FakeChannel  # noqa: E402
+from aiohttp import web
+from fakechan import FakeChannel
 
-from hub.app import HUB_KEY, build_app  # noqa: E402
-from hub.logs import setup_logging  # noqa: E402
-from hub.settings import load_settings  # noqa: E402
-from hub.skills.base import Context  # noqa: E402
+from hub.app import HUB_KEY, build_app
+from hub.logs import setup_logging
+from hub.settings import load_settings
+from hub.skills.base import Context
 
 
 async def main(config: str, api_base: str) -> None:

@@ -124,14 +124,18 @@ class FakeServer:
 
     def calls(self, path: str | None = None, method: str | None = None) -> list[Recorded]:
         return [
-            r for r in self.requests if (path is None or r.path == path) and (method is None or r.method == method.upper())
+            r
+            for r in self.requests
+            if (path is None or r.path == path) and (method is None or r.method == method.upper())
         ]
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s; requests: {[r.path for r in self.requests]}")
+                raise AssertionError(
+                    f"condition not met within {timeout}s; requests: {[r.path for r in self.requests]}"
+                )
             self.changed.clear()
             try:
                 await asyncio.wait_for(self.changed.wait(), timeout=0.05)
@@ -334,7 +338,7 @@ class HubProcess:
     async def start(self, timeout: float = 20.0) -> str:
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HUB_")}
         env.update(self.env)
-        log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process's life
+        log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, *self.args], cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=log, text=True
         )

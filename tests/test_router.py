@@ -47,7 +47,9 @@ class _Replier:
         pass
 
 
-def _router(banned: set[str] = frozenset(), admins: set[str] = frozenset(), off: frozenset[str] = frozenset()) -> Router:
+def _router(
+    banned: set[str] = frozenset(), admins: set[str] = frozenset(), off: frozenset[str] = frozenset()
+) -> Router:
     async def chat_settings(ref: str) -> ChatSettings:
         return ChatSettings(ref, skills_off=off)
 
@@ -57,7 +59,9 @@ def _router(banned: set[str] = frozenset(), admins: set[str] = frozenset(), off:
     async def is_banned(u: str) -> bool:
         return u in banned
 
-    r = Router(aliases={}, bot_names=lambda _c: ["MyBot"], chat_settings=chat_settings, is_admin=is_admin, is_banned=is_banned)
+    r = Router(
+        aliases={}, bot_names=lambda _c: ["MyBot"], chat_settings=chat_settings, is_admin=is_admin, is_banned=is_banned
+    )
 
     async def echo(ctx: Context) -> None:
         await ctx.reply(f"chat:{ctx.args}")
@@ -79,7 +83,9 @@ def _router(banned: set[str] = frozenset(), admins: set[str] = frozenset(), off:
     return r
 
 
-def _event(text: str, *, group: bool = False, mention: bool = False, user: str = "1", reply_to_bot: bool = False) -> Event:
+def _event(
+    text: str, *, group: bool = False, mention: bool = False, user: str = "1", reply_to_bot: bool = False
+) -> Event:
     return Event(
         id="e1",
         channel="fake",

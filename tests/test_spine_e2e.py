@@ -172,7 +172,14 @@ async def test_web_events_stream_delivers_later_messages_kept_while_offline(hub:
     target = ChatRef("web", "private", "page-1")
     png = b"\x89PNG\r\n\x1a\nfake"
     # Queued while no page is connected: kept and sent when it connects.
-    await h.outbox.put(NewMessage(target, Message((Image(data=png, name="cat.png", mime="image/png"), ), ) ))
+    await h.outbox.put(
+        NewMessage(
+            target,
+            Message(
+                (Image(data=png, name="cat.png", mime="image/png"),),
+            ),
+        )
+    )
     await h.outbox.put(NewMessage(target, Message.of("your job #7f3a is done")))
 
     async def sent() -> bool:

@@ -39,7 +39,11 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
 
 def _event(i: int | str, chat: str = "c1") -> Event:
     return Event(
-        id=str(i), channel="fake", chat=ChatRef("fake", "private", chat), sender=User("fake", "u1"), message=Message.of(f"m{i}")
+        id=str(i),
+        channel="fake",
+        chat=ChatRef("fake", "private", chat),
+        sender=User("fake", "u1"),
+        message=Message.of(f"m{i}"),
     )
 
 
@@ -143,7 +147,9 @@ async def test_media_store_caps_size_and_expires(db: Database, tmp_path: Path) -
         await store.save_stream(chunks(), max_bytes=5000)
     assert sorted(p.name for p in (tmp_path / "media").iterdir()) == [saved.id]
     async with db.engine.begin() as conn:
-        await conn.execute(text("UPDATE media SET created_at = :t"), {"t": (utcnow() - timedelta(days=8)).replace(tzinfo=None)})
+        await conn.execute(
+            text("UPDATE media SET created_at = :t"), {"t": (utcnow() - timedelta(days=8)).replace(tzinfo=None)}
+        )
     assert await store.expire() == 1
     assert await store.get(saved.id) is None
     assert await store.get("../../etc/passwd") is None

@@ -145,7 +145,9 @@ def split_text(text: str, limit: int, unit: str = "chars") -> list[str]:
         window = rest[:room]
         cut = 0
         for sep in _BREAKS:
-            candidates = [i for i in _positions(window, sep) if i > room // 4 and _fences_closed(window[: i + len(sep)])]
+            candidates = [
+                i for i in _positions(window, sep) if i > room // 4 and _fences_closed(window[: i + len(sep)])
+            ]
             if candidates:
                 cut = candidates[-1] + len(sep)
                 break

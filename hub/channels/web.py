@@ -38,7 +38,9 @@ def sse(data: dict[str, Any] | str) -> bytes:
 class _SseSink:
     """The live answer to one POST: chunks and media straight onto the response."""
 
-    def __init__(self, response: web.StreamResponse, render: Callable[[Message], Awaitable[list[dict[str, Any]]]]) -> None:
+    def __init__(
+        self, response: web.StreamResponse, render: Callable[[Message], Awaitable[list[dict[str, Any]]]]
+    ) -> None:
         self._response = response
         self._render = render
         self._open = True
@@ -203,7 +205,9 @@ class WebChannel(Channel):
         if seg.path:
             media_id = self._media.id_of_path(seg.path)
             if media_id is None:
-                stored = await self._media.save_bytes(await asyncio.to_thread(Path(seg.path).read_bytes), name=seg.name, mime=seg.mime)
+                stored = await self._media.save_bytes(
+                    await asyncio.to_thread(Path(seg.path).read_bytes), name=seg.name, mime=seg.mime
+                )
                 media_id = stored.id
             url = f"/media/{media_id}"
         elif seg.data is not None:

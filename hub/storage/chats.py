@@ -86,9 +86,9 @@ class UserRepo:
         async with self._db.engine.connect() as conn:
             return [r.id for r in await conn.execute(select(users.c.id).where(users.c.is_admin.is_(True)))]
 
-    async def banned(self) -> set[str]:
+    async def banned(self) -> frozenset[str]:
         async with self._db.engine.connect() as conn:
-            return {r.id for r in await conn.execute(select(users.c.id).where(users.c.banned.is_(True)))}
+            return frozenset(r.id for r in await conn.execute(select(users.c.id).where(users.c.banned.is_(True))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,9 +81,7 @@ class MediaStore:
             mime = mimetypes.guess_type(name)[0]
         async with self._db.engine.begin() as conn:
             await conn.execute(
-                media.insert().values(
-                    id=media_id, path=str(path), name=name, mime=mime, size=size, created_at=utcnow()
-                )
+                media.insert().values(id=media_id, path=str(path), name=name, mime=mime, size=size, created_at=utcnow())
             )
         return StoredMedia(media_id, path, name, mime, size)
 
@@ -92,7 +90,7 @@ class MediaStore:
             return None
         async with self._db.engine.connect() as conn:
             r = (await conn.execute(select(media).where(media.c.id == media_id))).first()
-        if r is None or not Path(r.path).exists():
+        if r is None or not await asyncio.to_thread(Path(r.path).exists):
             return None
         return StoredMedia(r.id, Path(r.path), r.name, r.mime, r.size)
 
@@ -109,5 +107,5 @@ class MediaStore:
             if rows:
                 await conn.execute(delete(media).where(media.c.id.in_([r.id for r in rows])))
         for r in rows:
-            Path(r.path).unlink(missing_ok=True)
+            await asyncio.to_thread(Path(r.path).unlink, missing_ok=True)
         return len(rows)

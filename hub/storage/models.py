@@ -151,6 +151,7 @@ jobs = Table(
     Column("result", JSON),
     Column("error", Text),
     Column("progress_noted", Boolean, nullable=False, server_default="0"),
+    Column("retries", Integer, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("submitted_at", UTCDateTime()),

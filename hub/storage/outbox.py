@@ -76,9 +76,7 @@ class OutboxRepo:
         result: int = await self._db.writer.submit(self._k_enqueue, (msg, already_sent))
         return result
 
-    async def _enqueue_batch(
-        self, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]
-    ) -> Sequence[int]:
+    async def _enqueue_batch(self, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]) -> Sequence[int]:
         now = utcnow()
         rows = [
             {
@@ -115,13 +113,14 @@ class OutboxRepo:
             result = await (conn.execute(stmt.values(batch[0])) if len(batch) == 1 else conn.execute(stmt, batch))
             for r in result:
                 by_key[r.idempotency_key] = r.id
-            missing = [rows[i]["idempotency_key"] for i in keyed if rows[i]["idempotency_key"] not in by_key]
+            keys: list[str] = [str(rows[i]["idempotency_key"]) for i in keyed]
+            missing = [k for k in keys if k not in by_key]
             if missing:
                 q = select(outbox.c.id, outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(missing))
                 for r in await conn.execute(q):
                     by_key[r.idempotency_key] = r.id
-            for i in keyed:
-                ids[i] = by_key[rows[i]["idempotency_key"]]
+            for i, key in zip(keyed, keys, strict=True):
+                ids[i] = by_key[key]
         return [int(i) for i in ids if i is not None]
 
     async def claim_due(self, limit: int) -> list[OutboxItem]:
@@ -188,7 +187,9 @@ class OutboxRepo:
             await conn.execute(
                 update(outbox)
                 .where(outbox.c.id == item_id)
-                .values(attempts=attempts, next_attempt_at=next_at, last_error=error[:2000], holder=None, lease_until=None)
+                .values(
+                    attempts=attempts, next_attempt_at=next_at, last_error=error[:2000], holder=None, lease_until=None
+                )
             )
 
     async def mark_failed(self, item_id: int, *, attempts: int, error: str) -> None:

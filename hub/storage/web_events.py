@@ -70,7 +70,9 @@ class WebEventRepo:
 
     async def expire(self, keep_hours: int = 48) -> None:
         async with self._db.engine.begin() as conn:
-            await conn.execute(delete(web_events).where(web_events.c.created_at < utcnow() - timedelta(hours=keep_hours)))
+            await conn.execute(
+                delete(web_events).where(web_events.c.created_at < utcnow() - timedelta(hours=keep_hours))
+            )
 
     def waiter(self, session: str) -> asyncio.Event:
         ev = asyncio.Event()
@@ -104,7 +106,7 @@ class WebEventRepo:
             try:
                 self._listener = await asyncpg.connect(dsn)
                 await self._listener.add_listener(CHANNEL, lambda _c, _p, _ch, session: self._wake(session))
-                while not self._stopping and not self._listener.is_closed():
+                while not self._stopping and not self._listener.is_closed():  # noqa: ASYNC110 - also watches the connection
                     await asyncio.sleep(5)
             except asyncio.CancelledError:
                 raise

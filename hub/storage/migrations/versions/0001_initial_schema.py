@@ -12,7 +12,6 @@ from alembic import op
 
 import hub.storage.models
 
-
 revision: str = '0001'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -85,6 +84,7 @@ def upgrade() -> None:
     sa.Column('result', sa.JSON(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('progress_noted', sa.Boolean(), server_default='0', nullable=False),
+    sa.Column('retries', sa.Integer(), server_default='0', nullable=False),
     sa.Column('created_at', hub.storage.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', hub.storage.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('submitted_at', hub.storage.models.UTCDateTime(timezone=True), nullable=True),
