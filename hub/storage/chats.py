@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,25 +24,47 @@ class ChatSettings:
 
 
 class ChatRepo:
-    def __init__(self, db: Database) -> None:
+    """Per-chat settings, read on every event: cached briefly (another process's change shows
+    within `ttl_s`; this process's own changes at once)."""
+
+    def __init__(self, db: Database, ttl_s: float = 2.0, max_cached: int = 10_000) -> None:
         self._db = db
+        self._ttl = ttl_s
+        self._max = max_cached
+        self._cache: dict[str, tuple[float, ChatSettings]] = {}
 
     async def get(self, ref: str) -> ChatSettings:
+        hit = self._cache.get(ref)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
         async with self._db.engine.connect() as conn:
             r = (await conn.execute(select(chats).where(chats.c.ref == ref))).first()
         if r is None:
-            return ChatSettings(ref)
-        return ChatSettings(r.ref, r.persona, r.model, frozenset(r.skills_off or ()), bool(r.unreachable))
+            found = ChatSettings(ref)
+        else:
+            found = ChatSettings(r.ref, r.persona, r.model, frozenset(r.skills_off or ()), bool(r.unreachable))
+        if len(self._cache) >= self._max:
+            self._cache.clear()
+        self._cache[ref] = (now, found)
+        return found
+
+    async def known(self) -> list[str]:
+        """Every chat that has a settings row."""
+        async with self._db.engine.connect() as conn:
+            return [r.ref for r in await conn.execute(select(chats.c.ref).order_by(chats.c.ref))]
 
     async def update(self, ref: str, **values: Any) -> None:
         """Set columns of a chat's row, creating it first when it does not exist."""
         now = utcnow()
         if "skills_off" in values:
             values["skills_off"] = sorted(values["skills_off"])
+        self._cache.pop(ref, None)
         async with self._db.engine.begin() as conn:
             stmt = self._db.insert(chats).values(ref=ref, skills_off=[], created_at=now, updated_at=now)
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=["ref"]))
             await conn.execute(update(chats).where(chats.c.ref == ref).values(updated_at=now, **values))
+        self._cache.pop(ref, None)  # again: a read during the write may have cached the old row
 
     async def set_skill(self, ref: str, skill: str, on: bool) -> None:
         current = set((await self.get(ref)).skills_off)

@@ -43,7 +43,10 @@ async def migrate(db: Database) -> bool:
         if not db.is_sqlite:
             # Blocking lock: a second process waits, then finds the schema current.
             await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+            await conn.commit()
         try:
+            if await current_revision(db) == HEAD:
+                return False
             await conn.run_sync(_upgrade)
             await conn.commit()
         finally:
