@@ -14,28 +14,44 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from hub.access import AccessControl
 from hub.channels.base import Channel
 from hub.channels.web import WebChannel
 from hub.delivery import Outbox
 from hub.events import Event
 from hub.http import ServerRoutes, error_middleware
 from hub.inbound import Dispatcher, EventReplier, LiveSink
+from hub.jobs import JobService
 from hub.metrics import Metrics
 from hub.people import People
+from hub.providers.generation import ImageProvider, JobProvider
 from hub.router import Router
-from hub.settings import Settings
+from hub.settings import CHANNEL_NAMES, Settings
+from hub.skills.admin import AdminSkill
+from hub.skills.admin_args import AdminArgs
+from hub.skills.admin_ops import AdminOps
 from hub.skills.base import Replier
-from hub.skills.chat import NoModelChat
+from hub.skills.chat import ChatSkill, ModelChoice, NoModelChat
+from hub.skills.media import MediaSkills
+from hub.skills.persona import ChatCommands
+from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
 from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
 from hub.storage.db import Database
 from hub.storage.inbox import InboxRepo
+from hub.storage.jobs import JobRepo
 from hub.storage.media import MediaStore
+from hub.storage.memory import MemoryRepo
 from hub.storage.migrate import migrate
 from hub.storage.outbox import OutboxRepo
+from hub.storage.personas import PersonaRepo
 from hub.storage.web_events import WebEventRepo
+
+if TYPE_CHECKING:
+    from hub.providers.chat_models import ModelGateway
 
 log = logging.getLogger("hub.app")
 
@@ -60,8 +76,15 @@ class Hub:
     outbox: Outbox
     router: Router
     dispatcher: Dispatcher
+    jobs: JobService
+    access: AccessControl
+    admin: AdminSkill
+    memory: MemoryRepo
+    personas: PersonaRepo
     channels: dict[str, Channel] = field(default_factory=dict)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # The chat model gateway; None while no [[models]] are configured.
+    models: ModelGateway | None = None
 
 
 HUB_KEY = web.AppKey("hub", Hub)
@@ -122,12 +145,126 @@ def build_app(
         channels["web"] = WebChannel(
             settings.web, events=web_events, media=media, submit_and_wait=dispatcher.submit_and_wait
         )
+    if settings.telegram.enabled:
+        from hub.channels.telegram import TelegramChannel
+
+        channels["telegram"] = TelegramChannel(
+            settings.telegram,
+            ingress=dispatcher,
+            media=media,
+            chats=chats,
+            db=db,
+            public_url=settings.http.public_url,
+        )
+    if settings.wechat.enabled or settings.wecom.enabled:
+        from hub.channels.wechat import PersonaGreeting
+
+        greeting = PersonaGreeting(chats, PersonaRepo(db))
+        if settings.wechat.enabled:
+            from hub.channels.wechat import WechatChannel
+            from hub.storage.held import HeldReplyRepo
+
+            channels["wechat"] = WechatChannel(
+                settings.wechat,
+                ingress=dispatcher,
+                media=media,
+                public_url=settings.http.public_url,
+                held=HeldReplyRepo(db),
+                greeting=greeting,
+            )
+        if settings.wecom.enabled:
+            from hub.channels.wecom import WecomChannel
+
+            channels["wecom"] = WecomChannel(
+                settings.wecom, ingress=dispatcher, media=media, public_url=settings.http.public_url, greeting=greeting
+            )
     for ch in extra_channels:
         channels[ch.name] = ch
 
+    # --- long jobs: providers only for the [providers.*] sections that are set ---------------
+    job_providers, image_provider = _generation_providers(settings)
+    jobs = JobService(
+        JobRepo(db, holder, lease_s),
+        outbox,
+        media,
+        metrics,
+        providers=job_providers,
+        images=image_provider,
+        release_all_at_start=db.is_sqlite,
+    )
+
     # --- skills ----------------------------------------------------------------------------
     router.register("help", router.help_skill, description="list the commands you may use")
-    router.set_fallback(NoModelChat())
+    memory = MemoryRepo(db)
+    personas = PersonaRepo(db)
+    gateway: ModelGateway | None = None
+    model_choice: ModelChoice | None = None
+    if settings.models:
+        from hub.providers.chat_models import ModelGateway
+
+        gateway = ModelGateway(settings.models)
+        model_choice = ModelChoice(gateway, kv)
+        router.set_fallback(ChatSkill(gateway, model_choice, memory, personas))
+    else:
+        router.set_fallback(NoModelChat())
+    chat_commands = ChatCommands(chats, memory, personas, model_choice)
+    router.register(
+        "persona", chat_commands.persona, description="show or switch this chat's persona", usage="/persona [name]"
+    )
+    router.register("reset", chat_commands.reset, description="clear this chat's memory")
+    router.register("model", chat_commands.model, description="show or switch this chat's model", usage="/model [name]")
+    media_skills = MediaSkills(jobs)
+    router.register("image", media_skills.image, description="make an image", usage="/image <prompt>", skill="image")
+    router.register("video", media_skills.video, description="make a video", usage="/video <prompt>", skill="video")
+    router.register("music", media_skills.music, description="make music", usage="/music <prompt>", skill="music")
+    router.register("jobs", media_skills.list_jobs, description="list your recent jobs and their state")
+    router.register("cancel", media_skills.cancel, description="cancel one of your jobs", usage="/cancel <job id>")
+
+    # --- access policy, rate, quotas; /admin -------------------------------------------------
+    pairing, quotas, usage = PairingRepo(db), QuotaRepo(db), UsageRepo(db)
+    access = AccessControl(
+        settings.access,
+        settings.quotas,
+        users=users,
+        pairing=pairing,
+        quota_overrides=quotas,
+        usage=usage,
+        audit=audit,
+    )
+    router.use(access.policy)
+    router.use(access.rate)
+    router.use(access.quota)
+    admin_args = AdminArgs(set(CHANNEL_NAMES) | set(channels))
+    admin_skill = AdminSkill(
+        people=people,
+        users=users,
+        chats=chats,
+        audit=audit,
+        kv=kv,
+        quotas=quotas,
+        pairing=pairing,
+        personas=personas,
+        access=access,
+        outbox=outbox,
+        args=admin_args,
+        model_names=[m.name for m in settings.models],
+        model_changed=model_choice.forget if model_choice is not None else None,
+        ops=AdminOps(
+            args=admin_args,
+            db=db,
+            channels=channels,
+            inbox=inbox,
+            outbox_repo=outbox_repo,
+            outbox=outbox,
+            jobs=jobs,
+            users=users,
+            people=people,
+            access=access,
+            usage=usage,
+        ),
+    )
+    router.register("admin", admin_skill, description="run the bot (admins)", usage="/admin help", admin_only=True)
+    router.on_refusal(admin_skill.on_refusal)
 
     hub = Hub(
         settings=settings,
@@ -146,7 +283,13 @@ def build_app(
         outbox=outbox,
         router=router,
         dispatcher=dispatcher,
+        jobs=jobs,
+        access=access,
+        admin=admin_skill,
+        memory=memory,
+        personas=personas,
         channels=channels,
+        models=gateway,
     )
 
     app = web.Application(client_max_size=settings.http.max_body_bytes, middlewares=[error_middleware])
@@ -164,10 +307,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     hub = app[HUB_KEY]
     await migrate(hub.db)
     await hub.db.start()
+    await hub.personas.sync(hub.settings.personas)
+    if hub.models is not None:
+        await hub.models.start()
     await hub.web_events.start()
     for ch in hub.channels.values():
         await ch.start()
     await hub.outbox.start()
+    await hub.jobs.start()
     await hub.dispatcher.start()
     hub.background.append(asyncio.create_task(_housekeeping(hub), name="housekeeping"))
     log.info("event=started holder=%s channels=%s", hub.holder, ",".join(hub.channels))
@@ -176,7 +323,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         t.cancel()
     await asyncio.gather(*hub.background, return_exceptions=True)
     await hub.dispatcher.stop(grace_s=3.0)
-    await hub.outbox.stop(grace_s=3.0)
+    if hub.models is not None:
+        await hub.models.stop()
+    # Sends under way get a short grace; what does not finish resumes after restart.
+    await asyncio.gather(hub.jobs.stop(grace_s=2.0), hub.outbox.stop(grace_s=2.0))
+    for ch in hub.channels.values():
+        try:
+            await ch.close()
+        except Exception:
+            log.exception("event=channel_close_failed channel=%s", ch.name)
     await hub.web_events.stop()
     await hub.db.close()
     log.info("event=stopped holder=%s", hub.holder)
@@ -199,8 +354,29 @@ async def _housekeeping(hub: Hub) -> None:
         try:
             removed = await hub.media.expire()
             await hub.web_events.expire()
+            await hub.access.housekeeping()
             if removed:
                 log.info("event=media_expired count=%d", removed)
         except Exception:
             log.exception("event=housekeeping_failed")
         await asyncio.sleep(3600)
+
+
+def _generation_providers(settings: Settings) -> tuple[dict[str, JobProvider], ImageProvider | None]:
+    """Video, music and image backends, by skill, for the sections that are configured."""
+    found: dict[str, JobProvider] = {}
+    conf = settings.providers
+    if conf.hunyuan is not None:
+        from hub.providers.hunyuan import HunyuanVideo
+
+        found["video"] = HunyuanVideo(conf.hunyuan)
+    if conf.music is not None:
+        from hub.providers.music import SunoMusic
+
+        found["music"] = SunoMusic(conf.music)
+    image: ImageProvider | None = None
+    if conf.image is not None:
+        from hub.providers.images import build_image_provider
+
+        image = build_image_provider(conf.image)
+    return found, image

@@ -139,6 +139,42 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_telegram(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    base: str | None = None
+    if args.action == "set-webhook":
+        base = args.url or settings.http.public_url
+        if not base:
+            print("http.public_url: not set; give the address with --url https://...", file=sys.stderr)
+            return 2
+        if not base.startswith(("https://", "http://")):
+            print(f"--url: not an http(s) URL: {base!r}", file=sys.stderr)
+            return 2
+    if settings.telegram.token is None:
+        print("telegram.token: required", file=sys.stderr)
+        return 2
+    from hub.channels import telegram
+    from hub.errors import SendError
+
+    try:
+        if base is not None:
+            url = asyncio.run(telegram.set_webhook(settings.telegram, base))
+            print(f"webhook set: {url}")
+        else:
+            asyncio.run(telegram.delete_webhook(settings.telegram))
+            print("webhook deleted")
+    except ConfigError as exc:
+        for key, msg in exc.problems:
+            print(f"{key}: {msg}", file=sys.stderr)
+        return 2
+    except SendError as exc:
+        print(f"hub: Telegram refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hub", description="A self-hosted messaging-bot hub.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("action", choices=["add", "remove"])
     admin.add_argument("user", help="<channel>:<user_id>, e.g. telegram:12345")
     admin.set_defaults(func=cmd_admin)
+    telegram = sub.add_parser("telegram", help="register or remove the Telegram webhook")
+    tg_sub = telegram.add_subparsers(dest="action", required=True)
+    set_hook = with_config(tg_sub.add_parser("set-webhook", help="register <BASE>/webhooks/telegram with Telegram"))
+    set_hook.add_argument("--url", metavar="BASE", help="the hub's public address (default: [http] public_url)")
+    with_config(tg_sub.add_parser("delete-webhook", help="remove the webhook (long polling works again)"))
+    telegram.set_defaults(func=cmd_telegram)
     return parser
 
 

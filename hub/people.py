@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 
@@ -16,14 +17,19 @@ class People:
         self._loaded_at = -1e9
         self._db_admins: set[str] = set()
         self._banned: frozenset[str] = frozenset()
+        self._loading = asyncio.Lock()
 
     async def _refresh(self) -> None:
         # Short TTL: a ban or an admin added by another process takes effect within seconds.
         if time.monotonic() - self._loaded_at < self._ttl:
             return
-        self._db_admins = set(await self._users.admins())
-        self._banned = await self._users.banned()
-        self._loaded_at = time.monotonic()
+        async with self._loading:
+            # One query for all the events that found the cache stale at once, not one each.
+            if time.monotonic() - self._loaded_at < self._ttl:
+                return
+            self._db_admins = set(await self._users.admins())
+            self._banned = await self._users.banned()
+            self._loaded_at = time.monotonic()
 
     def invalidate(self) -> None:
         self._loaded_at = -1e9

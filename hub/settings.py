@@ -6,22 +6,24 @@ raises ConfigError with every mistake as `(dotted.key, what is wrong)`.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
+import json
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from hub.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/hub.toml")
 # Variables of the hub's own tooling that carry the prefix but are not configuration.
-NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL"}
+NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
 
 
 class Section(BaseModel):
@@ -32,8 +34,12 @@ def _check_url(value: str | None, *, path_allowed: bool = True) -> str | None:
     if value is None:
         return None
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
         raise ValueError(f"not an http(s) URL: {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError:
+        raise ValueError(f"not a valid port in {value!r}") from None
     if not path_allowed and parts.path not in ("", "/"):
         raise ValueError(f"must be scheme and host only, with no path: {value!r}")
     return value.rstrip("/")
@@ -99,6 +105,16 @@ class TelegramSettings(ChannelSettings):
     secret_token: SecretStr | None = None
     mode: Literal["polling", "webhook"] = "polling"
     upload_limit_mb: int = Field(50, gt=0)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        # BotFather's form, `<bot id>:<secret>`; the Bot API client refuses anything else.
+        if v is not None:
+            bot_id, sep, rest = v.get_secret_value().partition(":")
+            if not (bot_id.isdigit() and sep and rest) or any(c.isspace() for c in rest):
+                raise ValueError("expected <bot id>:<secret>, as BotFather gives it (e.g. 123456:ABC-DEF...)")
+        return v
 
     @field_validator("secret_token")
     @classmethod
@@ -203,6 +219,14 @@ class HunyuanSettings(ProviderSettings):
     key_id: str | None = None
     model: str | None = "hy-video-1.5"
     poll_interval_s: float = Field(15, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _host_only(cls, v: str) -> str:
+        # The host alone: the provider appends /v1/api/video/submit and /query.
+        out = _check_url(v, path_allowed=False)
+        assert out is not None
+        return out
 
 
 class MusicSettings(ProviderSettings):
@@ -340,24 +364,47 @@ def _resolve_env_refs(data: Any, path: str, problems: list[tuple[str, str]], env
     return data
 
 
-def _unknown_env_vars(env: Mapping[str, str]) -> list[tuple[str, str]]:
-    problems = []
-    for var in env:
+def _check_env_vars(env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
+    """`HUB_` variables that name no key, or hold a list or table that is not JSON.
+
+    Returns the problems and the variables to keep away from the settings source, so that
+    each mistake is reported once, under the variable's own name.
+    """
+    problems: list[tuple[str, str]] = []
+    bad: set[str] = set()
+    for var, value in env.items():
         upper = var.upper()
         if not upper.startswith("HUB_") or upper in NOT_CONFIG_VARS:
             continue
         parts = upper[4:].lower().split("__")
         model: Any = Settings
+        annotation: Any = None
         for part in parts:
             fields = getattr(model, "model_fields", None)
             if fields is None:
                 break  # a dict or list value: any sub-key is the value's business
             if part not in fields:
                 problems.append((var, "no such configuration key"))
+                bad.add(var)
                 break
             annotation = fields[part].annotation
             model = _section_type(annotation)
-    return problems
+        else:
+            if _is_structured(annotation):
+                try:
+                    json.loads(value)
+                except ValueError:
+                    problems.append((var, 'must be JSON here, e.g. ["telegram:123"] or {"key": "value"}'))
+                    bad.add(var)
+    return problems, bad
+
+
+def _is_structured(annotation: Any) -> bool:
+    """Whether an environment value for this annotation is read as JSON (a list, table or section)."""
+    if _section_type(annotation) is not None:
+        return True
+    origins = {get_origin(annotation), *(get_origin(a) for a in get_args(annotation))}
+    return bool(origins & {list, dict, set, tuple})
 
 
 def _section_type(annotation: Any) -> Any:
@@ -446,33 +493,101 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError([("config", f"{file}: not valid TOML: {exc}")]) from None
     data = _resolve_env_refs(data, "", problems, env)
-    problems += _unknown_env_vars(env)
+    env_problems, bad_vars = _check_env_vars(env)
+    problems += env_problems
+    hub_env = {
+        k: v
+        for k, v in env.items()
+        if k.upper().startswith("HUB_") and k.upper() not in NOT_CONFIG_VARS and k not in bad_vars
+    }
+    try:
+        settings = _validate(data, hub_env)
+    except ValidationError as exc:
+        problems += _validation_problems(exc, hub_env)
+        # Validate once more without the faulty values, to name the other mistakes too.
+        rest = _without_faults(exc, data, hub_env)
+        if rest is not None:
+            problems += _semantic_problems(rest)
+        raise ConfigError(_first_per_key(problems)) from None
+    problems += _semantic_problems(settings)
+    if problems:
+        raise ConfigError(_first_per_key(problems))
+    return settings
+
+
+def _validate(data: dict[str, Any], hub_env: Mapping[str, str]) -> Settings:
     saved = {k: v for k, v in os.environ.items() if k.upper().startswith("HUB_")}
     try:
-        # pydantic-settings reads os.environ; give it exactly `env` for the duration.
+        # pydantic-settings reads os.environ; give it exactly `hub_env` for the duration.
         for k in saved:
             del os.environ[k]
-        os.environ.update({k: v for k, v in env.items() if k.upper().startswith("HUB_")})
-        for k in NOT_CONFIG_VARS:
-            os.environ.pop(k, None)
+        os.environ.update(hub_env)
         try:
-            settings = Settings(**data)
-        except ValidationError as exc:
-            for err in exc.errors():
-                key = ".".join(str(p) for p in err["loc"]) or "config"
-                msg = err["msg"]
-                if err["type"] == "extra_forbidden":
-                    msg = "unknown key"
-                problems.append((key, msg))
-            raise ConfigError(problems) from None
+            return Settings(**data)
+        except SettingsError as exc:
+            # Structured values were checked to be JSON already; this is a last resort.
+            raise ConfigError([("environment", str(exc))]) from None
     finally:
         for k in [k for k in os.environ if k.upper().startswith("HUB_")]:
             del os.environ[k]
         os.environ.update(saved)
-    problems += _semantic_problems(settings)
-    if problems:
-        raise ConfigError(problems)
-    return settings
+
+
+def _validation_problems(exc: ValidationError, hub_env: Mapping[str, str]) -> list[tuple[str, str]]:
+    problems = []
+    upper_env = {k.upper() for k in hub_env}
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        for prefix in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(prefix)
+        var = "HUB_" + "__".join(loc).upper()
+        if var in upper_env:
+            msg += f" (from {var})"
+        problems.append((key, msg))
+    return problems
+
+
+def _without_faults(exc: ValidationError, data: dict[str, Any], hub_env: Mapping[str, str]) -> Settings | None:
+    """Settings with every faulty value left out (defaults instead), or None when that fails."""
+    data = copy.deepcopy(data)
+    env = dict(hub_env)
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        _drop(data, loc)
+        var = "HUB_" + "__".join(loc).upper()
+        for k in [k for k in env if k.upper() == var or var.startswith(k.upper() + "__")]:
+            del env[k]
+    try:
+        return _validate(data, env)
+    except (ValidationError, ConfigError):
+        return None
+
+
+def _drop(data: Any, loc: list[str]) -> None:
+    for part in loc[:-1]:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return
+    if isinstance(data, dict) and loc:
+        data.pop(loc[-1], None)
+
+
+def _first_per_key(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One line per key: a value missing from the environment is not also reported as invalid."""
+    seen: set[str] = set()
+    out = []
+    for key, msg in problems:
+        if key not in seen:
+            seen.add(key)
+            out.append((key, msg))
+    return out
 
 
 def describe(s: Settings) -> list[str]:
@@ -505,6 +620,8 @@ def describe(s: Settings) -> list[str]:
         prov = getattr(s.providers, name)
         if prov is not None:
             lines.append(f"provider: {name} at {prov.base_url}")
+    if not any(getattr(s.providers, name) is not None for name in ("hunyuan", "music", "image")):
+        lines.append("provider: none configured (/image, /video and /music will explain how to add one)")
     if s.admins:
         lines.append(f"admins: {', '.join(s.admins)}")
     return lines

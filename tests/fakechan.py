@@ -45,7 +45,7 @@ class FakeChannel(Channel):
     async def start(self) -> None:
         self._http = aiohttp.ClientSession()
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         if self._http:
             await self._http.close()
 

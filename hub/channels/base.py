@@ -8,7 +8,9 @@ ingress hands new events to the dispatcher, which handles them in tracked tasks.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import bisect
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,7 +21,8 @@ from hub.events import ChatRef, Event, Message
 
 @dataclass(frozen=True, slots=True)
 class ChannelLimits:
-    """What a platform can take. `text_unit` says how `text_max` counts: chars or UTF-8 bytes."""
+    """What a platform can take. `text_unit` says how `text_max` counts: `chars`, UTF-8
+    `bytes` or `utf16` code units."""
 
     text_max: int = 4096
     text_unit: str = "chars"
@@ -69,7 +72,10 @@ class Channel(abc.ABC):
         """Open client sessions and start background tasks (long polling, websockets)."""
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
-        """Stop taking input and close what `start` opened."""
+        """Stop taking input (polling, long connections, open streams): the first step of shutdown."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Close client sessions: called after the outbox has stopped, so its last sends still work."""
 
     @property
     def bot_names(self) -> Sequence[str]:
@@ -110,78 +116,182 @@ class Channel(abc.ABC):
 
 # --- text splitting, shared by every channel ------------------------------------------------
 
+# Boundaries to split at, best first: paragraph, line, sentence (CJK and Latin), clause, word.
+_BREAKS = ("\n\n", "\n", "。", "！", "？", ". ", "! ", "? ", "；", "; ", "，", ", ", " ")
+_FENCE = "```"
+_CLOSE = "\n```"
+# Below this limit a code block is cut like text: closing and reopening it would not fit.
+_MIN_FENCE_LIMIT = 64
+_MAX_OPENER = 32
+
 
 def _measure(text: str, unit: str) -> int:
-    return len(text.encode("utf-8")) if unit == "bytes" else len(text)
-
-
-def _cut_to(text: str, limit: int, unit: str) -> int:
-    """The largest prefix length (in chars) of `text` that fits `limit` units."""
-    if unit != "bytes":
-        return min(len(text), limit)
-    size = 0
-    for i, ch in enumerate(text):
-        size += len(ch.encode("utf-8"))
-        if size > limit:
-            return i
+    """Length in the platform's unit: characters, UTF-8 bytes or UTF-16 code units."""
+    if unit == "bytes":
+        return len(text.encode("utf-8"))
+    if unit == "utf16":
+        return len(text.encode("utf-16-le")) // 2
     return len(text)
 
 
-_BREAKS = ("\n\n", "\n", "。", "！", "？", ". ", "! ", "? ", "；", "; ", "，", ", ", " ")
+def _cut_to(text: str, limit: int, unit: str) -> int:
+    """The largest prefix length (in characters) of `text` that fits `limit` units."""
+    if unit == "chars" or _measure(text[:limit], unit) <= limit:
+        return min(len(text), limit)
+    size = 0
+    for i, ch in enumerate(text[:limit]):  # every character is at least one unit
+        size += len(ch.encode("utf-8")) if unit == "bytes" else (2 if ord(ch) > 0xFFFF else 1)
+        if size > limit:
+            return i
+    return min(len(text), limit)
+
+
+def _joins(prev: str, ch: str) -> bool:
+    """Whether a cut between `prev` and `ch` would split what shows as one character."""
+    o = ord(ch)
+    return (
+        ch == "\u200d"  # zero-width joiner (family and profession emoji)
+        or prev == "\u200d"
+        or (prev == "\r" and ch == "\n")
+        or unicodedata.category(ch) in ("Mn", "Mc", "Me")  # combining marks, vowel signs
+        or 0xFE00 <= o <= 0xFE0F  # variation selectors
+        or 0x1F3FB <= o <= 0x1F3FF  # skin tones
+        or 0xE0020 <= o <= 0xE007F  # tag characters (subdivision flags)
+        or 0xE0100 <= o <= 0xE01EF
+    )
+
+
+def _is_regional(ch: str) -> bool:
+    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
+
+
+def _safe_cut(text: str, i: int) -> int:
+    """Move a cut back so it falls between two visible characters (never to 0)."""
+    j = i
+    while 0 < j < len(text) and _joins(text[j - 1], text[j]):
+        j -= 1
+    if 0 < j < len(text) and _is_regional(text[j]) and _is_regional(text[j - 1]):
+        k = j
+        while k > 0 and _is_regional(text[k - 1]):
+            k -= 1
+        if (j - k) % 2:  # flags are pairs of regional indicators
+            j -= 1
+    return j if j > 0 else i
+
+
+class _Fences:
+    """Where the ``` fences of a text are, to tell whether a position is inside a code block."""
+
+    def __init__(self, text: str, enabled: bool) -> None:
+        self.starts: list[int] = []
+        if enabled:
+            i = text.find(_FENCE)
+            while i != -1:
+                self.starts.append(i)
+                i = text.find(_FENCE, i + len(_FENCE))
+
+    def inside(self, pos: int) -> bool:
+        """Whether a cut before `pos` falls inside a code block."""
+        return bisect.bisect_left(self.starts, pos) % 2 == 1
+
+    def outside(self, pos: int) -> bool:
+        return not self.inside(pos)
+
+    def run_start(self, pos: int) -> int:
+        """`pos`, moved back to the start of a fence it would cut through."""
+        for s in self.starts:
+            if s < pos < s + len(_FENCE):
+                return s
+        return pos
+
+    def opener(self, head: str, max_len: int) -> str:
+        """The opening fence line (with its language) of the block open at the end of `head`."""
+        start = self.starts[bisect.bisect_left(self.starts, len(head)) - 1]
+        line = head[start:].split("\n", 1)[0].rstrip()
+        return line if len(line) <= max_len else _FENCE
+
+    def block_end(self, pos: int) -> int | None:
+        """Where the block open at `pos` closes (after its closing fence), if it does."""
+        i = bisect.bisect_left(self.starts, pos)
+        return self.starts[i] + len(_FENCE) if i < len(self.starts) else None
+
+    def block_start(self, pos: int) -> int:
+        return self.starts[bisect.bisect_left(self.starts, pos) - 1]
+
+
+def _best_break(window: str, lo: int, ok: Callable[[int], bool], seps: Sequence[str] = _BREAKS) -> int:
+    """The cut after the best separator (by rank, then the latest) beyond `lo`; 0 if none."""
+    for sep in seps:
+        pos = window.rfind(sep)
+        while pos != -1 and pos + len(sep) > lo:
+            cut = pos + len(sep)
+            if ok(cut):
+                return cut
+            pos = window.rfind(sep, 0, pos)
+    return 0
 
 
 def split_text(text: str, limit: int, unit: str = "chars") -> list[str]:
-    """Split text into parts of at most `limit` units, on paragraph or sentence boundaries.
+    """Split text into parts of at most `limit` units (`chars`, `bytes` of UTF-8, or `utf16`
+    code units), on paragraph, line, sentence or word boundaries.
 
-    Never cuts inside a multi-byte character; avoids cutting inside a ``` code block when a
-    boundary outside one exists, and closes/reopens the fence when it must cut inside.
+    Never cuts inside a character (nor between an emoji and its modifiers, nor a combining
+    mark from its base). A ``` code block that fits in one part is moved whole to the next
+    part; one that does not is cut at a line, closed at the end of the part and reopened, with
+    its language, at the start of the next.
     """
     if limit <= 0:
         raise ValueError("limit must be positive")
+    fences_on = limit >= _MIN_FENCE_LIMIT
+    max_opener = min(_MAX_OPENER, limit // 8)
     parts: list[str] = []
     rest = text
     while _measure(rest, unit) > limit:
-        room = _cut_to(rest, limit, unit)
-        window = rest[:room]
-        cut = 0
-        for sep in _BREAKS:
-            candidates = [
-                i for i in _positions(window, sep) if i > room // 4 and _fences_closed(window[: i + len(sep)])
-            ]
-            if candidates:
-                cut = candidates[-1] + len(sep)
-                break
-        if cut == 0:
-            for sep in _BREAKS:
-                pos = window.rfind(sep)
-                if pos > room // 4:
-                    cut = pos + len(sep)
-                    break
-        if cut == 0:
-            cut = room
-        head = rest[:cut]
-        rest = rest[cut:]
-        if not _fences_closed(head):
-            # Inside a code block: close it here and reopen it in the next part.
-            closing = "\n```"
-            while _measure(head + closing, unit) > limit and len(head) > 1:
-                rest = head[-1] + rest
-                head = head[:-1]
-            head += closing
-            rest = "```\n" + rest
-        parts.append(head.rstrip() if head.strip() else head)
-    if rest.strip() or not parts:
-        parts.append(rest)
-    return [p for p in parts if p] or [""]
+        fences = _Fences(rest, fences_on)
+        cut, in_code = _choose_cut(rest, limit, unit, fences)
+        if cut < 1:  # a limit smaller than one character: still move on
+            cut, in_code = 1, False
+        head, rest = rest[:cut], rest[cut:]
+        if in_code:
+            opener = fences.opener(head, max_opener)
+            head += _FENCE if head.endswith("\n") else _CLOSE
+            rest = opener + "\n" + rest
+        else:
+            head = head.rstrip()
+            rest = rest.lstrip("\r\n")
+        if head.strip():
+            parts.append(head)
+    if not parts:
+        return [rest]
+    if rest.strip():
+        parts.append(rest.rstrip())
+    return parts
 
 
-def _positions(text: str, sep: str) -> list[int]:
-    out, start = [], 0
-    while (i := text.find(sep, start)) != -1:
-        out.append(i)
-        start = i + 1
-    return out
-
-
-def _fences_closed(text: str) -> bool:
-    return text.count("```") % 2 == 0
+def _choose_cut(rest: str, limit: int, unit: str, fences: _Fences) -> tuple[int, bool]:
+    """Where to end the next part, and whether that is inside a code block."""
+    room = fences.run_start(_cut_to(rest, limit, unit))
+    cut = _best_break(rest[:room], room // 4, fences.outside)
+    if cut:
+        return cut, False
+    if not fences.inside(room):
+        return _safe_cut(rest, room), False
+    start = fences.block_start(room)
+    end = fences.block_end(room)
+    if start > 0 and end is not None and _measure(rest[start:end], unit) <= limit:
+        # The code block fits in a part of its own: end this part before it.
+        return _best_break(rest[: start + 1], 0, fences.outside) or start, False
+    # Cut inside the block, leaving room to close it.
+    code_room = fences.run_start(_cut_to(rest, limit - _measure(_CLOSE, unit), unit))
+    first_line_end = rest.find("\n", start)
+    if first_line_end == -1 or first_line_end + 1 >= code_room:
+        # Not even the block's first line fits: cut before the block, or as plain text.
+        if start > 0:
+            return start, False
+        return _safe_cut(rest, code_room), False
+    lo = max(code_room // 4, first_line_end + 1)
+    cut = _best_break(rest[:code_room], lo, fences.inside, ("\n", *_BREAKS[2:]))
+    if cut:
+        return cut, True
+    cut = _safe_cut(rest, code_room)
+    return cut, fences.inside(cut) and cut > first_line_end

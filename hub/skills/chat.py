@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from hub.errors import ProviderError
 from hub.skills.base import Context
+from hub.skills.prompt import build_messages, opening, reply_reserve, tokens_of
+from hub.storage.chats import ChatSettings, KeyValueRepo
+from hub.storage.memory import MemoryRepo, estimate_tokens, speaker_content
+from hub.storage.personas import Persona, PersonaRepo
+
+if TYPE_CHECKING:  # the gateway imports the model SDK: only when models are configured
+    from hub.providers.chat_models import ModelGateway
+
+log = logging.getLogger("hub.chat")
 
 NO_MODEL = (
     "No chat model is configured yet: add a [[models]] entry (name, base_url, api_key, model) "
     "to config/hub.toml and restart the hub."
 )
+MODEL_DOWN = "The model is not answering right now, please try again in a minute."
+EMPTY_ANSWER = "The model gave an empty answer, please try again or put it another way."
+TEXT_ONLY = "I can only read text for now: please write your message."
+# Where an admin's `/admin model default <name>` keeps its choice.
+DEFAULT_MODEL_KEY = "default_model"
+TYPING_EVERY_S = 4.0
 
 
 class NoModelChat:
@@ -15,3 +36,140 @@ class NoModelChat:
 
     async def __call__(self, ctx: Context) -> None:
         await ctx.reply(NO_MODEL)
+
+
+class ModelChoice:
+    """Which model a chat talks to: its own choice, else the admins' default, else the
+    configuration's. The admins' default is read at most every `ttl_s`."""
+
+    def __init__(self, gateway: ModelGateway, kv: KeyValueRepo, ttl_s: float = 2.0) -> None:
+        self._gateway = gateway
+        self._kv = kv
+        self._ttl = ttl_s
+        self._cached: tuple[float, str | None] = (-1e9, None)
+
+    async def default(self) -> str:
+        at, name = self._cached
+        if time.monotonic() - at >= self._ttl:
+            stored = await self._kv.get(DEFAULT_MODEL_KEY)
+            name = self._gateway.find(stored) if isinstance(stored, str) else None
+            self._cached = (time.monotonic(), name)
+        return name or self._gateway.default
+
+    def forget(self) -> None:
+        """Read the admins' default again at the next message (after changing it here)."""
+        self._cached = (-1e9, None)
+
+    @property
+    def names(self) -> list[str]:
+        return self._gateway.names
+
+    def find(self, name: str) -> str | None:
+        return self._gateway.find(name)
+
+    async def for_chat(self, chat: ChatSettings) -> str:
+        if chat.model:
+            found = self._gateway.find(chat.model)
+            if found is not None:
+                return found
+        return await self.default()
+
+
+async def persona_for(personas: PersonaRepo, chat: ChatSettings) -> Persona | None:
+    """The chat's persona: its choice while that exists, else the default (None: plain)."""
+    if chat.persona:
+        found = await personas.get(chat.persona)
+        if found is not None:
+            return found
+    return await personas.default()
+
+
+class ChatSkill:
+    def __init__(
+        self,
+        gateway: ModelGateway,
+        models: ModelChoice,
+        memory: MemoryRepo,
+        personas: PersonaRepo,
+        *,
+        typing_every_s: float = TYPING_EVERY_S,
+    ) -> None:
+        self._gateway = gateway
+        self._models = models
+        self._memory = memory
+        self._personas = personas
+        self._typing_every = typing_every_s
+
+    async def __call__(self, ctx: Context) -> None:
+        text = ctx.event.message.text
+        if not text:
+            await ctx.reply(TEXT_ONLY)
+            return
+        chat = str(ctx.event.chat)
+        model = await self._models.for_chat(ctx.chat)
+        settings = self._gateway.settings(model)
+        persona = await persona_for(self._personas, ctx.chat)
+        group = ctx.event.chat.kind == "group"
+        speaker = (ctx.event.sender.name or ctx.event.sender.id) if group else None
+        user_turn = speaker_content(text, speaker)
+        head = opening(persona, group=group)
+        budget = (
+            settings.context_length
+            - reply_reserve(settings.context_length, settings.max_tokens)
+            - tokens_of(head)
+            - estimate_tokens(user_turn)
+        )
+        history = await self._memory.recent(chat, max(0, budget))
+        messages = build_messages(head, history, user_turn)
+
+        stream = ctx.stream()
+        typing = asyncio.create_task(self._keep_typing(ctx))
+
+        async def on_delta(delta: str) -> None:
+            typing.cancel()
+            await stream.push(delta)
+
+        try:
+            result = await self._gateway.complete(model, messages, on_delta)
+        except ProviderError as exc:
+            log.warning(
+                "event=chat_failed id=%s chat=%s model=%s partial_chars=%d error=%s",
+                ctx.event.id,
+                chat,
+                model,
+                len(stream.text),
+                exc,
+            )
+            if stream.text:
+                await stream.push("\n\n" + MODEL_DOWN)
+                await stream.finish()
+            else:
+                await ctx.reply(MODEL_DOWN)
+            return
+        finally:
+            typing.cancel()
+        if not result.text.strip():
+            await ctx.reply(EMPTY_ANSWER)
+            return
+        await stream.finish()
+        log.info(
+            "event=chat_reply id=%s chat=%s model=%s persona=%s history_turns=%d first_ms=%.0f total_ms=%.0f",
+            ctx.event.id,
+            chat,
+            model,
+            persona.name if persona else "-",
+            len(history),
+            result.first_token_s * 1000,
+            result.total_s * 1000,
+        )
+        try:
+            await self._memory.add_exchange(chat, user=text, assistant=result.text, name=speaker, event_id=ctx.event.id)
+        except Exception:
+            # The answer is out; a lost memory turn is not worth an apology.
+            log.exception("event=memory_store_failed id=%s chat=%s", ctx.event.id, chat)
+
+    async def _keep_typing(self, ctx: Context) -> None:
+        """Show "typing…" until the first token (platforms drop it after about 5 s)."""
+        while True:
+            await ctx.action("typing")
+            await asyncio.sleep(self._typing_every)

@@ -170,7 +170,10 @@ memory = Table(
     Column("name", String(255)),
     Column("content", Text, nullable=False),
     Column("tokens", Integer, nullable=False, server_default="0"),
+    # The event a turn answers: re-handling an event after a crash stores its turns once.
+    Column("event_id", String(191)),
     Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("chat", "event_id", "role", name="uq_memory_event"),
 )
 Index("ix_memory_chat", memory.c.chat, memory.c.id)
 
@@ -242,3 +245,17 @@ kv = Table(
     Column("value", JSON, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# Replies waiting for the user's next message, on platforms that can only answer a message
+# (WeChat's passive reply mode). `payload` is the channel's own, ready-to-send form.
+held_replies = Table(
+    "held_replies",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("chat", String(255), nullable=False),
+    Column("dedupe_key", String(64), nullable=False, unique=True),
+    Column("quote", String(191)),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+Index("ix_held_replies_chat", held_replies.c.chat, held_replies.c.id)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.events import ChatRef, Message, message_from_list, message_to_list
@@ -158,13 +158,19 @@ class OutboxRepo:
         await self._db.writer.submit(self._k_sent, (item_id, list(sent_ids)))
 
     async def _sent_batch(self, conn: AsyncConnection, items: list[tuple[int, list[str]]]) -> Sequence[None]:
-        now = utcnow()
-        for item_id, sent_ids in items:
-            await conn.execute(
-                update(outbox)
-                .where(outbox.c.id == item_id, outbox.c.status == "pending")
-                .values(status="sent", sent_at=now, sent_ids=sent_ids, holder=None, lease_until=None)
+        # One executemany for the batch: a statement per row costs a driver round trip each.
+        stmt = (
+            update(outbox)
+            .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "pending")
+            .values(
+                status="sent",
+                sent_at=utcnow(),
+                sent_ids=bindparam("b_sent", type_=outbox.c.sent_ids.type),
+                holder=None,
+                lease_until=None,
             )
+        )
+        await conn.execute(stmt, [{"b_id": item_id, "b_sent": sent_ids} for item_id, sent_ids in items])
         return [None] * len(items)
 
     async def set_progress(self, item_id: int, progress: int) -> None:
@@ -175,10 +181,17 @@ class OutboxRepo:
     async def renew(self, ids: Sequence[int]) -> None:
         if not ids:
             return
+        # Rows locked by a write in flight (marking them sent) are skipped, not waited for:
+        # waiting could deadlock with that batch on PostgreSQL.
+        mine = (
+            select(outbox.c.id)
+            .where(outbox.c.id.in_(list(ids)), outbox.c.holder == self.holder)
+            .with_for_update(skip_locked=True)
+        )
         async with self._db.engine.begin() as conn:
             await conn.execute(
                 update(outbox)
-                .where(outbox.c.id.in_(list(ids)), outbox.c.holder == self.holder)
+                .where(outbox.c.id.in_(mine.scalar_subquery()))
                 .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
             )
 

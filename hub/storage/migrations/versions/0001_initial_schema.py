@@ -103,6 +103,19 @@ def upgrade() -> None:
     sa.Column('updated_at', hub.storage.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('key')
     )
+    op.create_table('held_replies',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('chat', sa.String(length=255), nullable=False),
+    sa.Column('dedupe_key', sa.String(length=64), nullable=False),
+    sa.Column('quote', sa.String(length=191), nullable=True),
+    sa.Column('payload', sa.JSON(), nullable=False),
+    sa.Column('created_at', hub.storage.models.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('dedupe_key')
+    )
+    with op.batch_alter_table('held_replies', schema=None) as batch_op:
+        batch_op.create_index('ix_held_replies_chat', ['chat', 'id'], unique=False)
+
     op.create_table('media',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('path', sa.Text(), nullable=False),
@@ -122,8 +135,10 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=255), nullable=True),
     sa.Column('content', sa.Text(), nullable=False),
     sa.Column('tokens', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('event_id', sa.String(length=191), nullable=True),
     sa.Column('created_at', hub.storage.models.UTCDateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('chat', 'event_id', 'role', name='uq_memory_event')
     )
     with op.batch_alter_table('memory', schema=None) as batch_op:
         batch_op.create_index('ix_memory_chat', ['chat', 'id'], unique=False)
@@ -230,6 +245,10 @@ def downgrade() -> None:
 
     op.drop_table('media')
     op.drop_table('kv')
+    with op.batch_alter_table('held_replies', schema=None) as batch_op:
+        batch_op.drop_index('ix_held_replies_chat')
+
+    op.drop_table('held_replies')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index('ix_jobs_state_next')
         batch_op.drop_index('ix_jobs_owner')

@@ -1,0 +1,194 @@
+"""Cold start and idle memory of `hub run` on the embedded default (SQLite, web chat alone).
+
+Each run starts a real process in a fresh temporary directory, twice: the first start creates
+the database (migrations applied), the second finds the schema current, which is every later
+start in production. For each start it times process start to the first 200 from /healthz;
+after the second it waits idle and reads VmRSS from /proc/<pid>/status, then sends SIGTERM and
+times the exit. Prints the median of every figure over the runs.
+
+    python bench/footprint.py [--runs 5] [--idle 3] [--imports]
+
+`--imports` also starts the hub once under `python -X importtime` and prints where the import
+time goes, by top-level package: the place to look for what is imported but not needed.
+
+Goal on a 2-core server: cold start ≤ 1 s, idle RSS ≤ 75 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+GOAL_START_S = 1.0
+GOAL_RSS_MB = 75.0
+
+
+@dataclass
+class Start:
+    seconds: float
+    cpu_s: float  # CPU the process used to get there: what a busy machine does not inflate
+    proc: subprocess.Popen[bytes]
+
+
+@dataclass
+class Run:
+    first_start_s: float
+    start_s: float
+    start_cpu_s: float
+    rss_mb: float
+    stop_s: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hub_command() -> list[str]:
+    # The console script next to this interpreter, as a user runs it; else the module.
+    script = Path(sys.executable).with_name("hub")
+    return [str(script), "run"] if script.exists() else [sys.executable, "-m", "hub", "run"]
+
+
+def healthz_ok(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def start_hub(workdir: Path, port: int, timeout: float = 30.0, command: list[str] | None = None) -> Start:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HUB_")}
+    env["HUB_HTTP__PORT"] = str(port)
+    t0 = time.perf_counter()
+    with open(workdir / "stderr.log", "ab") as stderr:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(
+            command or hub_command(), cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    while not healthz_ok(port):
+        if proc.poll() is not None:
+            raise SystemExit(f"hub exited with status {proc.returncode} before serving /healthz")
+        if time.perf_counter() - t0 > timeout:
+            proc.kill()
+            raise SystemExit(f"no 200 from /healthz within {timeout} s")
+        time.sleep(0.002)
+    return Start(time.perf_counter() - t0, cpu_seconds(proc.pid), proc)
+
+
+def cpu_seconds(pid: int) -> float:
+    # /proc/<pid>/stat: utime and stime are fields 14 and 15, in clock ticks (after the
+    # parenthesised command name, which may contain spaces).
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("VmRSS not found (this needs Linux /proc)")
+
+
+def stop_hub(proc: subprocess.Popen[bytes]) -> float:
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    if code != 0:
+        raise SystemExit(f"hub exited with status {code} after SIGTERM")
+    return time.perf_counter() - t0
+
+
+def one_run(idle_s: float) -> Run:
+    workdir = Path(tempfile.mkdtemp(prefix="hub-footprint-"))
+    try:
+        port = free_port()
+        first = start_hub(workdir, port)
+        stop_hub(first.proc)
+        again = start_hub(workdir, port)
+        time.sleep(idle_s)
+        rss = rss_mb(again.proc.pid)
+        stop_s = stop_hub(again.proc)
+        return Run(first.seconds, again.seconds, again.cpu_s, rss, stop_s)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def import_profile(top: int = 15) -> None:
+    """Start the hub (schema current) under -X importtime; print self time by top-level package."""
+    workdir = Path(tempfile.mkdtemp(prefix="hub-footprint-"))
+    try:
+        port = free_port()
+        stop_hub(start_hub(workdir, port).proc)  # creates the schema: the profiled start finds it current
+        started = start_hub(workdir, port, command=[sys.executable, "-X", "importtime", "-m", "hub", "run"])
+        stop_hub(started.proc)
+        by_package: dict[str, int] = {}
+        modules = 0
+        for line in (workdir / "stderr.log").read_text().splitlines():
+            if not line.startswith("import time:") or "|" not in line or "self [us]" in line:
+                continue
+            # "import time: <self us> | <cumulative us> | <indented module name>"
+            head, _cumulative, name = line.split("|")
+            package = name.strip().split(".")[0]
+            by_package[package] = by_package.get(package, 0) + int(head.split(":")[1])
+            modules += 1
+        total = sum(by_package.values())
+        print(f"imports at start: {modules} modules, {total / 1e6:.3f} s (inflated by -X importtime)")
+        for package, us in sorted(by_package.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"  {package:28s} {us / 1000:7.1f} ms")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds idle before reading RSS")
+    parser.add_argument("--imports", action="store_true", help="also print import time by package")
+    args = parser.parse_args()
+
+    runs: list[Run] = []
+    for i in range(args.runs):
+        r = one_run(args.idle)
+        runs.append(r)
+        print(
+            f"run {i + 1}: first start {r.first_start_s:.3f} s, start {r.start_s:.3f} s"
+            f" ({r.start_cpu_s:.2f} s CPU), idle RSS {r.rss_mb:.1f} MB, stop {r.stop_s:.3f} s",
+            flush=True,
+        )
+
+    def median(attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in runs)
+
+    load = os.getloadavg()[0]
+    print(f"median of {args.runs} runs ({' '.join(hub_command())}, web channel alone, SQLite; load {load:.1f}):")
+    for label, value in (
+        ("cold start, new database (migrations applied)", f"{median('first_start_s'):.3f} s"),
+        ("cold start, schema current", f"{median('start_s'):.3f} s   goal ≤ {GOAL_START_S} s"),
+        ("  CPU the process used to get there", f"{median('start_cpu_s'):.3f} s"),
+        (f"idle RSS after {args.idle:g} s", f"{median('rss_mb'):.1f} MB  goal ≤ {GOAL_RSS_MB:g} MB"),
+        ("exit after SIGTERM", f"{median('stop_s'):.3f} s"),
+    ):
+        print(f"  {label + ':':<48} {value}")
+    if args.imports:
+        import_profile()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,321 @@
+"""The Telegram channel: webhook or long polling in, Bot API calls out, on aiogram 3.
+
+Imported only when `[telegram] enabled`: aiogram is heavy. Parsing lives in telegram_parse,
+rendering, streaming and the error mapping in telegram_render, long polling in telegram_poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from aiogram import Bot
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import Update
+from aiogram.utils.backoff import Backoff
+from aiohttp import web
+from pydantic import ValidationError
+
+from hub.channels.base import Channel, Ingress, LiveStream, SendResult
+from hub.channels.telegram_parse import CHANNEL, HANDLED_UPDATES, BotIdentity, load_update, parse_update
+from hub.channels.telegram_poll import BACKOFF, Poller
+from hub.channels.telegram_render import (
+    TelegramLiveStream,
+    TelegramSender,
+    chat_id_of,
+    limits_for,
+    plan,
+    reply_of,
+    send_error,
+)
+from hub.channels.telegram_session import JsonSession
+from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
+from hub.events import ChatRef, Message
+from hub.settings import TelegramSettings
+from hub.storage.chats import ChatRepo
+from hub.storage.db import Database
+from hub.storage.media import MediaStore, StoredMedia
+
+log = logging.getLogger("hub.telegram")
+
+DEFAULT_API = "https://api.telegram.org"
+WEBHOOK_PATH = "/webhooks/telegram"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+START_TIMEOUT_S = 10.0
+EDIT_INTERVAL_S = {"private": 1.0, "group": 3.0}
+GET_FILE_MAX = 20 * 1024 * 1024
+
+
+def make_bot(settings: TelegramSettings) -> Bot:
+    """A Bot whose aiohttp session talks to `api_base` (a local Bot API server, a test fake)."""
+    if settings.token is None:
+        raise ConfigError([("telegram.token", "required")])
+    api = TelegramAPIServer.from_base(settings.api_base or DEFAULT_API)
+    return Bot(settings.token.get_secret_value(), session=JsonSession(api=api))
+
+
+def webhook_url(base: str) -> str:
+    return base.rstrip("/") + WEBHOOK_PATH
+
+
+class TelegramChannel(Channel):
+    name = CHANNEL
+
+    def __init__(
+        self,
+        settings: TelegramSettings,
+        *,
+        ingress: Ingress,
+        media: MediaStore,
+        chats: ChatRepo,
+        db: Database,
+        public_url: str | None,
+        poll_timeout_s: int = 25,
+        lock_retry_s: float = 5.0,
+    ) -> None:
+        self._settings = settings
+        self._ingress = ingress
+        self._media = media
+        self._chats = chats
+        self._public_url = public_url
+        self.bot = make_bot(settings)
+        self.limits = limits_for(settings.upload_limit_mb)
+        self._me = BotIdentity(self.bot.id)
+        self._secret = settings.secret_token.get_secret_value().encode() if settings.secret_token else None
+        self._sender = TelegramSender(
+            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url
+        )
+        self._poller = (
+            Poller(self.bot, self._take, db, timeout_s=poll_timeout_s, lock_retry_s=lock_retry_s)
+            if settings.mode == "polling"
+            else None
+        )
+        # Groups that became supergroups, old chat id → new; also recorded on the chat's row.
+        self._migrated: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self._state = "connecting"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(WEBHOOK_PATH, self.webhook)] if self._settings.mode == "webhook" else []
+
+    async def start(self) -> None:
+        self._stopped = False
+        if not await self._learn_me():
+            self._tasks.append(asyncio.create_task(self._learn_me_later(), name="telegram-getme"))
+        if self._poller is not None:
+            self._tasks.append(asyncio.create_task(self._poller.run(), name="telegram-polling"))
+        elif self._public_url:
+            await self._register_webhook()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+
+    async def close(self) -> None:
+        await self.bot.session.close()
+
+    async def _learn_me(self) -> bool:
+        try:
+            me = await asyncio.wait_for(self.bot.get_me(), timeout=START_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("event=telegram_getme_failed error=%s", send_error(exc))
+            return False
+        self._me = BotIdentity(me.id, me.username)
+        self._state = "running"
+        log.info("event=telegram_ready bot=%s mode=%s", me.username, self._settings.mode)
+        return True
+
+    async def _learn_me_later(self) -> None:
+        backoff = Backoff(BACKOFF)
+        while not await self._learn_me():
+            self._state = "failing"
+            await backoff.asleep()
+
+    async def _register_webhook(self) -> None:
+        assert self._public_url is not None and self._secret is not None
+        url = webhook_url(self._public_url)
+        try:
+            await asyncio.wait_for(
+                self.bot.set_webhook(
+                    url=url, secret_token=self._secret.decode(), allowed_updates=list(HANDLED_UPDATES)
+                ),
+                timeout=START_TIMEOUT_S,
+            )
+        except Exception as exc:
+            # The hub still serves; Telegram keeps any webhook registered before.
+            log.warning("event=telegram_set_webhook_failed url=%s error=%s", url, send_error(exc))
+        else:
+            log.info("event=telegram_webhook_set url=%s", url)
+
+    @property
+    def bot_names(self) -> Sequence[str]:
+        return (self._me.username,) if self._me.username else ()
+
+    def status(self) -> str:
+        if self._poller is not None and self._state == "running":
+            return self._poller.state
+        return self._state
+
+    # --- inbound --------------------------------------------------------------------------
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        given = request.headers.get(SECRET_HEADER)
+        if given is None:
+            raise VerificationFailed(f"missing {SECRET_HEADER}", 401)
+        if self._secret is None or not hmac.compare_digest(given.encode(), self._secret):
+            raise VerificationFailed(f"wrong {SECRET_HEADER}", 403)
+        try:
+            data = json.loads(await request.read())
+        except ValueError as exc:
+            raise BadPayload("body is not JSON") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+            raise BadPayload("not a Telegram update (no update_id)")
+        try:
+            update = load_update(data)
+        except ValidationError as exc:
+            raise BadPayload(f"not a Telegram update ({exc.error_count()} problems)") from exc
+        if update is not None:
+            await self._take(update)
+        return web.Response(status=200)
+
+    async def _take(self, update: Update) -> None:
+        """Store one update's event in the inbox (raises only when it could not be stored)."""
+        msg = update.message
+        if msg is not None and msg.migrate_to_chat_id:
+            await self._record_migration(str(msg.chat.id), msg.migrate_to_chat_id)
+        try:
+            event = parse_update(update, self._me)
+        except Exception:
+            # A shape this version does not expect: skip it rather than retry it forever.
+            log.exception("event=telegram_parse_failed update_id=%d", update.update_id)
+            return
+        if event is None:
+            log.debug("event=telegram_ignored update_id=%d", update.update_id)
+            return
+        await self._ingress.submit(event)
+
+    async def _record_migration(self, old_chat_id: str, new_chat_id: int) -> None:
+        if self._migrated.get(old_chat_id) == new_chat_id:
+            return
+        self._migrated[old_chat_id] = new_chat_id
+        old, new = ChatRef(CHANNEL, "group", old_chat_id), ChatRef(CHANNEL, "group", str(new_chat_id))
+        log.info("event=telegram_chat_migrated old=%s new=%s", old, new)
+        try:
+            await self._chats.update(str(old), migrated_to=str(new))
+        except Exception:
+            log.exception("event=telegram_migration_record_failed old=%s", old)
+
+    # --- outbound -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        target: ChatRef,
+        message: Message,
+        *,
+        quote: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        progress: int = 0,
+        on_progress: Any = None,
+    ) -> SendResult:
+        if self._stopped:
+            raise SendError("the Telegram channel is stopped", retryable=True, retry_after=5.0)
+        parts = plan(message)
+        if not parts:
+            return SendResult()
+
+        async def migrated(new_chat_id: int) -> None:
+            await self._record_migration(target.chat_id, new_chat_id)
+
+        try:
+            ids = await self._sender.send_parts(
+                target,
+                self._chat_id(target),
+                parts,
+                reply=reply_of(target, quote, context),
+                progress=progress,
+                on_progress=on_progress,
+                on_migrate=migrated,
+            )
+        except Exception as exc:
+            raise send_error(exc) from exc
+        return SendResult(tuple(ids))
+
+    def _chat_id(self, target: ChatRef) -> int | str:
+        return self._migrated.get(target.chat_id) or chat_id_of(target)
+
+    async def open_stream(
+        self, target: ChatRef, *, quote: str | None = None, context: Mapping[str, Any] | None = None
+    ) -> LiveStream | None:
+        if self._stopped:
+            return None
+        if target.chat_id in self._migrated:
+            target = ChatRef(CHANNEL, target.kind, str(self._migrated[target.chat_id]), target.thread_id)
+        return TelegramLiveStream(
+            self.bot, target, reply_of(target, quote, context), interval_s=EDIT_INTERVAL_S[target.kind]
+        )
+
+    async def action(self, target: ChatRef, kind: str = "typing") -> None:
+        if not self._stopped:
+            await self._sender.action(target, kind)
+
+    async def fetch_media(
+        self, file_id: str, *, name: str | None = None, mime: str | None = None, max_bytes: int | None = None
+    ) -> StoredMedia:
+        """Download a file a user sent (by its file_id) into the media store."""
+        try:
+            file = await self.bot.get_file(file_id)
+        except Exception as exc:
+            raise send_error(exc) from exc
+        if not file.file_path:
+            raise HubError("Telegram gives no download for this file (too large for getFile)")
+        limit = max_bytes or max(GET_FILE_MAX, self._sender.upload_limit)
+        url = self.bot.session.api.file_url(self.bot.token, file.file_path)
+        chunks = self.bot.session.stream_content(url, timeout=300, raise_for_status=True)
+        return await self._media.save_stream(chunks, max_bytes=limit, name=name, mime=mime)
+
+
+# --- `hub telegram set-webhook | delete-webhook` ----------------------------------------------
+
+
+async def _with_bot(settings: TelegramSettings, call: Callable[[Bot], Awaitable[None]]) -> None:
+    bot = make_bot(settings)
+    try:
+        await call(bot)
+    except Exception as exc:
+        raise send_error(exc) from exc
+    finally:
+        await bot.session.close()
+
+
+async def set_webhook(settings: TelegramSettings, base_url: str) -> str:
+    """Register `<base_url>/webhooks/telegram` with the secret token and the handled update types."""
+    if settings.secret_token is None:
+        raise ConfigError([("telegram.secret_token", "required to register a webhook")])
+    url = webhook_url(base_url)
+    secret = settings.secret_token.get_secret_value()
+
+    async def call(bot: Bot) -> None:
+        await bot.set_webhook(url=url, secret_token=secret, allowed_updates=list(HANDLED_UPDATES))
+
+    await _with_bot(settings, call)
+    return url
+
+
+async def delete_webhook(settings: TelegramSettings) -> None:
+    async def call(bot: Bot) -> None:
+        await bot.delete_webhook()
+
+    await _with_bot(settings, call)

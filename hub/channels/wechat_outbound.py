@@ -1,0 +1,270 @@
+"""Turning a hub Message into WeChat/WeCom sends: parts, media uploaded first, links when too large.
+
+A message becomes an ordered list of parts, one platform call each (so a retried send can skip
+the parts already out). A part is prepared into its wire form, a small JSON-able dict:
+`{"msgtype": "text", "text": ...}`, `{"msgtype": "image" | "voice" | "file", "media_id": ...}`,
+`{"msgtype": "video", "media_id", "title", "description"}`. Media larger than the platform
+takes (or in a form it cannot play) goes as a text with a one-line note and a link to
+`<public_url>/media/<id>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from hub.channels.base import split_text
+from hub.channels.wechat_api import WeChatApi
+from hub.errors import SendError
+from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
+from hub.storage.media import MediaStore
+
+MB = 1024 * 1024
+NOUN = {"image": "image", "voice": "audio", "video": "video", "file": "file"}
+DEFAULT_EXT = {"image": ".jpg", "voice": ".mp3", "video": ".mp4", "file": ".bin"}
+DEFAULT_MIME = {"image": "image/jpeg", "voice": "audio/mpeg", "video": "video/mp4", "file": "application/octet-stream"}
+VOICE_MAX_S = 60.0
+TITLE_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    kind: str  # text | image | voice | video | file
+    text: str = ""
+    media: Media | None = None
+    title: str = ""
+    description: str = ""
+
+
+def render(message: Message, text_bytes: int) -> list[Part]:
+    """The parts of a message, in order: text split at `text_bytes` UTF-8 bytes, one per media.
+
+    A media caption follows its media as text, except a video's, which is its title and
+    description. Quotes and unsupported content have no form here.
+    """
+    parts: list[Part] = []
+    buf: list[str] = []
+
+    def flush() -> None:
+        text = "".join(buf).strip()
+        buf.clear()
+        if text:
+            parts.extend(Part("text", chunk) for chunk in split_text(text, text_bytes, "bytes"))
+
+    for seg in message.segments:
+        if isinstance(seg, Text):
+            buf.append(seg.text)
+        elif isinstance(seg, Mention):
+            buf.append(f"@{seg.name or seg.user_id} ")
+        elif isinstance(seg, Video):
+            flush()
+            caption = (seg.caption or "").strip()
+            title = caption.splitlines()[0] if caption else (seg.name or "Video")
+            if len(title) > TITLE_MAX:
+                title = title[: TITLE_MAX - 1] + "…"
+            parts.append(Part("video", media=seg, title=title, description=caption))
+        elif isinstance(seg, Image | Audio | File):
+            flush()
+            parts.append(Part({Image: "image", Audio: "voice", File: "file"}[type(seg)], media=seg))
+            if seg.caption:
+                buf.append(seg.caption)
+    flush()
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    data: bytes | None  # None: too large to load (size says how large, when known)
+    size: int | None
+
+
+class MediaPreparer:
+    """Uploads media parts to the platform, or turns them into links when they do not fit.
+
+    `limits` maps a platform media type (image, voice, video, file) to its largest upload;
+    a type missing from it cannot be sent (Official Accounts have no file message).
+    `voice_formats` are the audio formats a voice message takes; other audio goes as a file
+    where the platform has files, else as a link.
+    """
+
+    def __init__(
+        self,
+        api: WeChatApi,
+        media: MediaStore,
+        public_url: str | None,
+        *,
+        limits: Mapping[str, int],
+        voice_formats: frozenset[str],
+    ) -> None:
+        self._api = api
+        self._media = media
+        self._public_url = public_url.rstrip("/") if public_url else None
+        self._limits = dict(limits)
+        self._voice_formats = voice_formats
+
+    async def prepare(self, part: Part) -> dict[str, Any]:
+        if part.kind == "text" or part.media is None:
+            return {"msgtype": "text", "text": part.text}
+        seg = part.media
+        kinds = self._candidates(part.kind, seg)
+        largest = max((self._limits[k] for k in kinds), default=0)
+        loaded = await self._load(seg, largest)
+        for kind in kinds:
+            if loaded.data is not None and len(loaded.data) <= self._limits[kind]:
+                media_id = await self._api.upload(kind, loaded.data, _filename(seg, kind), _mime(seg, kind))
+                out: dict[str, Any] = {"msgtype": kind, "media_id": media_id}
+                if kind == "video":
+                    out.update(title=part.title, description=part.description)
+                return out
+        return {"msgtype": "text", "text": await self._link_text(part, seg, loaded.size, kinds)}
+
+    def _candidates(self, kind: str, seg: Media) -> list[str]:
+        if kind == "voice":
+            kinds = ["voice", "file"] if self._voice_ok(seg) else ["file"]
+        else:
+            kinds = [kind]
+        return [k for k in kinds if k in self._limits]
+
+    def _voice_ok(self, seg: Media) -> bool:
+        if seg.duration is not None and seg.duration > VOICE_MAX_S:
+            return False
+        return _format(seg) in self._voice_formats
+
+    async def _load(self, seg: Media, max_bytes: int) -> _Loaded:
+        if seg.data is not None:
+            return _Loaded(seg.data if len(seg.data) <= max_bytes else None, len(seg.data))
+        if seg.path:
+            try:
+                size = (await asyncio.to_thread(os.stat, seg.path)).st_size
+            except OSError as exc:
+                raise SendError(f"media file is gone: {seg.path} ({exc.strerror})", retryable=False) from None
+            if size > max_bytes:
+                return _Loaded(None, size)
+            return _Loaded(await asyncio.to_thread(Path(seg.path).read_bytes), size)
+        if seg.url:
+            return await self._download(seg.url, max_bytes)
+        raise SendError("media without a file, bytes or URL cannot be sent", retryable=False)
+
+    async def _download(self, url: str, max_bytes: int) -> _Loaded:
+        try:
+            async with self._api.http.get(url) as resp:
+                if resp.status >= 400:
+                    raise SendError(f"media download: HTTP {resp.status}", retryable=resp.status >= 500)
+                if resp.content_length is not None and resp.content_length > max_bytes:
+                    return _Loaded(None, resp.content_length)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        return _Loaded(None, None)
+                    chunks.append(chunk)
+                return _Loaded(b"".join(chunks), size)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SendError(f"media download: {type(exc).__name__}", retryable=True) from None
+
+    async def _link_text(self, part: Part, seg: Media, size: int | None, kinds: list[str]) -> str:
+        noun = NOUN.get(part.kind, "file")
+        if not kinds:
+            why = f"This {noun} cannot be sent here"
+        elif size is not None:
+            why = f"This {noun} ({size / MB:.1f} MB) is too large to send here"
+        else:
+            why = f"This {noun} is too large to send here"
+        return await self._with_link(part, seg, why)
+
+    async def expired_text(self, part: Part) -> str:
+        """What replaces an uploaded media kept longer than the platform keeps temporary media."""
+        assert part.media is not None
+        return await self._with_link(
+            part, part.media, f"This {NOUN.get(part.kind, 'file')} waited too long to show here"
+        )
+
+    async def _with_link(self, part: Part, seg: Media, why: str) -> str:
+        link = await self._link(seg)
+        note = f"{why}; open it here:\n{link}" if link else f"{why}, and the hub has no public address to link it."
+        return f"{part.description}\n{note}" if part.kind == "video" and part.description else note
+
+    async def _link(self, seg: Media) -> str | None:
+        if seg.path is None and seg.data is None:
+            return seg.url
+        if self._public_url is None:
+            return None
+        media_id: str | None = None
+        if seg.path:
+            media_id = self._media.id_of_path(seg.path)
+            if media_id is None:
+                stored = await self._media.save_stream(
+                    _file_chunks(seg.path), max_bytes=2**62, name=seg.name or Path(seg.path).name, mime=seg.mime
+                )
+                media_id = stored.id
+        elif seg.data is not None:
+            media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)).id
+        return f"{self._public_url}/media/{media_id}"
+
+
+async def _file_chunks(path: str) -> AsyncIterator[bytes]:
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
+            yield chunk
+    finally:
+        fh.close()
+
+
+def _format(seg: Media) -> str:
+    """A short format name (mp3, amr, ...) from the mime type or the file name."""
+    name = seg.name or seg.path or seg.url or ""
+    ext = os.path.splitext(name.split("?", 1)[0])[1].lstrip(".").lower()
+    if ext:
+        return ext
+    mime = (seg.mime or "").lower()
+    return {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/amr": "amr"}.get(mime, mime.rsplit("/", 1)[-1])
+
+
+def _mime(seg: Media, kind: str) -> str:
+    if seg.mime:
+        return seg.mime
+    guessed = mimetypes.guess_type(seg.name or seg.path or "")[0]
+    return guessed or DEFAULT_MIME[kind]
+
+
+def _filename(seg: Media, kind: str) -> str:
+    """An ASCII file name with an extension: the platforms check the type by it."""
+    source = seg.name or (Path(seg.path).name if seg.path else "") or ""
+    ext = os.path.splitext(source)[1].lower()
+    if not ext or not ext[1:].isalnum():
+        ext = mimetypes.guess_extension(seg.mime or "") or DEFAULT_EXT[kind]
+    stem = "".join(c for c in os.path.splitext(source)[0] if c.isascii() and (c.isalnum() or c in "-_"))[:40]
+    return f"{stem or kind}{ext}"
+
+
+async def send_parts(
+    parts: list[Part],
+    prepare: Callable[[Part], Awaitable[dict[str, Any]]],
+    post: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    *,
+    progress: int = 0,
+    on_progress: Callable[[int], Awaitable[None]] | None = None,
+) -> list[str]:
+    """Send parts in order, one call each, skipping the first `progress` (sent by an earlier try).
+
+    Returns the platform's message ids, where it gives them.
+    """
+    ids: list[str] = []
+    for n, part in enumerate(parts):
+        if n < progress:
+            continue
+        out = await post(await prepare(part))
+        if out.get("msgid"):
+            ids.append(str(out["msgid"]))
+        if on_progress is not None:
+            await on_progress(n + 1)
+    return ids

@@ -1,0 +1,142 @@
+"""/video, /music, /image, /jobs and /cancel: ask for media, follow and cancel your jobs.
+
+The handlers only create the job and answer: the poller does the rest, so the chat is never
+held up (an image waits at most `job_after_s` before it becomes a job too).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from hub.events import Image, Message
+from hub.jobs import CANCELLED, IN_FLIGHT, SUCCEEDED, Job, JobRequest, JobService, parse_job_id
+from hub.skills.base import Context
+from hub.storage.db import utcnow
+
+USUALLY = {"video": "usually 1–3 minutes", "music": "usually about a minute", "image": "usually within a minute"}
+EXAMPLES = {"video": "a piglet singing", "music": "a calm piano piece", "image": "a cat in a spacesuit"}
+NOT_SET_UP = {
+    "video": "Video generation is not set up on this hub.",
+    "music": "Music generation is not set up on this hub.",
+    "image": "Image generation is not set up on this hub.",
+}
+RECENT = 10
+
+
+def queued_text(job: Job) -> str:
+    return f"queued as {job.ref} — I'll post it here when it's ready, {USUALLY[job.skill]}"
+
+
+def status_text(job: Job) -> str:
+    """One line on where a job stands, for the same request asked again."""
+    age = _ago(job.created_at)
+    return (
+        f"You already asked for that: {job.ref} is {job.state} (asked {age}). "
+        f"I'll post it here when it's ready, {USUALLY[job.skill]}."
+    )
+
+
+class MediaSkills:
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
+
+    def _request(self, ctx: Context, skill: str) -> JobRequest:
+        ev = ctx.event
+        return JobRequest(
+            owner=ctx.user,
+            chat=ev.chat,
+            skill=skill,
+            prompt=ctx.args.strip(),
+            origin=f"{ev.channel}:{ev.id}",
+            quote=ev.id,
+            context=ev.context,
+        )
+
+    async def _check(self, ctx: Context, skill: str) -> bool:
+        if not self._jobs.configured(skill):
+            await ctx.reply(NOT_SET_UP[skill])
+            return False
+        if not ctx.args.strip():
+            await ctx.reply(f"Tell me what to make, e.g. /{skill} {EXAMPLES[skill]}")
+            return False
+        return True
+
+    async def video(self, ctx: Context) -> None:
+        await self._long(ctx, "video")
+
+    async def music(self, ctx: Context) -> None:
+        await self._long(ctx, "music")
+
+    async def _long(self, ctx: Context, skill: str) -> None:
+        if not await self._check(ctx, skill):
+            return
+        requested = await self._jobs.request(self._request(ctx, skill))
+        if requested.how == "same":
+            await ctx.reply(status_text(requested.job))
+        else:
+            await ctx.reply(queued_text(requested.job))
+
+    async def image(self, ctx: Context) -> None:
+        if not await self._check(ctx, "image"):
+            return
+        await ctx.action("upload_photo")
+        outcome = await self._jobs.request_image(self._request(ctx, "image"))
+        job = outcome.job
+        if outcome.how == "done" and outcome.media is not None:
+            m = outcome.media
+            image = Image(path=str(m.path), name=m.name, mime=m.mime, size=m.size, caption=job.prompt)
+            await ctx.reply(Message((image,)))
+        elif outcome.how == "failed":
+            await ctx.reply(f"Sorry, I could not make that image: {outcome.error}")
+        elif outcome.how == "same":
+            await ctx.reply(status_text(job))
+        else:
+            await ctx.reply(f"This one takes longer: {queued_text(job)}")
+
+    async def list_jobs(self, ctx: Context) -> None:
+        jobs = await self._jobs.list(owner=ctx.user, limit=RECENT)
+        if not jobs:
+            await ctx.reply("You have no jobs yet. Try /video a piglet singing")
+            return
+        lines = ["Your recent jobs:"]
+        for job in jobs:
+            lines.append(f"{job.ref} {job.skill} · {job.state} · {_short(job.prompt)} ({_ago(job.created_at)})")
+        await ctx.reply("\n".join(lines))
+
+    async def cancel(self, ctx: Context) -> None:
+        arg = ctx.args.strip()
+        job_id = parse_job_id(arg) if arg else None
+        if job_id is None:
+            await ctx.reply("Which job? Send /cancel <job id>, e.g. /cancel #7f3a (see /jobs).")
+            return
+        job = await self._jobs.get(job_id)
+        if job is None or (job.owner != ctx.user and not ctx.is_admin):
+            # Someone else's job is none of this person's business, not even its existence.
+            await ctx.reply(f"There is no job #{job_id} of yours.")
+            return
+        if job.state not in IN_FLIGHT:
+            if job.state == SUCCEEDED:
+                await ctx.reply(f"{job.ref} is already done and on its way.")
+            else:
+                await ctx.reply(f"{job.ref} is already {job.state}.")
+            return
+        after = await self._jobs.cancel(job.id)
+        if after is not None and after.state == CANCELLED:
+            await ctx.reply(f"Cancelled {job.ref}.")
+        else:
+            await ctx.reply(f"{job.ref} could not be cancelled: it is {after.state if after else 'gone'}.")
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _ago(at: datetime) -> str:
+    s = max(0, int((utcnow() - at).total_seconds()))
+    if s < 60:
+        return f"{s} s ago"
+    if s < 3600:
+        return f"{s // 60} min ago"
+    if s < 86400:
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} d ago"

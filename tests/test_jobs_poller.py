@@ -1,0 +1,384 @@
+"""The poller and the jobs table, tick by tick (no scheduler): claims, leases, backoff, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_providers import PNG_1X1, FakeHunyuan, FakeImages, video_bytes
+from harness import make_settings, pg_database
+from jobs_helpers import providers_toml
+from sqlalchemy import update
+
+from hub.app import _generation_providers
+from hub.delivery import Outbox
+from hub.events import ChatRef
+from hub.jobs import JobRequest, JobService
+from hub.metrics import Metrics
+from hub.settings import Settings
+from hub.storage.chats import ChatRepo
+from hub.storage.db import Database, utcnow
+from hub.storage.jobs import JOB_ID_RE, Job, JobRepo, NewJob, parse_job_id
+from hub.storage.media import MediaStore
+from hub.storage.migrate import migrate
+from hub.storage.models import jobs as jobs_table
+from hub.storage.outbox import OutboxRepo
+
+CHAT = ChatRef("fake", "group", "g1")
+
+
+def make_service(db: Database, settings: Settings, holder: str) -> JobService:
+    """One process's jobs service on `db`, its outbox not sending (the rows are the output)."""
+    providers, images = _generation_providers(settings)
+    metrics = Metrics()
+    media = MediaStore(db, settings.media_dir)
+    outbox = Outbox(OutboxRepo(db, holder), media, {}, ChatRepo(db), metrics)
+    return JobService(JobRepo(db, holder, 30), outbox, media, metrics, providers=providers, images=images)
+
+
+@dataclasses.dataclass
+class Parts:
+    db: Database
+    service: JobService
+    settings: Settings
+
+    @property
+    def outbox(self) -> OutboxRepo:
+        return self.service._outbox.repo
+
+    def other(self, holder: str) -> JobService:
+        """A second process's view of the same database."""
+        return make_service(self.db, self.settings, holder)
+
+
+async def _parts(tmp_path: Path, toml: str, url: str | None = None) -> Parts:
+    settings = make_settings(tmp_path, toml)
+    db = Database(url or settings.database_url)
+    await migrate(db)
+    await db.start()
+    service = make_service(db, settings, "me")
+    await service.open()
+    return Parts(db, service, settings)
+
+
+@pytest.fixture
+async def hunyuan() -> AsyncIterator[FakeHunyuan]:
+    fake = FakeHunyuan(queued_s=0.0, running_s=0.0)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def parts(tmp_path: Path, hunyuan: FakeHunyuan) -> AsyncIterator[Parts]:
+    p = await _parts(tmp_path, providers_toml(hunyuan=hunyuan.url, poll_s=0.01))
+    yield p
+    await p.service.stop()
+    await p.db.close()
+
+
+def request(prompt: str, origin: str | None = None, owner: str = "fake:u1") -> JobRequest:
+    return JobRequest(owner=owner, chat=CHAT, skill="video", prompt=prompt, origin=origin, quote="m1")
+
+
+async def step(service: JobService) -> int:
+    """One tick and the work it started."""
+    n = await service.tick()
+    await service.drain()
+    return n
+
+
+async def due_now(db: Database, job_id: str) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(update(jobs_table).where(jobs_table.c.id == job_id).values(next_poll_at=utcnow()))
+
+
+async def job_rows(p: Parts) -> list[dict[str, Any]]:
+    return [r for r in await p.outbox.all_rows() if r["origin"] == "job"]
+
+
+def test_job_ids_are_typed_with_or_without_hash() -> None:
+    assert parse_job_id("#7F3A") == "7f3a"
+    assert parse_job_id(" 7f3a ") == "7f3a"
+    assert parse_job_id("deadbeef") == "deadbeef"
+    for bad in ("7f3", "7f3a0b1c9", "zzzz", "#", ""):
+        assert parse_job_id(bad) is None
+
+
+async def test_ids_are_short_hex_and_unique(parts: Parts) -> None:
+    repo = parts.service.repo
+    # Created together, as a busy hub does: one commit serves many, ids still unique.
+    made = [
+        job
+        for job, _ in await asyncio.gather(
+            *(repo.create(NewJob("fake:u", CHAT, "video", "hunyuan", f"p{i}", 60, origin=f"o{i}")) for i in range(600))
+        )
+    ]
+    ids = [j.id for j in made]
+    assert len(set(ids)) == 600
+    assert all(JOB_ID_RE.match(i) for i in ids)
+    assert sum(len(i) == 4 for i in ids) > 500  # short while the space is mostly free
+    again, created = await repo.create(NewJob("fake:u", CHAT, "video", "hunyuan", "other", 60, origin="o7"))
+    assert not created and again.id == made[7].id
+
+
+async def test_a_job_goes_queued_submitted_succeeded_delivered(parts: Parts, hunyuan: FakeHunyuan) -> None:
+    svc = parts.service
+    job = (await svc.request(request("a cat", "fake:e1"))).job
+    assert job.state == "queued" and job.ref == f"#{job.id}"
+    assert await step(svc) == 1
+    job = await _get(svc, job.id)
+    assert job.state == "submitted" and job.provider_job_id == "1452550001" and job.holder is None
+    await due_now(parts.db, job.id)
+    assert await step(svc) == 1
+    job = await _get(svc, job.id)
+    assert job.state == "delivered" and job.finished_at is not None and job.next_poll_at is None
+    (row,) = await job_rows(parts)
+    assert row["idempotency_key"] == f"job:{job.id}:result" and row["target"] == str(CHAT) and row["quote"] == "m1"
+    (seg,) = row["message"]
+    assert seg["type"] == "video" and seg["caption"] == "a cat" and seg["mime"] == "video/mp4"
+    assert Path(seg["path"]).read_bytes() == video_bytes("1452550001")
+    assert await step(svc) == 0  # nothing due any more
+
+
+async def test_a_transient_error_backs_off_without_changing_state(parts: Parts, hunyuan: FakeHunyuan) -> None:
+    svc = parts.service
+    job = (await svc.request(request("a dog"))).job
+    await step(svc)
+    hunyuan.errors(2)
+    for attempt in (1, 2):
+        await due_now(parts.db, job.id)
+        await step(svc)
+        job = await _get(svc, job.id)
+        assert job.state == "submitted" and job.attempts == attempt
+        assert job.error is not None and "HTTP 503" in job.error
+        # Backoff: the next poll is later than the provider's interval (0.01 s), growing.
+        assert job.next_poll_at is not None
+        assert job.next_poll_at - job.updated_at >= timedelta(seconds=0.0075 * 2 ** (attempt - 1))
+    await due_now(parts.db, job.id)
+    await step(svc)
+    job = await _get(svc, job.id)
+    assert job.state == "delivered" and job.attempts == 0
+
+
+async def test_a_refused_submission_fails_and_tells_the_owner(parts: Parts, hunyuan: FakeHunyuan) -> None:
+    svc = parts.service
+    hunyuan.server.queue("POST", "/v1/api/video/submit", _status(400, "prompt too long"))
+    job = (await svc.request(request("x" * 10))).job
+    await step(svc)
+    job = await _get(svc, job.id)
+    assert job.state == "failed" and "prompt too long" in (job.error or "")
+    (notice,) = await job_rows(parts)
+    assert notice["idempotency_key"] == f"job:{job.id}:failed"
+    assert notice["message"][0]["text"].startswith(f"Sorry, your video #{job.id} failed: hunyuan submit: HTTP 400")
+
+
+async def test_only_due_jobs_with_free_leases_are_claimed(parts: Parts) -> None:
+    svc = parts.service
+    a = (await svc.request(request("a"))).job
+    b = (await svc.request(request("b"))).job
+    c = (await svc.request(request("c"))).job
+    later = utcnow() + timedelta(hours=1)
+    async with parts.db.engine.begin() as conn:
+        await conn.execute(update(jobs_table).where(jobs_table.c.id == b.id).values(next_poll_at=later))
+        await conn.execute(
+            update(jobs_table).where(jobs_table.c.id == c.id).values(holder="someone", lease_until=later)
+        )
+    claimed = await svc.repo.claim_due(10)
+    assert [j.id for j in claimed] == [a.id]
+    assert claimed[0].holder == "me" and claimed[0].lease_until is not None
+    assert await svc.repo.claim_due(10) == []  # now leased by me
+    # The other holder's lease expires: its job can be taken over.
+    async with parts.db.engine.begin() as conn:
+        await conn.execute(update(jobs_table).where(jobs_table.c.id == c.id).values(lease_until=utcnow()))
+    assert [j.id for j in await svc.repo.claim_due(10)] == [c.id]
+
+
+async def test_a_worker_that_lost_its_lease_cannot_overwrite(parts: Parts) -> None:
+    svc = parts.service
+    job = (await svc.request(request("fenced"))).job
+    (mine,) = await svc.repo.claim_due(1)
+    # The lease expired and another process took the job over.
+    async with parts.db.engine.begin() as conn:
+        await conn.execute(update(jobs_table).where(jobs_table.c.id == job.id).values(lease_until=utcnow()))
+    other = parts.other("other")
+    (theirs,) = await other.repo.claim_due(1)
+    assert theirs.id == mine.id
+    assert not await svc.repo.change(job.id, ["queued"], state="failed")
+    assert await other.repo.change(job.id, ["queued"], state="submitted", provider_job_id="p1")
+    assert (await _get(svc, job.id)).state == "submitted"
+
+
+async def test_killed_between_queueing_the_result_and_marking_it_delivered(parts: Parts, hunyuan: FakeHunyuan) -> None:
+    """The outbox key dedupes: the result is queued once however often delivery restarts."""
+    svc = parts.service
+    job = (await svc.request(request("twice"))).job
+    await step(svc)
+    await due_now(parts.db, job.id)
+    # Deliver, then pretend the process died before it recorded `delivered`.
+    await step(svc)
+    async with parts.db.engine.begin() as conn:
+        await conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == job.id)
+            .values(state="succeeded", holder="dead", lease_until=utcnow(), next_poll_at=utcnow())
+        )
+    assert await step(svc) == 1
+    assert (await _get(svc, job.id)).state == "delivered"
+    assert len(await job_rows(parts)) == 1
+    assert len(hunyuan.server.calls("/files/1452550001.mp4")) == 1  # the stored file was reused
+
+
+async def test_an_expired_result_url_fails_the_job_with_a_notice(parts: Parts, hunyuan: FakeHunyuan) -> None:
+    svc = parts.service
+    job = (await svc.request(request("gone"))).job
+    await step(svc)
+    hunyuan.server.queue("GET", "/files/{name}", _status(403, "Request has expired"))
+    await due_now(parts.db, job.id)
+    await step(svc)
+    job = await _get(svc, job.id)
+    assert job.state == "failed" and "could not be downloaded" in (job.error or "")
+    (notice,) = await job_rows(parts)
+    assert "Request has expired" in notice["message"][0]["text"]
+
+
+async def test_a_result_larger_than_the_cap_is_refused(parts: Parts) -> None:
+    svc = parts.service
+    svc.max_download_bytes = 10
+    job = (await svc.request(request("huge"))).job
+    await step(svc)
+    await due_now(parts.db, job.id)
+    await step(svc)
+    job = await _get(svc, job.id)
+    assert job.state == "failed" and job.error == "the result is larger than 0 MB"
+    assert list(parts.settings.media_dir.glob("*.part")) == []
+
+
+async def test_admin_retry_starts_a_new_round_with_new_keys(parts: Parts, hunyuan: FakeHunyuan) -> None:
+    svc = parts.service
+    job = (await svc.request(request("[fail] once"))).job
+    await step(svc)
+    await due_now(parts.db, job.id)
+    await step(svc)
+    assert (await _get(svc, job.id)).state == "failed"
+    assert (await svc.retry(f"#{job.id}")) is not None
+    job = await _get(svc, job.id)
+    assert (
+        job.state == "queued"
+        and job.retries == 1
+        and job.error is None
+        and job.key("result") == f"job:{job.id}:1:result"
+    )
+    assert await svc.retry(job.id) == job  # only a finished-badly job can be retried: unchanged
+    counts = await svc.counts()
+    assert counts["queued"] == 1 and counts["delivered"] == 0 and set(counts) >= {"timed_out", "cancelled"}
+
+
+async def test_an_image_lost_in_a_restart_is_submitted_once_more_then_failed(tmp_path: Path) -> None:
+    fake = FakeImages()
+    await fake.start()
+    p = await _parts(tmp_path, providers_toml(image=fake.url))
+    try:
+        svc = p.service
+        req = JobRequest(owner="fake:u1", chat=CHAT, skill="image", prompt="a kite", origin="fake:i1")
+        # As a process that died while making it would leave it: submitted once, lease expired.
+        lost = NewJob("fake:u1", CHAT, "image", "image", "a kite", 30, origin="fake:i1", state="submitted", attempts=1)
+        job, _ = await svc.repo.create(lost)
+        await step(svc)
+        job = await _get(svc, job.id)
+        assert job.state == "delivered" and job.attempts == 2
+        (result,) = await job_rows(p)
+        assert result["message"][0]["type"] == "image" and Path(result["message"][0]["path"]).read_bytes() == PNG_1X1
+        # The event handled again after that: it finds the job, nothing is made twice.
+        outcome = await svc.request_image(req)
+        assert outcome.how == "job" and outcome.job.id == job.id
+        assert len(fake.server.calls("/v1/images/generations")) == 1
+
+        twice = NewJob("fake:u1", CHAT, "image", "image", "a boat", 30, state="submitted", attempts=2)
+        job2, _ = await svc.repo.create(twice)
+        await step(svc)
+        job2 = await _get(svc, job2.id)
+        assert job2.state == "failed" and "restarted" in (job2.error or "")
+        notice = [r for r in await job_rows(p) if r["idempotency_key"] == f"job:{job2.id}:failed"]
+        assert notice and notice[0]["message"][0]["text"].startswith(f"Sorry, your image #{job2.id} failed")
+        assert len(fake.server.calls("/v1/images/generations")) == 1
+    finally:
+        await p.service.stop()
+        await p.db.close()
+        await fake.stop()
+
+
+async def test_image_handled_again_after_a_crash_answers_the_same(tmp_path: Path) -> None:
+    fake = FakeImages()
+    await fake.start()
+    p = await _parts(tmp_path, providers_toml(image=fake.url))
+    try:
+        req = JobRequest(owner="fake:u1", chat=CHAT, skill="image", prompt="a kite", origin="fake:i9")
+        first = await p.service.request_image(req)
+        again = await p.service.request_image(req)
+        assert first.how == again.how == "done"
+        assert first.media is not None and again.media is not None and first.media.path == again.media.path
+        assert len(fake.server.calls("/v1/images/generations")) == 1
+    finally:
+        await p.service.stop()
+        await p.db.close()
+        await fake.stop()
+
+
+async def test_two_pollers_on_postgresql_never_claim_the_same_job(tmp_path: Path, hunyuan: FakeHunyuan) -> None:
+    async with pg_database() as url:
+        p = await _parts(tmp_path, providers_toml(hunyuan=hunyuan.url), url=url)
+        try:
+            for i in range(300):
+                await p.service.repo.create(NewJob("fake:u", CHAT, "video", "hunyuan", f"p{i}", 60))
+            a, b = p.service, p.other("other")
+            await b.open()
+            claims_a, claims_b = await _race(a, b)
+            ids_a = {j.id for batch in claims_a for j in batch}
+            ids_b = {j.id for batch in claims_b for j in batch}
+            assert not ids_a & ids_b
+            assert len(ids_a) + len(ids_b) == 300
+            await b.stop()
+        finally:
+            await p.service.stop()
+            await p.db.close()
+
+
+async def _race(a: JobService, b: JobService) -> tuple[list[list[Job]], list[list[Job]]]:
+    got_a: list[list[Job]] = []
+    got_b: list[list[Job]] = []
+
+    async def take(svc: JobService, into: list[list[Job]]) -> None:
+        while batch := await svc.repo.claim_due(25):
+            into.append(batch)
+
+    await asyncio.gather(take(a, got_a), take(b, got_b), take(a, got_a), take(b, got_b))
+    return got_a, got_b
+
+
+async def _get(svc: JobService, job_id: str) -> Job:
+    job = await svc.get(job_id)
+    assert job is not None
+    return job
+
+
+def _status(status: int, message: str) -> Any:
+    from aiohttp import web
+
+    return web.json_response({"error": {"message": message}}, status=status)
+
+
+def test_the_hunyuan_base_url_is_the_host_alone(tmp_path: Path) -> None:
+    from hub.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_settings(tmp_path, '[providers.hunyuan]\nbase_url = "https://tokenhub.example.com/v1"\napi_key = "k"\n')
+    assert [key for key, _ in caught.value.problems] == ["providers.hunyuan.base_url"]
+    ok = make_settings(tmp_path, '[providers.hunyuan]\nbase_url = "https://tokenhub.example.com/"\napi_key = "k"\n')
+    assert ok.providers.hunyuan is not None and ok.providers.hunyuan.base_url == "https://tokenhub.example.com"
+    assert ok.providers.hunyuan.model == "hy-video-1.5"
