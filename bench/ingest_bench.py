@@ -269,7 +269,7 @@ def _profiler(hub: HubProcess, out_dir: str | None, name: str) -> subprocess.Pop
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     out = Path(out_dir) / f"{''.join(c if c.isalnum() else '_' for c in name)}.txt"
     spy = subprocess.Popen(
-        ["py-spy", "record", "--pid", str(hub.proc.pid), "--format", "raw", "--rate", "200", "-o", str(out)],
+        ["py-spy", "record", "--pid", str(hub.proc.pid), "--gil", "--format", "raw", "--rate", "250", "-o", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

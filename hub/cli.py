@@ -127,7 +127,11 @@ def cmd_admin(args: argparse.Namespace) -> int:
         db = Database(settings.database_url)
         try:
             await migrate(db)
-            await UserRepo(db).set(user, is_admin=args.action == "add")
+            if args.action == "add":
+                # Making someone an admin also lifts a ban: the owner is never locked out.
+                await UserRepo(db).set(user, is_admin=True, banned=False)
+            else:
+                await UserRepo(db).set(user, is_admin=False)
             await AuditRepo(db).record("cli", f"admin {args.action}", "ok", detail=user)
         finally:
             await db.close()

@@ -490,6 +490,7 @@ class JobService:
     async def _back_off(self, job: Job, base_s: float, error: str) -> None:
         """A transient error: try again later, longer each time, without changing state."""
         attempts = job.attempts + 1
+        # From the provider's interval (at least a second), doubling, capped, jittered.
         delay = min(BACKOFF_CAP_S, max(base_s, 1.0) * 2 ** (attempts - 1)) * random.uniform(0.75, 1.0)
         at = utcnow() + timedelta(seconds=delay)
         if job.deadline_at is not None and job.state != SUCCEEDED:

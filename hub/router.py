@@ -142,28 +142,43 @@ class Router:
         else:
             info = self._skills.get(command.name)
         chat = await self._chat_settings(str(event.chat))
+        is_admin = await self._is_admin(user)
+        # Refusals (unknown command, not an admin, switched off) run inside the middlewares
+        # too, so the access policy speaks first to someone it keeps out; they carry no skill
+        # name, so nothing counts them as a use.
+        refusal: str | None = None
+        reason: str | None = None
+        if info is None:
+            assert command is not None
+            refusal = f"Unknown command /{command.raw_name}. Send /help to see what I can do."
+        elif info.admin_only and not is_admin:
+            refusal, reason = "Sorry, that command is for the bot's admins only.", "not an admin"
+        elif info.skill and info.skill in chat.skills_off:
+            refusal = f"/{info.name} is switched off in this chat."
         ctx = Context(
             event=event,
             command=command,
             chat=chat,
-            is_admin=await self._is_admin(user),
+            is_admin=is_admin,
             replier=replier,
-            skill=(info.skill or info.name) if info else "",
+            skill="" if refusal is not None or info is None else (info.skill or info.name),
         )
+
+        async def innermost(_event: Event, c: Context) -> None:
+            if refusal is not None:
+                await c.reply(refusal)
+                if reason is not None:
+                    for hook in self._refusal_hooks:
+                        await hook(c, reason)
+                return
+            assert info is not None
+            await info.handler(c)
+
+        handler: Handler = innermost
+        for mw in reversed(self._middlewares):
+            handler = _bind(mw, handler)
         try:
-            if info is None:
-                assert command is not None
-                await ctx.reply(f"Unknown command /{command.raw_name}. Send /help to see what I can do.")
-                return
-            if info.admin_only and not ctx.is_admin:
-                await ctx.reply("Sorry, that command is for the bot's admins only.")
-                for hook in self._refusal_hooks:
-                    await hook(ctx, "not an admin")
-                return
-            if info.skill and info.skill in chat.skills_off:
-                await ctx.reply(f"/{info.name} is switched off in this chat.")
-                return
-            await self._call(info, event, ctx)
+            await handler(event, ctx)
         except Exception:
             log.exception(
                 "event=skill_failed id=%s channel=%s chat=%s skill=%s", event.id, event.channel, event.chat, ctx.skill
@@ -181,15 +196,6 @@ class Router:
                 ctx.skill or "-",
                 (time.perf_counter() - started) * 1000,
             )
-
-    async def _call(self, info: SkillInfo, event: Event, ctx: Context) -> None:
-        async def innermost(_event: Event, c: Context) -> None:
-            await info.handler(c)
-
-        handler: Handler = innermost
-        for mw in reversed(self._middlewares):
-            handler = _bind(mw, handler)
-        await handler(event, ctx)
 
 
 def _bind(mw: Middleware, nxt: Handler) -> Handler:

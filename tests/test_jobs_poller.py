@@ -157,9 +157,9 @@ async def test_a_transient_error_backs_off_without_changing_state(parts: Parts, 
         job = await _get(svc, job.id)
         assert job.state == "submitted" and job.attempts == attempt
         assert job.error is not None and "HTTP 503" in job.error
-        # Backoff: the next poll is later than the provider's interval (0.01 s), growing.
+        # Backoff: at least a second (the interval here is 0.01 s), doubling, jittered by up to -25 %.
         assert job.next_poll_at is not None
-        assert job.next_poll_at - job.updated_at >= timedelta(seconds=0.0075 * 2 ** (attempt - 1))
+        assert job.next_poll_at - job.updated_at >= timedelta(seconds=0.7 * 2 ** (attempt - 1))
     await due_now(parts.db, job.id)
     await step(svc)
     job = await _get(svc, job.id)

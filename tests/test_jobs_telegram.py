@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fake_providers import FakeHunyuan, video_bytes
 from fake_telegram import BOT_USERNAME, FakeTelegram, command_entity, message_update, post_update, telegram_toml
-from harness import make_settings, running_hub
+from harness import eventually, make_settings, running_hub
 from jobs_helpers import job_ref, providers_toml
 
 GROUP = -1001234567890
@@ -54,8 +54,13 @@ async def test_a_video_asked_in_a_group_is_uploaded_to_that_group(
         upload = video.file("video")
         assert upload is not None and upload.data == video_bytes(next(iter(hunyuan.jobs)))
 
+        async def delivered() -> bool:
+            job = await h.hub.jobs.get(job_id)
+            return job is not None and job.state == "delivered"
+
+        await eventually(delivered)  # marked just after the video was queued
         job = await h.hub.jobs.get(job_id)
-        assert job is not None and job.state == "delivered"
+        assert job is not None
         assert str(job.chat) == f"telegram:group:{GROUP}" and job.quote == str(update["update_id"])
     (submit,) = hunyuan.submits()
     assert submit.json == {"model": "hy-video-1.5", "prompt": "a cat"}

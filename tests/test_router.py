@@ -180,3 +180,23 @@ async def test_middleware_wraps_skills_in_order() -> None:
     r.use(inner)
     assert await _run(r, _event("/video x")) == ["video:x"]
     assert order == ["outer", "inner:video"]
+
+
+async def test_refusals_pass_through_the_middlewares_with_no_skill() -> None:
+    r = _router(off=frozenset({"video"}))
+    seen: list[str] = []
+
+    async def gate(call_next, event, ctx):  # type: ignore[no-untyped-def]
+        seen.append(ctx.skill)
+        if ctx.user == "fake:stranger":
+            await ctx.reply("pairing code ABC123")
+            return
+        await call_next(event, ctx)
+
+    r.use(gate)
+    # Someone the policy keeps out hears the policy, not "unknown command".
+    assert await _run(r, _event("/nope", user="stranger")) == ["pairing code ABC123"]
+    assert await _run(r, _event("/admin", user="stranger")) == ["pairing code ABC123"]
+    # Refusals carry no skill name, so a quota middleware never counts them.
+    assert "switched off" in (await _run(r, _event("/video x")))[0]
+    assert seen == ["", "", ""]

@@ -104,10 +104,17 @@ class InboxRepo:
         """Extend this process's lease on events it is still handling."""
         if not ids:
             return
+        # Rows locked by a write in flight (marking them done) are skipped, not waited for:
+        # waiting could deadlock with that batch on PostgreSQL.
+        mine = (
+            select(inbox.c.id)
+            .where(inbox.c.id.in_(list(ids)), inbox.c.holder == self.holder)
+            .with_for_update(skip_locked=True)
+        )
         async with self._db.engine.begin() as conn:
             await conn.execute(
                 update(inbox)
-                .where(inbox.c.id.in_(list(ids)), inbox.c.holder == self.holder)
+                .where(inbox.c.id.in_(mine.scalar_subquery()))
                 .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
             )
 
