@@ -28,7 +28,7 @@ from hub.channels.wechat_inbound import CallbackCrypto, Inbound, open_envelope, 
 from hub.channels.wechat_outbound import MB, MediaPreparer, render, send_parts
 from hub.channels.wechat_passive import HELD_TEXT_MAX, PassiveReplies
 from hub.errors import ConfigError, SendError
-from hub.events import ChatRef, Event, Message, User, segment_to_dict
+from hub.events import ChatRef, Message, segment_to_dict
 from hub.settings import WechatSettings
 from hub.storage.chats import ChatRepo
 from hub.storage.held import HeldReplyRepo
@@ -166,14 +166,8 @@ class WechatChannel(Channel):
         if msg.kind == "event" and msg.event not in KEPT_EVENTS:
             log.info("event=wechat_ignored kind=event name=%s", msg.event)
             return success()
-        chat = ChatRef(self.name, "private", msg.sender)
-        event = Event(
-            id=msg.event_id,
-            channel=self.name,
-            chat=chat,
-            sender=User(self.name, msg.sender),
-            message=msg.message,
-        )
+        event = msg.to_event(self.name)
+        chat = event.chat
         new = await self._ingress.submit(event)
         log.info(
             "event=wechat_in id=%s kind=%s new=%s ms=%.1f",

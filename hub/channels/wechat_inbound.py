@@ -13,7 +13,7 @@ import xmltodict
 from wechatpy.utils import WeChatSigner
 
 from hub.errors import BadPayload, VerificationFailed
-from hub.events import Audio, Image, Message, Segment, Text, Unsupported, Video
+from hub.events import Audio, ChatRef, Event, Image, Message, Segment, Text, Unsupported, User, Video
 
 VOICE_MIME = {"amr": "audio/amr", "mp3": "audio/mpeg", "speex": "audio/speex", "silk": "audio/silk"}
 
@@ -126,6 +126,16 @@ class Inbound:
     def event_id(self) -> str:
         """What deduplicates WeChat's retries: MsgId, or FromUserName + CreateTime for events."""
         return self.msg_id if self.msg_id and self.msg_id != "0" else f"{self.sender}:{self.create_time}"
+
+    def to_event(self, channel: str) -> Event:
+        """The hub's event for this callback: always a private chat with the sender."""
+        return Event(
+            id=self.event_id,
+            channel=channel,
+            chat=ChatRef(channel, "private", self.sender),
+            sender=User(channel, self.sender),
+            message=self.message,
+        )
 
 
 def parse_inbound(xml: str, *, enterprise: bool) -> Inbound:

@@ -22,7 +22,7 @@ from hub.channels.wechat_api import WeChatApi
 from hub.channels.wechat_inbound import CallbackCrypto, Inbound, open_envelope, parse_inbound
 from hub.channels.wechat_outbound import MB, MediaPreparer, render, send_parts
 from hub.errors import ConfigError, SendError
-from hub.events import ChatRef, Event, Message, User
+from hub.events import ChatRef, Message
 from hub.settings import WecomSettings
 from hub.storage.media import MediaStore
 
@@ -109,14 +109,8 @@ class WecomChannel(Channel):
         if msg.kind == "event" and msg.event not in KEPT_EVENTS:
             log.info("event=wecom_ignored kind=event name=%s", msg.event)
             return no_reply()
-        chat = ChatRef(self.name, "private", msg.sender)
-        event = Event(
-            id=msg.event_id,
-            channel=self.name,
-            chat=chat,
-            sender=User(self.name, msg.sender),
-            message=msg.message,
-        )
+        event = msg.to_event(self.name)
+        chat = event.chat
         new = await self._ingress.submit(event)
         log.info(
             "event=wecom_in id=%s kind=%s new=%s ms=%.1f",

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-
 from hub.errors import ProviderError
-from hub.providers.generation import Poll, message_in, request_json
+from hub.providers.generation import Poll, ProviderSession, message_in, request_json
 from hub.settings import HunyuanSettings
 
 QUEUED = {"queued", "pending", "submitted", "wait"}
@@ -29,25 +27,18 @@ class HunyuanVideo:
         self._model = settings.model or "hy-video-1.5"
         self.poll_interval_s = settings.poll_interval_s
         self.timeout_s = settings.timeout_s
-        self._headers = {"Content-Type": "application/json"}
-        if settings.api_key is not None:
-            self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        if settings.key_id:
-            self._headers["X-API-Key-Id"] = settings.key_id
-        self._http: aiohttp.ClientSession | None = None
+        self._session = ProviderSession(
+            settings.api_key, **({"X-API-Key-Id": settings.key_id} if settings.key_id else {})
+        )
 
     async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(headers=self._headers)
+        await self._session.start()
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self._session.close()
 
     async def _call(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
-        assert self._http is not None, "provider not started"
-        data = await request_json(self._http, "POST", f"{self._base}{path}", json=body, what=what)
+        data = await request_json(self._session.http, "POST", f"{self._base}{path}", json=body, what=what)
         if not isinstance(data, dict):
             raise ProviderError(f"{what}: unexpected answer {str(data)[:200]}", retryable=True)
         return data

@@ -12,10 +12,15 @@ import base64
 import binascii
 from typing import Any
 
-import aiohttp
-
 from hub.errors import ProviderError
-from hub.providers.generation import GeneratedImage, ImageProvider, message_in, request_json, retryable_status
+from hub.providers.generation import (
+    GeneratedImage,
+    ImageProvider,
+    ProviderSession,
+    message_in,
+    request_json,
+    retryable_status,
+)
 from hub.settings import ImageSettings
 
 
@@ -86,25 +91,18 @@ class SdxlImages:
         self._base = settings.base_url
         self.timeout_s = settings.timeout_s
         self.job_after_s = settings.job_after_s
-        self._headers = {"Content-Type": "application/json"}
-        if settings.api_key is not None:
-            self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        self._http: aiohttp.ClientSession | None = None
+        self._session = ProviderSession(settings.api_key)
 
     async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(headers=self._headers)
+        await self._session.start()
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self._session.close()
 
     async def generate(self, prompt: str) -> GeneratedImage:
-        assert self._http is not None, "provider not started"
         body = {"prompt": prompt, "negative_prompt": "", "width": 1024, "height": 1024, "steps": 30, "seed": -1}
         data = await request_json(
-            self._http,
+            self._session.http,
             "POST",
             f"{self._base}/sdapi/v1/txt2img",
             json=body,

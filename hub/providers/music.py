@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-
 from hub.errors import ProviderError
-from hub.providers.generation import Poll, request_json
+from hub.providers.generation import Poll, ProviderSession, request_json
 from hub.settings import MusicSettings
 
 
@@ -26,26 +24,21 @@ class SunoMusic:
         self._model = settings.model
         self.poll_interval_s = settings.poll_interval_s
         self.timeout_s = settings.timeout_s
-        self._headers = {"Content-Type": "application/json"}
-        if settings.api_key is not None:
-            self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        self._http: aiohttp.ClientSession | None = None
+        self._session = ProviderSession(settings.api_key)
 
     async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(headers=self._headers)
+        await self._session.start()
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self._session.close()
 
     async def submit(self, prompt: str) -> str:
-        assert self._http is not None, "provider not started"
         body: dict[str, Any] = {"prompt": prompt, "make_instrumental": False, "wait_audio": False}
         if self._model:
             body["model"] = self._model
-        data = await request_json(self._http, "POST", f"{self._base}/api/generate", json=body, what="music generate")
+        data = await request_json(
+            self._session.http, "POST", f"{self._base}/api/generate", json=body, what="music generate"
+        )
         clips = data if isinstance(data, list) else (data.get("data") if isinstance(data, dict) else None)
         ids = [str(c["id"]) for c in clips or () if isinstance(c, dict) and c.get("id")]
         if not ids:
@@ -54,9 +47,8 @@ class SunoMusic:
         return ",".join(ids)
 
     async def poll(self, provider_job_id: str) -> Poll:
-        assert self._http is not None, "provider not started"
         data = await request_json(
-            self._http, "GET", f"{self._base}/api/get", params={"ids": provider_job_id}, what="music get"
+            self._session.http, "GET", f"{self._base}/api/get", params={"ids": provider_job_id}, what="music get"
         )
         clips = [c for c in (data if isinstance(data, list) else ()) if isinstance(c, dict)]
         if not clips:
