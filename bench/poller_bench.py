@@ -27,6 +27,8 @@ from sqlalchemy import update
 
 from hub.delivery import Outbox
 from hub.events import ChatRef
+from hub.job_delivery import JobDelivery
+from hub.job_images import ImageJobs
 from hub.jobs import JobService
 from hub.metrics import Metrics
 from hub.providers.generation import Poll
@@ -110,10 +112,12 @@ async def run(args: argparse.Namespace) -> None:
         media = MediaStore(db, Path(tmp) / "media")
         outbox = Outbox(OutboxRepo(db, "bench"), media, {}, ChatRepo(db), metrics)
         per_tick = max(1, round(args.jobs * args.due))
+        repo = JobRepo(db, "bench", 30.0)
+        delivery = JobDelivery(repo, outbox, media)
         service = JobService(
-            JobRepo(db, "bench", 30.0),
-            outbox,
-            media,
+            repo,
+            delivery,
+            ImageJobs(repo, delivery, media, None),
             metrics,
             providers={"video": RunningForever()},
             concurrency=per_tick,

@@ -25,6 +25,8 @@ from hub.delivery import Outbox
 from hub.events import Event
 from hub.http import ServerRoutes, error_middleware
 from hub.inbound import Dispatcher, EventReplier, LiveSink
+from hub.job_delivery import JobDelivery
+from hub.job_images import ImageJobs
 from hub.jobs import JobService
 from hub.metrics import Metrics
 from hub.people import People
@@ -183,13 +185,14 @@ def build_app(
 
     # --- long jobs: providers only for the [providers.*] sections that are set ---------------
     job_providers, image_provider = _generation_providers(settings)
+    job_repo = JobRepo(db, holder, lease_s)
+    job_delivery = JobDelivery(job_repo, outbox, media)
     jobs = JobService(
-        JobRepo(db, holder, lease_s),
-        outbox,
-        media,
+        job_repo,
+        job_delivery,
+        ImageJobs(job_repo, job_delivery, media, image_provider),
         metrics,
         providers=job_providers,
-        images=image_provider,
         release_all_at_start=db.is_sqlite,
     )
 

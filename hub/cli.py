@@ -10,8 +10,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from hub.config_load import describe, load_settings
 from hub.errors import ConfigError
-from hub.settings import Settings, describe, load_settings
+from hub.settings import Settings
 
 log = logging.getLogger("hub.cli")
 

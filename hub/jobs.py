@@ -3,12 +3,8 @@
 A job's state lives in its row (storage/jobs.py); APScheduler only wakes the poller. Each tick
 claims the due jobs (next poll time passed, lease free or expired) with a lease, works on them
 concurrently with a bound, and reschedules each at its provider's interval, backing off on
-transient errors without changing state. A finished job's media is downloaded into the media
-store and queued in the outbox under a key derived from the job, then marked delivered: a kill
-at any moment followed by a restart queues it once, and the outbox sends it once.
-
-Images are the exception that proves the rule: the request itself waits up to `job_after_s`
-for the image and answers with it; past that the same row becomes a job like any other.
+transient errors without changing state. Delivering results and telling owners is in
+job_delivery.py; images, which the request itself waits for, in job_images.py.
 """
 
 from __future__ import annotations
@@ -18,22 +14,20 @@ import builtins
 import contextlib
 import dataclasses
 import logging
-import random
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
-import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from hub.delivery import Outbox
 from hub.errors import ProviderError
-from hub.events import Audio, ChatRef, Image, Message, Video
+from hub.events import ChatRef
+from hub.job_delivery import NOUN, JobDelivery, duration
+from hub.job_images import IMAGE_PROVIDER, ImageJobs, ImageOutcome
 from hub.metrics import Metrics
-from hub.providers.generation import GeneratedImage, ImageProvider, JobProvider, download
+from hub.providers.generation import JobProvider
 from hub.storage.db import utcnow
 from hub.storage.jobs import (
     ACTIVE,
@@ -53,8 +47,6 @@ from hub.storage.jobs import (
     NewJob,
     parse_job_id,
 )
-from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
-from hub.storage.outbox import NewMessage
 
 __all__ = [
     "ACTIVE",
@@ -79,14 +71,6 @@ __all__ = [
 
 log = logging.getLogger("hub.jobs")
 
-# The skill behind each kind of job, and what its result is.
-SKILL_MEDIA: dict[str, type[Video] | type[Audio] | type[Image]] = {"video": Video, "music": Audio, "image": Image}
-MEDIA_DEFAULTS = {"video": ("mp4", "video/mp4"), "music": ("mp3", "audio/mpeg"), "image": ("png", "image/png")}
-NOUN = {"video": "video", "music": "music", "image": "image"}
-IMAGE_PROVIDER = "image"
-MAX_DELIVERY_ATTEMPTS = 8
-BACKOFF_CAP_S = 300.0
-
 
 @dataclass(frozen=True, slots=True)
 class JobRequest:
@@ -110,64 +94,39 @@ class Requested:
     how: Literal["created", "existing", "same"]
 
 
-@dataclass(frozen=True, slots=True)
-class ImageOutcome:
-    """`done`: the image is at `media` (answer with it); `failed`: `error` says why; `job`: it
-    became a job; `same`: an identical request is in flight (`job`)."""
-
-    how: Literal["done", "failed", "job", "same"]
-    job: Job
-    media: StoredMedia | None = None
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class _Handoff:
-    """Who answers with an image: the waiting request, until it gives up and the job takes over."""
-
-    future: asyncio.Future[ImageOutcome]
-    taken_over: bool = False
-    answering: bool = False
-
-
 class JobService:
     """The jobs API for skills and admins, and the poller."""
 
     def __init__(
         self,
         repo: JobRepo,
-        outbox: Outbox,
-        media: MediaStore,
+        delivery: JobDelivery,
+        images: ImageJobs,
         metrics: Metrics,
         *,
         providers: Mapping[str, JobProvider],
-        images: ImageProvider | None = None,
         release_all_at_start: bool = False,
         concurrency: int = 32,
         batch: int = 100,
         tick_s: float | None = None,
-        max_download_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         self.repo = repo
-        self._outbox = outbox
-        self._media = media
+        self._delivery = delivery
+        self._images = images
         self._metrics = metrics
         # By skill name: "video" → hunyuan, "music" → the music gateway.
         self._providers = dict(providers)
         self._by_name = {p.name: p for p in self._providers.values()}
-        self._images = images
         self._release_all = release_all_at_start
         self.concurrency = concurrency
         self.batch = batch
         intervals = [p.poll_interval_s for p in self._providers.values()]
         # Often enough to honour the shortest poll interval; idle ticks are one indexed query.
         self.tick_s = tick_s if tick_s is not None else max(0.05, min([1.0, *(i / 2 for i in intervals)]))
-        self.max_download_bytes = max_download_bytes
         self._slots = asyncio.Semaphore(concurrency)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._held: set[str] = set()
         self._scheduler: AsyncIOScheduler | None = None
-        self._http: aiohttp.ClientSession | None = None
         self._ticking = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -178,7 +137,16 @@ class JobService:
     # --- what skills and admins call ---------------------------------------------------------
 
     def configured(self, skill: str) -> bool:
-        return self._images is not None if skill == "image" else skill in self._providers
+        return self._images.configured if skill == "image" else skill in self._providers
+
+    @property
+    def max_download_bytes(self) -> int:
+        """The largest result downloaded; kept by delivery, tunable here as before."""
+        return self._delivery.max_download_bytes
+
+    @max_download_bytes.setter
+    def max_download_bytes(self, value: int) -> None:
+        self._delivery.max_download_bytes = value
 
     async def request(self, req: JobRequest) -> Requested:
         """Create a video or music job for a request, or find the one it already made."""
@@ -195,41 +163,9 @@ class JobService:
 
     async def request_image(self, req: JobRequest) -> ImageOutcome:
         """Make an image, waiting up to `job_after_s`; past that it is delivered as a job."""
-        images = self._images
-        assert images is not None, "no image provider"
-        if req.origin is not None and (job := await self.repo.by_origin(req.origin)) is not None:
-            return self._outcome_of(job)
-        if (same := await self.repo.find_in_flight(req.owner, req.chat, req.skill, req.prompt)) is not None:
-            return ImageOutcome("same", same)
-        new = dataclasses.replace(
-            self._new_job(req, IMAGE_PROVIDER, images.timeout_s), state=SUBMITTED, hold=True, attempts=1
-        )
-        job, created = await self.repo.create(new)
-        if not created:
-            return self._outcome_of(job)
-        log.info("event=job_created job=%s skill=image chat=%s owner=%s", job.id, job.chat, job.owner)
-        handoff = _Handoff(asyncio.get_running_loop().create_future())
-        self._spawn(job, self._make_image(job, handoff))
-        try:
-            return await asyncio.wait_for(asyncio.shield(handoff.future), timeout=images.job_after_s)
-        except TimeoutError:
-            # No await between these checks and the flags: the image's task sees one or the other.
-            if handoff.answering:
-                return await handoff.future
-            handoff.taken_over = True
-            log.info("event=image_became_job job=%s after_s=%.1f", job.id, images.job_after_s)
-            return ImageOutcome("job", job)
-
-    def _outcome_of(self, job: Job) -> ImageOutcome:
-        """The answer to a request handled before (the event came again after a crash)."""
-        if job.state == DELIVERED and job.result.get("replied") and job.result.get("path"):
-            r = job.result
-            path = Path(r["path"])
-            stored = StoredMedia(path.name, path, r.get("name"), r.get("mime"), r.get("size", 0))
-            return ImageOutcome("done", job, media=stored)
-        if job.state in (FAILED, TIMED_OUT) and job.result.get("replied"):
-            return ImageOutcome("failed", job, error=job.error)
-        return ImageOutcome("job", job)
+        timeout_s = self._images.timeout_s
+        assert timeout_s is not None, "no image provider"
+        return await self._images.request(self._new_job(req, IMAGE_PROVIDER, timeout_s), self._spawn)
 
     def _new_job(self, req: JobRequest, provider: str, timeout_s: float) -> NewJob:
         return NewJob(
@@ -271,7 +207,7 @@ class JobService:
         job = await self.repo.get(parsed) if parsed else None
         if job is None:
             return None
-        timeout = self._images.timeout_s if job.provider == IMAGE_PROVIDER and self._images else None
+        timeout = self._images.timeout_s if job.provider == IMAGE_PROVIDER else None
         provider = self._by_name.get(job.provider)
         timeout = timeout or (provider.timeout_s if provider else 600.0)
         after = await self.repo.retry(job.id, timeout)
@@ -285,11 +221,10 @@ class JobService:
     async def open(self) -> None:
         """Open the client sessions; ticks then run only when called (tests, the benchmark)."""
         self._stopping = False
-        self._http = aiohttp.ClientSession()
+        await self._delivery.open()
         for p in self._providers.values():
             await p.start()
-        if self._images is not None:
-            await self._images.start()
+        await self._images.start()
 
     async def start(self) -> None:
         """Open, and let APScheduler tick, renew leases and count jobs."""
@@ -327,10 +262,8 @@ class JobService:
             await self.repo.release(held)
         for p in self._providers.values():
             await p.close()
-        if self._images is not None:
-            await self._images.close()
-        if self._http is not None:
-            await self._http.close()
+        await self._images.close()
+        await self._delivery.close()
 
     def wake(self) -> None:
         """Tick now (a job was created): nothing waits for the next interval."""
@@ -381,7 +314,7 @@ class JobService:
         while self._inflight:
             await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
 
-    def _spawn(self, job: Job, work: Any) -> None:
+    def _spawn(self, job: Job, work: Coroutine[Any, Any, None]) -> None:
         self._held.add(job.id)
 
         async def run() -> None:
@@ -417,11 +350,13 @@ class JobService:
     async def _work(self, job: Job) -> None:
         started = time.perf_counter()
         if job.state == SUCCEEDED:
-            await self._deliver(job)
+            await self._delivery.deliver(job)
         elif job.provider == IMAGE_PROVIDER:
-            await self._resume_image(job)
+            await self._images.resume(job)
         elif job.deadline_at is not None and utcnow() >= job.deadline_at:
-            await self._finish_badly(job, TIMED_OUT, f"no result within {_duration(job.deadline_at - job.created_at)}")
+            await self._delivery.finish_badly(
+                job, TIMED_OUT, f"no result within {duration(job.deadline_at - job.created_at)}"
+            )
         else:
             await self._advance(job)
         log.debug("event=job_worked job=%s state=%s ms=%.1f", job.id, job.state, (time.perf_counter() - started) * 1000)
@@ -430,7 +365,9 @@ class JobService:
         """Submit a queued job, or poll a submitted one, and act on what the provider says."""
         provider = self._by_name.get(job.provider)
         if provider is None:
-            await self._finish_badly(job, FAILED, f"{NOUN.get(job.skill, job.skill)} generation is not set up any more")
+            await self._delivery.finish_badly(
+                job, FAILED, f"{NOUN.get(job.skill, job.skill)} generation is not set up any more"
+            )
             return
         try:
             if job.state == QUEUED or job.provider_job_id is None:
@@ -452,9 +389,9 @@ class JobService:
             poll = await provider.poll(job.provider_job_id)
         except ProviderError as exc:
             if exc.retryable:
-                await self._back_off(job, provider.poll_interval_s, str(exc))
+                await self._delivery.back_off(job, provider.poll_interval_s, str(exc))
             else:
-                await self._finish_badly(job, FAILED, str(exc))
+                await self._delivery.finish_badly(job, FAILED, str(exc))
             return
         if poll.status == "completed" and poll.url:
             result = {"url": poll.url}
@@ -462,12 +399,14 @@ class JobService:
                 job.id, [SUBMITTED, RUNNING], release=False, state=SUCCEEDED, result=result, attempts=0, error=None
             ):
                 log.info("event=job_succeeded job=%s provider=%s", job.id, job.provider)
-                await self._deliver(dataclasses.replace(job, state=SUCCEEDED, result=result, attempts=0))
+                await self._delivery.deliver(dataclasses.replace(job, state=SUCCEEDED, result=result, attempts=0))
         elif poll.status == "failed":
-            await self._finish_badly(job, FAILED, poll.error or "the provider gave no reason")
+            await self._delivery.finish_badly(job, FAILED, poll.error or "the provider gave no reason")
         elif poll.status == "running":
             if not job.progress_noted:
-                await self._notify(job, "progress", f"{job.ref} has started: your {NOUN[job.skill]} is being made now.")
+                await self._delivery.notify(
+                    job, "progress", f"{job.ref} has started: your {NOUN[job.skill]} is being made now."
+                )
             await self.repo.change(
                 job.id,
                 [SUBMITTED, RUNNING],
@@ -486,190 +425,3 @@ class JobService:
         at = utcnow() + timedelta(seconds=interval_s)
         # Never sleep past the deadline: a job that will not finish is told so on time.
         return min(at, job.deadline_at) if job.deadline_at is not None and job.state != SUCCEEDED else at
-
-    async def _back_off(self, job: Job, base_s: float, error: str) -> None:
-        """A transient error: try again later, longer each time, without changing state."""
-        attempts = job.attempts + 1
-        # From the provider's interval (at least a second), doubling, capped, jittered.
-        delay = min(BACKOFF_CAP_S, max(base_s, 1.0) * 2 ** (attempts - 1)) * random.uniform(0.75, 1.0)
-        at = utcnow() + timedelta(seconds=delay)
-        if job.deadline_at is not None and job.state != SUCCEEDED:
-            at = min(at, job.deadline_at)
-        await self.repo.change(job.id, [job.state], attempts=attempts, error=error[:2000], next_poll_at=at)
-        log.info(
-            "event=job_backoff job=%s state=%s attempts=%d delay_s=%.1f error=%r",
-            job.id,
-            job.state,
-            attempts,
-            delay,
-            error,
-        )
-
-    # --- results and notices -----------------------------------------------------------------
-
-    async def _deliver(self, job: Job) -> None:
-        """Fetch the result into the media store, queue it for the chat, mark it delivered."""
-        result = dict(job.result)
-        path = result.get("path")
-        if not path or not await asyncio.to_thread(Path(path).exists):
-            try:
-                stored = await self._fetch(job, str(result.get("url") or ""))
-            except MediaTooLarge as exc:
-                await self._finish_badly(job, FAILED, f"the result is larger than {exc.limit // (1024 * 1024)} MB")
-                return
-            except ProviderError as exc:
-                if exc.retryable and job.attempts + 1 < MAX_DELIVERY_ATTEMPTS:
-                    await self._back_off(job, 2.0, str(exc))
-                else:
-                    await self._finish_badly(job, FAILED, f"the result could not be downloaded ({exc})")
-                return
-            result.update(path=str(stored.path), name=stored.name, mime=stored.mime, size=stored.size)
-            if not await self.repo.change(job.id, [SUCCEEDED], release=False, result=result):
-                return
-        await self._put_result(job, result)
-        if await self.repo.change(job.id, [SUCCEEDED], state=DELIVERED, finished_at=utcnow(), next_poll_at=None):
-            log.info(
-                "event=job_delivered job=%s skill=%s chat=%s size=%s", job.id, job.skill, job.chat, result.get("size")
-            )
-
-    async def _put_result(self, job: Job, result: Mapping[str, Any]) -> None:
-        segment = SKILL_MEDIA[job.skill](
-            path=str(result["path"]),
-            name=result.get("name"),
-            mime=result.get("mime"),
-            size=result.get("size"),
-            caption=job.prompt,
-        )
-        await self._outbox.put(
-            NewMessage(
-                target=job.chat,
-                message=Message((segment,)),
-                quote=job.quote,
-                context=job.context,
-                origin="job",
-                idempotency_key=job.key("result"),
-            )
-        )
-
-    async def _fetch(self, job: Job, url: str) -> StoredMedia:
-        if not url:
-            raise ProviderError("the provider gave no result URL", retryable=False)
-        assert self._http is not None
-        ext, default_mime = MEDIA_DEFAULTS[job.skill]
-        async with download(self._http, url) as (ctype, chunks):
-            mime = (ctype or "").split(";")[0].strip() or default_mime
-            if mime in ("application/octet-stream", "binary/octet-stream"):
-                mime = default_mime
-            return await self._media.save_stream(
-                chunks, max_bytes=self.max_download_bytes, name=f"{job.skill}-{job.id}.{ext}", mime=mime
-            )
-
-    async def _notify(self, job: Job, what: str, text: str) -> None:
-        await self._outbox.put(
-            NewMessage(
-                target=job.chat,
-                message=Message.of(text),
-                quote=job.quote,
-                context=job.context,
-                origin="job",
-                idempotency_key=job.key(what),
-            )
-        )
-
-    async def _finish_badly(self, job: Job, state: str, reason: str, *, tell: bool = True) -> None:
-        """End a job as failed or timed_out, telling its owner (the notice first: it is keyed)."""
-        noun = NOUN.get(job.skill, job.skill)
-        if tell:
-            if state == TIMED_OUT:
-                text = f"Sorry, your {noun} {job.ref} timed out: {reason}."
-            else:
-                text = f"Sorry, your {noun} {job.ref} failed: {reason}"
-            await self._notify(job, state, text)
-        if await self.repo.change(
-            job.id, ACTIVE, state=state, error=reason[:2000], finished_at=utcnow(), next_poll_at=None
-        ):
-            log.info("event=job_%s job=%s reason=%r", state, job.id, reason)
-
-    # --- images ------------------------------------------------------------------------------
-
-    async def _make_image(self, job: Job, handoff: _Handoff | None) -> None:
-        """Generate; answer through the waiting request if it is still there, else deliver."""
-        images = self._images
-        outcome: ImageOutcome
-        if images is None:
-            outcome = ImageOutcome("failed", job, error="image generation is not set up any more")
-        else:
-            try:
-                image = await asyncio.wait_for(images.generate(job.prompt), timeout=images.timeout_s)
-                stored = await self._store_image(job, image)
-                outcome = ImageOutcome("done", job, media=stored)
-            except TimeoutError:
-                limit = _duration(timedelta(seconds=images.timeout_s))
-                outcome = ImageOutcome("failed", job, error=f"no image within {limit}")
-            except MediaTooLarge as exc:
-                outcome = ImageOutcome("failed", job, error=f"the image is larger than {exc.limit // (1024 * 1024)} MB")
-            except ProviderError as exc:
-                outcome = ImageOutcome("failed", job, error=str(exc))
-        if handoff is not None and not handoff.taken_over:
-            handoff.answering = True
-            try:
-                # Answered in the same exchange: recorded first, so a re-handled event answers the same.
-                await self._settle_replied(job, outcome)
-            finally:
-                handoff.future.set_result(outcome)
-            return
-        if outcome.how == "done" and outcome.media is not None:
-            result = _media_result(outcome.media)
-            if await self.repo.change(job.id, [SUBMITTED], release=False, state=SUCCEEDED, result=result):
-                await self._deliver(dataclasses.replace(job, state=SUCCEEDED, result=result))
-        else:
-            timed_out = (outcome.error or "").startswith("no image within")
-            await self._finish_badly(job, TIMED_OUT if timed_out else FAILED, outcome.error or "unknown error")
-
-    async def _settle_replied(self, job: Job, outcome: ImageOutcome) -> None:
-        now = utcnow()
-        if outcome.how == "done" and outcome.media is not None:
-            result = _media_result(outcome.media) | {"replied": True}
-            await self.repo.change(
-                job.id, [SUBMITTED], state=DELIVERED, result=result, finished_at=now, next_poll_at=None
-            )
-        else:
-            await self.repo.change(
-                job.id,
-                [SUBMITTED],
-                state=FAILED,
-                result={"replied": True},
-                error=(outcome.error or "")[:2000],
-                finished_at=now,
-                next_poll_at=None,
-            )
-
-    async def _store_image(self, job: Job, image: GeneratedImage) -> StoredMedia:
-        name = f"image-{job.id}.png"
-        if image.data is not None:
-            if len(image.data) > self.max_download_bytes:
-                raise MediaTooLarge(self.max_download_bytes)
-            return await self._media.save_bytes(image.data, name=name, mime=image.mime)
-        return await self._fetch(job, image.url or "")
-
-    async def _resume_image(self, job: Job) -> None:
-        """An image job found by the poller: its process died while making it, or an admin
-        retried it. Submitted once more after a restart; a second loss fails it."""
-        if job.state == SUBMITTED and job.attempts >= 2:
-            await self._finish_badly(job, FAILED, "the hub restarted while making it; please ask again")
-            return
-        if not await self.repo.change(job.id, [job.state], release=False, state=SUBMITTED, attempts=job.attempts + 1):
-            return
-        log.info("event=image_resubmitted job=%s attempts=%d", job.id, job.attempts + 1)
-        await self._make_image(dataclasses.replace(job, state=SUBMITTED, attempts=job.attempts + 1), None)
-
-
-def _media_result(stored: StoredMedia) -> dict[str, Any]:
-    return {"path": str(stored.path), "name": stored.name, "mime": stored.mime, "size": stored.size}
-
-
-def _duration(d: timedelta) -> str:
-    s = round(d.total_seconds())
-    if s < 120:
-        return f"{s} s"
-    return f"{round(s / 60)} min"

@@ -1,29 +1,20 @@
 """Configuration: one pydantic model per section, read from TOML and `HUB_` variables.
 
-Each component receives only its own section. `load_settings` returns the validated root or
-raises ConfigError with every mistake as `(dotted.key, what is wrong)`.
+Each component receives only its own section. Reading and checking the whole (load_settings,
+describe) is in hub/config_load.py.
 """
 
 from __future__ import annotations
 
-import copy
 import ipaddress
-import json
-import os
-import tomllib
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from hub.errors import ConfigError
-
-DEFAULT_CONFIG = Path("config/hub.toml")
-# Variables of the hub's own tooling that carry the prefix but are not configuration.
-NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
+CHANNEL_NAMES = ("web", "telegram", "wechat", "wecom", "feishu", "qq", "onebot")
 
 
 class Section(BaseModel):
@@ -335,301 +326,14 @@ class Settings(BaseSettings):
         return self.models[0] if self.models else None
 
 
-# Channels this version builds; a section of another is accepted, enabling it is a mistake.
-BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom"}
-CHANNEL_NAMES = ("web", "telegram", "wechat", "wecom", "feishu", "qq", "onebot")
+# `from hub.settings import load_settings` predates hub/config_load.py and still works, resolved
+# on use because config_load imports this module; hidden from mypy so that hub/ imports it from
+# its home and a misspelt import here is still an error.
+if not TYPE_CHECKING:
 
-REQUIRED_WHEN_ENABLED: dict[str, tuple[str, ...]] = {
-    "telegram": ("token",),
-    "wechat": ("app_id", "app_secret", "token"),
-    "wecom": ("corp_id", "agent_id", "secret", "token", "encoding_aes_key"),
-    "feishu": ("app_id", "app_secret"),
-    "qq": ("app_id", "app_secret"),
-    "onebot": (),
-}
+    def __getattr__(name: str) -> Any:
+        if name in ("load_settings", "describe"):
+            from hub import config_load
 
-
-def _resolve_env_refs(data: Any, path: str, problems: list[tuple[str, str]], env: Mapping[str, str]) -> Any:
-    """Replace every string `"env:NAME"` with the variable's value; an unset one is a mistake."""
-    if isinstance(data, dict):
-        return {k: _resolve_env_refs(v, f"{path}.{k}" if path else str(k), problems, env) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_resolve_env_refs(v, f"{path}.{i}", problems, env) for i, v in enumerate(data)]
-    if isinstance(data, str) and data.startswith("env:"):
-        name = data[4:]
-        if name not in env:
-            problems.append((path, f"environment variable {name} is not set"))
-            return None
-        return env[name]
-    return data
-
-
-def _check_env_vars(env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
-    """`HUB_` variables that name no key, or hold a list or table that is not JSON.
-
-    Returns the problems and the variables to keep away from the settings source, so that
-    each mistake is reported once, under the variable's own name.
-    """
-    problems: list[tuple[str, str]] = []
-    bad: set[str] = set()
-    for var, value in env.items():
-        upper = var.upper()
-        if not upper.startswith("HUB_") or upper in NOT_CONFIG_VARS:
-            continue
-        parts = upper[4:].lower().split("__")
-        model: Any = Settings
-        annotation: Any = None
-        for part in parts:
-            fields = getattr(model, "model_fields", None)
-            if fields is None:
-                break  # a dict or list value: any sub-key is the value's business
-            if part not in fields:
-                problems.append((var, "no such configuration key"))
-                bad.add(var)
-                break
-            annotation = fields[part].annotation
-            model = _section_type(annotation)
-        else:
-            if _is_structured(annotation):
-                try:
-                    json.loads(value)
-                except ValueError:
-                    problems.append((var, 'must be JSON here, e.g. ["telegram:123"] or {"key": "value"}'))
-                    bad.add(var)
-    return problems, bad
-
-
-def _is_structured(annotation: Any) -> bool:
-    """Whether an environment value for this annotation is read as JSON (a list, table or section)."""
-    if _section_type(annotation) is not None:
-        return True
-    origins = {get_origin(annotation), *(get_origin(a) for a in get_args(annotation))}
-    return bool(origins & {list, dict, set, tuple})
-
-
-def _section_type(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
-
-
-def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    for name in CHANNEL_NAMES:
-        section = getattr(s, name)
-        if not section.enabled:
-            continue
-        if name not in BUILT_CHANNELS:
-            problems.append((f"{name}.enabled", f"the {name} channel is not available in this version"))
-            continue
-        for key in REQUIRED_WHEN_ENABLED.get(name, ()):
-            if getattr(section, key) in (None, ""):
-                problems.append((f"{name}.{key}", "required when the channel is enabled"))
-    if s.telegram.enabled and s.telegram.mode == "webhook" and s.telegram.secret_token is None:
-        problems.append(("telegram.secret_token", "required in webhook mode (else anyone can post updates)"))
-    if s.wechat.enabled and s.wechat.encoding_aes_key is not None:
-        if len(s.wechat.encoding_aes_key.get_secret_value()) != 43:
-            problems.append(("wechat.encoding_aes_key", "must be 43 characters"))
-    if s.wecom.enabled and s.wecom.encoding_aes_key is not None:
-        if len(s.wecom.encoding_aes_key.get_secret_value()) != 43:
-            problems.append(("wecom.encoding_aes_key", "must be 43 characters"))
-    if s.web.enabled and not s.http.is_loopback and s.web.token is None:
-        problems.append(("web.token", f"required when [http] host ({s.http.host}) is not a loopback address"))
-    names = [m.name for m in s.models]
-    for i, m in enumerate(s.models):
-        if names.count(m.name) > 1:
-            problems.append((f"models.{i}.name", f"duplicate model name {m.name!r}"))
-    if sum(m.default for m in s.models) > 1:
-        problems.append(("models", "more than one model has default = true"))
-    pnames = [p.name for p in s.personas]
-    for i, p in enumerate(s.personas):
-        if pnames.count(p.name) > 1:
-            problems.append((f"personas.{i}.name", f"duplicate persona name {p.name!r}"))
-    if sum(p.default for p in s.personas) > 1:
-        problems.append(("personas", "more than one persona has default = true"))
-    for key, value in s.commands.aliases.items():
-        if value.lstrip("/") == "" or " " in value:
-            problems.append((f"commands.aliases.{key}", "must name a command"))
-    from hub.events import ChatRef
-
-    for i, item in enumerate(s.access.allow or []):
-        if item.count(":") >= 2:
-            try:
-                ChatRef.parse(item)
-            except ValueError as exc:
-                problems.append((f"access.allow.{i}", str(exc)))
-        elif ":" not in item:
-            problems.append((f"access.allow.{i}", f"{item!r}: expected <channel>:<user_id> or a chat reference"))
-    for i, item in enumerate(s.admins):
-        if ":" not in item:
-            problems.append((f"admins.{i}", f"{item!r}: expected <channel>:<user_id>, e.g. telegram:12345"))
-    if s.providers.hunyuan and (s.providers.hunyuan.api_key is None):
-        problems.append(("providers.hunyuan.api_key", "required"))
-    return problems
-
-
-def config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
-    if explicit:
-        return Path(explicit)
-    if env.get("HUB_CONFIG"):
-        return Path(env["HUB_CONFIG"])
-    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
-
-
-def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the configuration; raise ConfigError naming every mistake."""
-    env = dict(os.environ if env is None else env)
-    problems: list[tuple[str, str]] = []
-    data: dict[str, Any] = {}
-    file = config_path(path, env)
-    if file is not None:
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError([("config", f"file not found: {file}")]) from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError([("config", f"{file}: not valid TOML: {exc}")]) from None
-    data = _resolve_env_refs(data, "", problems, env)
-    env_problems, bad_vars = _check_env_vars(env)
-    problems += env_problems
-    hub_env = {
-        k: v
-        for k, v in env.items()
-        if k.upper().startswith("HUB_") and k.upper() not in NOT_CONFIG_VARS and k not in bad_vars
-    }
-    try:
-        settings = _validate(data, hub_env)
-    except ValidationError as exc:
-        problems += _validation_problems(exc, hub_env)
-        # Validate once more without the faulty values, to name the other mistakes too.
-        rest = _without_faults(exc, data, hub_env)
-        if rest is not None:
-            problems += _semantic_problems(rest)
-        raise ConfigError(_first_per_key(problems)) from None
-    problems += _semantic_problems(settings)
-    if problems:
-        raise ConfigError(_first_per_key(problems))
-    return settings
-
-
-def _validate(data: dict[str, Any], hub_env: Mapping[str, str]) -> Settings:
-    saved = {k: v for k, v in os.environ.items() if k.upper().startswith("HUB_")}
-    try:
-        # pydantic-settings reads os.environ; give it exactly `hub_env` for the duration.
-        for k in saved:
-            del os.environ[k]
-        os.environ.update(hub_env)
-        try:
-            return Settings(**data)
-        except SettingsError as exc:
-            # Structured values were checked to be JSON already; this is a last resort.
-            raise ConfigError([("environment", str(exc))]) from None
-    finally:
-        for k in [k for k in os.environ if k.upper().startswith("HUB_")]:
-            del os.environ[k]
-        os.environ.update(saved)
-
-
-def _validation_problems(exc: ValidationError, hub_env: Mapping[str, str]) -> list[tuple[str, str]]:
-    problems = []
-    upper_env = {k.upper() for k in hub_env}
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        key = ".".join(loc) or "config"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        for prefix in ("Value error, ", "Assertion failed, "):
-            msg = msg.removeprefix(prefix)
-        var = "HUB_" + "__".join(loc).upper()
-        if var in upper_env:
-            msg += f" (from {var})"
-        problems.append((key, msg))
-    return problems
-
-
-def _without_faults(exc: ValidationError, data: dict[str, Any], hub_env: Mapping[str, str]) -> Settings | None:
-    """Settings with every faulty value left out (defaults instead), or None when that fails."""
-    data = copy.deepcopy(data)
-    env = dict(hub_env)
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        _drop(data, loc)
-        var = "HUB_" + "__".join(loc).upper()
-        for k in [k for k in env if k.upper() == var or var.startswith(k.upper() + "__")]:
-            del env[k]
-    try:
-        return _validate(data, env)
-    except (ValidationError, ConfigError):
-        return None
-
-
-def _drop(data: Any, loc: list[str]) -> None:
-    for part in loc[:-1]:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return
-    if isinstance(data, dict) and loc:
-        data.pop(loc[-1], None)
-
-
-def _first_per_key(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """One line per key: a value missing from the environment is not also reported as invalid."""
-    seen: set[str] = set()
-    out = []
-    for key, msg in problems:
-        if key not in seen:
-            seen.add(key)
-            out.append((key, msg))
-    return out
-
-
-def describe(s: Settings) -> list[str]:
-    """What would run, for `hub check-config`: never a secret."""
-    lines = [f"http: listening on {s.http.host}:{s.http.port}"]
-    if s.http.public_url:
-        lines.append(f"http: public URL {s.http.public_url}")
-    lines.append(f"database: {_mask_url(s.database_url)}")
-    lines.append(f"data_dir: {s.data_dir}")
-    for name in CHANNEL_NAMES:
-        section = getattr(s, name)
-        if section.enabled:
-            extra = ""
-            if name == "telegram":
-                extra = f" ({s.telegram.mode})"
-            elif name == "wechat":
-                extra = f" (reply_mode {s.wechat.reply_mode})"
-            elif name == "web" and s.web.token is not None:
-                extra = " (token required)"
-            lines.append(f"channel: {name}{extra}")
-    default = s.default_model()
-    for m in s.models:
-        mark = " (default)" if m is default else ""
-        lines.append(f"model: {m.name}{mark}: {m.model} at {m.base_url}")
-    if not s.models:
-        lines.append("model: none configured (chat will explain how to add one)")
-    for p in s.personas:
-        lines.append(f"persona: {p.name}{' (default)' if p.default else ''}")
-    for name in ("hunyuan", "music", "image"):
-        prov = getattr(s.providers, name)
-        if prov is not None:
-            lines.append(f"provider: {name} at {prov.base_url}")
-    if not any(getattr(s.providers, name) is not None for name in ("hunyuan", "music", "image")):
-        lines.append("provider: none configured (/image, /video and /music will explain how to add one)")
-    if s.admins:
-        lines.append(f"admins: {', '.join(s.admins)}")
-    return lines
-
-
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return url.replace(parts.netloc, netloc)
-    return url
+            return getattr(config_load, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,8 +18,8 @@ from aiohttp import web
 from fakechan import FakeChannel
 
 from hub.app import HUB_KEY, build_app
+from hub.config_load import load_settings
 from hub.logs import setup_logging
-from hub.settings import load_settings
 from hub.skills.base import Context
 
 

@@ -23,7 +23,8 @@ from aiohttp import web
 
 from hub.app import HUB_KEY, Hub, build_app
 from hub.channels.base import Channel
-from hub.settings import Settings, load_settings
+from hub.config_load import load_settings
+from hub.settings import Settings
 
 REQUIRE_ALL = os.environ.get("HUB_TEST_REQUIRE_ALL") == "1"
 PG_ADMIN_DSN = os.environ.get("HUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

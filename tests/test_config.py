@@ -13,7 +13,8 @@ import pytest
 from harness import ROOT
 from pydantic import BaseModel
 
-from hub.settings import Settings, load_settings
+from hub.config_load import load_settings
+from hub.settings import Settings
 
 EXAMPLE = ROOT / "config" / "hub.example.toml"
 # `[section]`, `[[list]]`, and the same written as a comment (`# [providers.image]`).

@@ -18,6 +18,8 @@ from sqlalchemy import update
 from hub.app import _generation_providers
 from hub.delivery import Outbox
 from hub.events import ChatRef
+from hub.job_delivery import JobDelivery
+from hub.job_images import ImageJobs
 from hub.jobs import JobRequest, JobService
 from hub.metrics import Metrics
 from hub.settings import Settings
@@ -38,7 +40,9 @@ def make_service(db: Database, settings: Settings, holder: str) -> JobService:
     metrics = Metrics()
     media = MediaStore(db, settings.media_dir)
     outbox = Outbox(OutboxRepo(db, holder), media, {}, ChatRepo(db), metrics)
-    return JobService(JobRepo(db, holder, 30), outbox, media, metrics, providers=providers, images=images)
+    repo = JobRepo(db, holder, 30)
+    delivery = JobDelivery(repo, outbox, media)
+    return JobService(repo, delivery, ImageJobs(repo, delivery, media, images), metrics, providers=providers)
 
 
 @dataclasses.dataclass
@@ -49,7 +53,8 @@ class Parts:
 
     @property
     def outbox(self) -> OutboxRepo:
-        return self.service._outbox.repo
+        # A reader of the same table: the rows the service queued are the output.
+        return OutboxRepo(self.db, "reader")
 
     def other(self, holder: str) -> JobService:
         """A second process's view of the same database."""

@@ -98,6 +98,7 @@ class TelegramChannel(Channel):
         # Groups that became supergroups, old chat id → new; also recorded on the chat's row.
         self._migrated: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._actions: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._state = "connecting"
 
@@ -268,8 +269,19 @@ class TelegramChannel(Channel):
         )
 
     async def action(self, target: ChatRef, kind: str = "typing") -> None:
-        if not self._stopped:
-            await self._sender.action(target, kind)
+        if self._stopped:
+            return
+        # Callers cancel "typing" when the answer starts; cancelling the request half-way
+        # would cost its kept-alive connection, so it finishes on its own.
+        task = asyncio.ensure_future(self._sender.action(target, kind))
+        self._actions.add(task)
+        task.add_done_callback(self._action_done)
+        await asyncio.shield(task)
+
+    def _action_done(self, task: asyncio.Task[None]) -> None:
+        self._actions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("event=telegram_action_failed error=%r", task.exception())
 
     async def fetch_media(
         self, file_id: str, *, name: str | None = None, mime: str | None = None, max_bytes: int | None = None

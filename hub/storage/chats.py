@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.storage.db import Database, utcnow
 from hub.storage.models import audit, chats, kv, users
@@ -32,22 +33,34 @@ class ChatRepo:
         self._ttl = ttl_s
         self._max = max_cached
         self._cache: dict[str, tuple[float, ChatSettings]] = {}
+        # Bumped by every update: a read that overlapped one does not cache what it saw.
+        self._updates = 0
+        # Misses of many chats at once are read together, in one query (the batch writer's
+        # transaction): a query per event costs more than the rest of routing it.
+        self._k_get = f"chats.get:{id(self)}"
+        db.writer.register(self._k_get, self._get_batch)
 
     async def get(self, ref: str) -> ChatSettings:
         hit = self._cache.get(ref)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        async with self._db.engine.connect() as conn:
-            r = (await conn.execute(select(chats).where(chats.c.ref == ref))).first()
-        if r is None:
-            found = ChatSettings(ref)
-        else:
-            found = ChatSettings(r.ref, r.persona, r.model, frozenset(r.skills_off or ()), bool(r.unreachable))
-        if len(self._cache) >= self._max:
-            self._cache.clear()
-        self._cache[ref] = (now, found)
+        updates = self._updates
+        found: ChatSettings = await self._db.writer.submit(self._k_get, ref)
+        if updates == self._updates:
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[ref] = (now, found)
         return found
+
+    async def _get_batch(self, conn: AsyncConnection, refs: list[str]) -> Sequence[ChatSettings]:
+        rows: dict[str, ChatSettings] = {}
+        unique = list(dict.fromkeys(refs))
+        for i in range(0, len(unique), 500):
+            for r in await conn.execute(select(chats).where(chats.c.ref.in_(unique[i : i + 500]))):
+                skills_off = frozenset(r.skills_off or ())
+                rows[r.ref] = ChatSettings(r.ref, r.persona, r.model, skills_off, bool(r.unreachable))
+        return [rows.get(ref) or ChatSettings(ref) for ref in refs]
 
     async def known(self) -> list[str]:
         """Every chat that has a settings row."""
@@ -60,10 +73,12 @@ class ChatRepo:
         if "skills_off" in values:
             values["skills_off"] = sorted(values["skills_off"])
         self._cache.pop(ref, None)
+        self._updates += 1
         async with self._db.engine.begin() as conn:
             stmt = self._db.insert(chats).values(ref=ref, skills_off=[], created_at=now, updated_at=now)
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=["ref"]))
             await conn.execute(update(chats).where(chats.c.ref == ref).values(updated_at=now, **values))
+        self._updates += 1
         self._cache.pop(ref, None)  # again: a read during the write may have cached the old row
 
     async def set_skill(self, ref: str, skill: str, on: bool) -> None:

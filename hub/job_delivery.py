@@ -1,0 +1,167 @@
+"""What becomes of a job: its result delivered, its owner told, a transient error retried later.
+
+A finished job's media is downloaded into the media store and queued in the outbox under a key
+derived from the job, then marked delivered: a kill at any moment followed by a restart queues
+it once, and the outbox sends it once. Notices are keyed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from hub.delivery import Outbox
+from hub.errors import ProviderError
+from hub.events import Audio, Image, Message, Video
+from hub.providers.generation import download
+from hub.storage.db import utcnow
+from hub.storage.jobs import ACTIVE, DELIVERED, FAILED, SUCCEEDED, TIMED_OUT, Job, JobRepo
+from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
+from hub.storage.outbox import NewMessage
+
+# The poller's logger: a job's whole story is under one name.
+log = logging.getLogger("hub.jobs")
+
+# The skill behind each kind of job, and what its result is.
+SKILL_MEDIA: dict[str, type[Video] | type[Audio] | type[Image]] = {"video": Video, "music": Audio, "image": Image}
+MEDIA_DEFAULTS = {"video": ("mp4", "video/mp4"), "music": ("mp3", "audio/mpeg"), "image": ("png", "image/png")}
+NOUN = {"video": "video", "music": "music", "image": "image"}
+MAX_DELIVERY_ATTEMPTS = 8
+BACKOFF_CAP_S = 300.0
+
+
+class JobDelivery:
+    """Results into the chat, notices to the owner, retries for later; owns the download session."""
+
+    def __init__(
+        self, repo: JobRepo, outbox: Outbox, media: MediaStore, *, max_download_bytes: int = 512 * 1024 * 1024
+    ) -> None:
+        self._repo = repo
+        self._outbox = outbox
+        self._media = media
+        self.max_download_bytes = max_download_bytes
+        self._http: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._http = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def deliver(self, job: Job) -> None:
+        """Fetch the result into the media store, queue it for the chat, mark it delivered."""
+        result = dict(job.result)
+        path = result.get("path")
+        if not path or not await asyncio.to_thread(Path(path).exists):
+            try:
+                stored = await self.fetch(job, str(result.get("url") or ""))
+            except MediaTooLarge as exc:
+                await self.finish_badly(job, FAILED, f"the result is larger than {exc.limit // (1024 * 1024)} MB")
+                return
+            except ProviderError as exc:
+                if exc.retryable and job.attempts + 1 < MAX_DELIVERY_ATTEMPTS:
+                    await self.back_off(job, 2.0, str(exc))
+                else:
+                    await self.finish_badly(job, FAILED, f"the result could not be downloaded ({exc})")
+                return
+            result.update(path=str(stored.path), name=stored.name, mime=stored.mime, size=stored.size)
+            if not await self._repo.change(job.id, [SUCCEEDED], release=False, result=result):
+                return
+        await self._put_result(job, result)
+        if await self._repo.change(job.id, [SUCCEEDED], state=DELIVERED, finished_at=utcnow(), next_poll_at=None):
+            log.info(
+                "event=job_delivered job=%s skill=%s chat=%s size=%s", job.id, job.skill, job.chat, result.get("size")
+            )
+
+    async def _put_result(self, job: Job, result: Mapping[str, Any]) -> None:
+        segment = SKILL_MEDIA[job.skill](
+            path=str(result["path"]),
+            name=result.get("name"),
+            mime=result.get("mime"),
+            size=result.get("size"),
+            caption=job.prompt,
+        )
+        await self._outbox.put(
+            NewMessage(
+                target=job.chat,
+                message=Message((segment,)),
+                quote=job.quote,
+                context=job.context,
+                origin="job",
+                idempotency_key=job.key("result"),
+            )
+        )
+
+    async def fetch(self, job: Job, url: str) -> StoredMedia:
+        """Download a result into the media store, up to `max_download_bytes`."""
+        if not url:
+            raise ProviderError("the provider gave no result URL", retryable=False)
+        assert self._http is not None
+        ext, default_mime = MEDIA_DEFAULTS[job.skill]
+        async with download(self._http, url) as (ctype, chunks):
+            mime = (ctype or "").split(";")[0].strip() or default_mime
+            if mime in ("application/octet-stream", "binary/octet-stream"):
+                mime = default_mime
+            return await self._media.save_stream(
+                chunks, max_bytes=self.max_download_bytes, name=f"{job.skill}-{job.id}.{ext}", mime=mime
+            )
+
+    async def notify(self, job: Job, what: str, text: str) -> None:
+        await self._outbox.put(
+            NewMessage(
+                target=job.chat,
+                message=Message.of(text),
+                quote=job.quote,
+                context=job.context,
+                origin="job",
+                idempotency_key=job.key(what),
+            )
+        )
+
+    async def finish_badly(self, job: Job, state: str, reason: str, *, tell: bool = True) -> None:
+        """End a job as failed or timed_out, telling its owner (the notice first: it is keyed)."""
+        noun = NOUN.get(job.skill, job.skill)
+        if tell:
+            if state == TIMED_OUT:
+                text = f"Sorry, your {noun} {job.ref} timed out: {reason}."
+            else:
+                text = f"Sorry, your {noun} {job.ref} failed: {reason}"
+            await self.notify(job, state, text)
+        if await self._repo.change(
+            job.id, ACTIVE, state=state, error=reason[:2000], finished_at=utcnow(), next_poll_at=None
+        ):
+            log.info("event=job_%s job=%s reason=%r", state, job.id, reason)
+
+    async def back_off(self, job: Job, base_s: float, error: str) -> None:
+        """A transient error: try again later, longer each time, without changing state."""
+        attempts = job.attempts + 1
+        # From the provider's interval (at least a second), doubling, capped, jittered.
+        delay = min(BACKOFF_CAP_S, max(base_s, 1.0) * 2 ** (attempts - 1)) * random.uniform(0.75, 1.0)
+        at = utcnow() + timedelta(seconds=delay)
+        if job.deadline_at is not None and job.state != SUCCEEDED:
+            at = min(at, job.deadline_at)
+        await self._repo.change(job.id, [job.state], attempts=attempts, error=error[:2000], next_poll_at=at)
+        log.info(
+            "event=job_backoff job=%s state=%s attempts=%d delay_s=%.1f error=%r",
+            job.id,
+            job.state,
+            attempts,
+            delay,
+            error,
+        )
+
+
+def duration(d: timedelta) -> str:
+    """A span as a notice says it: seconds under two minutes, else minutes."""
+    s = round(d.total_seconds())
+    if s < 120:
+        return f"{s} s"
+    return f"{round(s / 60)} min"
