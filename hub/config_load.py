@@ -10,7 +10,7 @@ import copy
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any, get_args, get_origin
 from urllib.parse import urlsplit
@@ -54,7 +54,20 @@ def _resolve_env_refs(data: Any, path: str, problems: list[tuple[str, str]], env
     return data
 
 
-def _check_env_vars(env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
+def _env_ref_names(data: Any) -> set[str]:
+    """Variables named by `"env:NAME"` values: the file's own secrets, whatever their prefix."""
+    if isinstance(data, dict):
+        return set().union(*(_env_ref_names(v) for v in data.values())) if data else set()
+    if isinstance(data, list):
+        return set().union(*(_env_ref_names(v) for v in data)) if data else set()
+    if isinstance(data, str) and data.startswith("env:"):
+        return {data[4:].upper()}
+    return set()
+
+
+def _check_env_vars(
+    env: Mapping[str, str], referenced: Set[str] = frozenset()
+) -> tuple[list[tuple[str, str]], set[str]]:
     """`HUB_` variables that name no key, or hold a list or table that is not JSON.
 
     Returns the problems and the variables to keep away from the settings source, so that
@@ -64,7 +77,7 @@ def _check_env_vars(env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[
     bad: set[str] = set()
     for var, value in env.items():
         upper = var.upper()
-        if not upper.startswith("HUB_") or upper in NOT_CONFIG_VARS:
+        if not upper.startswith("HUB_") or upper in NOT_CONFIG_VARS or upper in referenced:
             continue
         parts = upper[4:].lower().split("__")
         model: Any = Settings
@@ -180,13 +193,17 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             raise ConfigError([("config", f"file not found: {file}")]) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError([("config", f"{file}: not valid TOML: {exc}")]) from None
+    referenced = _env_ref_names(data)
     data = _resolve_env_refs(data, "", problems, env)
-    env_problems, bad_vars = _check_env_vars(env)
+    env_problems, bad_vars = _check_env_vars(env, referenced)
     problems += env_problems
     hub_env = {
         k: v
         for k, v in env.items()
-        if k.upper().startswith("HUB_") and k.upper() not in NOT_CONFIG_VARS and k not in bad_vars
+        if k.upper().startswith("HUB_")
+        and k.upper() not in NOT_CONFIG_VARS
+        and k.upper() not in referenced
+        and k not in bad_vars
     }
     try:
         settings = _validate(data, hub_env)

@@ -67,6 +67,7 @@ class Dispatcher:
         *,
         recover_all_at_start: bool,
         recovery_interval_s: float = 10.0,
+        max_active: int = 128,
     ) -> None:
         self._inbox = inbox
         self._handle = handle
@@ -78,6 +79,9 @@ class Dispatcher:
         self._inflight: set[int] = set()
         self._accepting = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Events handled at once, over all chats. A flood would otherwise start thousands of
+        # handlers whose every step queues ahead of the webhooks' acks; the rest wait, stored.
+        self._active = asyncio.Semaphore(max_active)
 
     async def submit(self, event: Event, live: LiveSink | None = None) -> bool:
         """Store the event and queue it for handling; False for a duplicate."""
@@ -121,7 +125,8 @@ class Dispatcher:
             while lane.queue:
                 work = lane.queue[0]
                 try:
-                    await self._handle_one(work)
+                    async with self._active:
+                        await self._handle_one(work)
                 finally:
                     lane.queue.popleft()
                     if work.done is not None and not work.done.done():

@@ -18,9 +18,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from typing import TYPE_CHECKING, Any, Literal
 
 from hub.errors import ProviderError
 from hub.events import ChatRef
@@ -68,6 +66,9 @@ __all__ = [
     "Requested",
     "parse_job_id",
 ]
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = logging.getLogger("hub.jobs")
 
@@ -231,6 +232,12 @@ class JobService:
         await self.open()
         if self._release_all:
             await self.repo.release()
+        if not any(self.configured(skill) for skill in ("video", "music", "image")):
+            # Nothing can make a job: no scheduler (and no APScheduler import, ~1 MB at idle).
+            log.info("event=jobs_idle reason=no_providers")
+            return
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         now = datetime.now(UTC)
         # Two instances: a tick that fires while one runs returns at once (see tick) instead of

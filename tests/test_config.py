@@ -316,3 +316,10 @@ enabled = true
         "HUB_NOPE",
     }
     assert "not-a-token-secret" not in done.stderr
+
+
+def test_an_env_reference_may_name_a_hub_prefixed_variable(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[web]\ntoken = "env:HUB_WEB_SECRET"\n', encoding="utf-8")
+    settings = load_settings(cfg, env={"HUB_WEB_SECRET": "s3cret"})
+    assert settings.web.token is not None and settings.web.token.get_secret_value() == "s3cret"

@@ -110,11 +110,9 @@ class WebChannel(Channel):
         if self._settings.token is None:
             return True
         expected = self._settings.token.get_secret_value()
+        # Header only: a token in the URL would end up in access logs and proxies.
         given = request.headers.get("Authorization", "")
-        if given.startswith("Bearer "):
-            given = given[7:]
-        else:
-            given = request.query.get("token", "")
+        given = given[7:] if given.startswith("Bearer ") else ""
         return hmac.compare_digest(given.encode(), expected.encode())
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
