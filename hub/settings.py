@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -324,16 +324,3 @@ class Settings(BaseSettings):
             if m.default:
                 return m
         return self.models[0] if self.models else None
-
-
-# `from hub.settings import load_settings` predates hub/config_load.py and still works, resolved
-# on use because config_load imports this module; hidden from mypy so that hub/ imports it from
-# its home and a misspelt import here is still an error.
-if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> Any:
-        if name in ("load_settings", "describe"):
-            from hub import config_load
-
-            return getattr(config_load, name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
