@@ -18,6 +18,9 @@ connections take them: the ack rate, and updates in → replies out at the fake 
                                  [--chats 1000] [--only help|text] [--profile DIR]
 
 Goals (issue 5): ack p99 ≤ 20 ms at 500 updates/s; ≥ 2,000 updates/s in → out on one process.
+Each burst also reports the hub's own CPU time per update (all its threads, from /proc), which
+says what one core can carry whatever else the machine runs. `--profile DIR` records the hub
+with py-spy during the bursts (`pip install -e .[bench]`), as collapsed stacks.
 """
 
 from __future__ import annotations
@@ -217,9 +220,7 @@ def write_config(tmp: Path, tg_url: str, model_url: str | None) -> Path:
 async def workload(name: str, text: str, tg_url: str, model_url: str | None, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="hub-ingest-bench-") as tmp:
         cfg = write_config(Path(tmp), tg_url, model_url)
-        launcher = os.environ.get("INGEST_BENCH_LAUNCHER")  # e.g. a profiling wrapper of `hub`
-        argv = [launcher] if launcher else ["-m", "hub"]
-        hub = HubProcess([*argv, "run", "--config", str(cfg)], env={}, cwd=Path(tmp))
+        hub = HubProcess(["-m", "hub", "run", "--config", str(cfg)], env={}, cwd=Path(tmp))
         url = await hub.start(timeout=120)
         load = Load(url, tg_url, text, args.concurrency, args.chats)
         try:
@@ -239,6 +240,8 @@ async def workload(name: str, text: str, tg_url: str, model_url: str | None, arg
             )
 
             spy = _profiler(hub, args.profile, name)
+            if spy is not None:
+                await asyncio.sleep(1.0)  # let it attach
             assert hub.proc is not None
             cpu_before = cpu_seconds(hub.proc.pid)
             try:
@@ -273,7 +276,6 @@ def _profiler(hub: HubProcess, out_dir: str | None, name: str) -> subprocess.Pop
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.0)  # let it attach
     print(f"  profile: {out}")
     return spy
 

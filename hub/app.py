@@ -316,7 +316,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await hub.web_events.start()
     for ch in hub.channels.values():
         await ch.start()
-    await hub.outbox.start()
+    # On SQLite this process is the database's only user: leases left by a killed run are its own.
+    await hub.outbox.start(release_all=hub.db.is_sqlite)
     await hub.jobs.start()
     await hub.dispatcher.start()
     hub.background.append(asyncio.create_task(_housekeeping(hub), name="housekeeping"))

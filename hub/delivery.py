@@ -88,8 +88,10 @@ class Outbox:
 
     # --- the worker -----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, release_all: bool = False) -> None:
         self._stopping = False
+        if release_all:
+            await self.repo.release_all()
         self._task = asyncio.create_task(self._run(), name="outbox-worker")
         self._renew_task = asyncio.create_task(self._renew_leases(), name="outbox-renew")
 

@@ -153,3 +153,13 @@ async def test_media_store_caps_size_and_expires(db: Database, tmp_path: Path) -
     assert await store.expire() == 1
     assert await store.get(saved.id) is None
     assert await store.get("../../etc/passwd") is None
+
+
+async def test_outbox_release_all_makes_a_dead_runs_claims_available_at_once(db: Database) -> None:
+    dead = OutboxRepo(db, "dead-run")
+    await dead.enqueue(NewMessage(ChatRef("fake", "private", "p"), Message.of("x")))
+    assert len(await dead.claim_due(10)) == 1
+    restarted = OutboxRepo(db, "new-run")
+    assert await restarted.claim_due(10) == []  # still leased by the dead run
+    await restarted.release_all()
+    assert [i.message.text for i in await restarted.claim_due(10)] == ["x"]

@@ -1,7 +1,8 @@
 """The Telegram channel: webhook or long polling in, Bot API calls out, on aiogram 3.
 
 Imported only when `[telegram] enabled`: aiogram is heavy. Parsing lives in telegram_parse,
-rendering, streaming and the error mapping in telegram_render, long polling in telegram_poll.
+rendering and the error mapping in telegram_render, edit-streaming in telegram_stream, long
+polling in telegram_poll, the cheaper Bot API session in telegram_session.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from hub.channels.base import Channel, Ingress, LiveStream, SendResult
 from hub.channels.telegram_parse import CHANNEL, HANDLED_UPDATES, BotIdentity, load_update, parse_update
 from hub.channels.telegram_poll import BACKOFF, Poller
 from hub.channels.telegram_render import (
-    TelegramLiveStream,
     TelegramSender,
     chat_id_of,
     limits_for,
@@ -34,6 +34,7 @@ from hub.channels.telegram_render import (
     send_error,
 )
 from hub.channels.telegram_session import JsonSession
+from hub.channels.telegram_stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
 from hub.events import ChatRef, Message
 from hub.settings import TelegramSettings
@@ -46,7 +47,7 @@ log = logging.getLogger("hub.telegram")
 DEFAULT_API = "https://api.telegram.org"
 WEBHOOK_PATH = "/webhooks/telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-START_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 5.0
 EDIT_INTERVAL_S = {"private": 1.0, "group": 3.0}
 GET_FILE_MAX = 20 * 1024 * 1024
 
@@ -99,7 +100,7 @@ class TelegramChannel(Channel):
         self._migrated: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._actions: set[asyncio.Task[None]] = set()
-        self._stopped = False
+        self._closed = False
         self._state = "connecting"
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -108,7 +109,7 @@ class TelegramChannel(Channel):
         return [web.post(WEBHOOK_PATH, self.webhook)] if self._settings.mode == "webhook" else []
 
     async def start(self) -> None:
-        self._stopped = False
+        self._closed = False
         if not await self._learn_me():
             self._tasks.append(asyncio.create_task(self._learn_me_later(), name="telegram-getme"))
         if self._poller is not None:
@@ -117,7 +118,7 @@ class TelegramChannel(Channel):
             await self._register_webhook()
 
     async def stop(self) -> None:
-        self._stopped = True
+        """Stop taking input (polling); sends go on until `close`, while the outbox drains."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -126,6 +127,7 @@ class TelegramChannel(Channel):
         self._tasks.clear()
 
     async def close(self) -> None:
+        self._closed = True
         await self.bot.session.close()
 
     async def _learn_me(self) -> bool:
@@ -231,8 +233,8 @@ class TelegramChannel(Channel):
         progress: int = 0,
         on_progress: Any = None,
     ) -> SendResult:
-        if self._stopped:
-            raise SendError("the Telegram channel is stopped", retryable=True, retry_after=5.0)
+        if self._closed:
+            raise SendError("the Telegram channel is closed", retryable=True, retry_after=5.0)
         parts = plan(message)
         if not parts:
             return SendResult()
@@ -260,7 +262,7 @@ class TelegramChannel(Channel):
     async def open_stream(
         self, target: ChatRef, *, quote: str | None = None, context: Mapping[str, Any] | None = None
     ) -> LiveStream | None:
-        if self._stopped:
+        if self._closed:
             return None
         if target.chat_id in self._migrated:
             target = ChatRef(CHANNEL, target.kind, str(self._migrated[target.chat_id]), target.thread_id)
@@ -269,7 +271,7 @@ class TelegramChannel(Channel):
         )
 
     async def action(self, target: ChatRef, kind: str = "typing") -> None:
-        if self._stopped:
+        if self._closed:
             return
         # Callers cancel "typing" when the answer starts; cancelling the request half-way
         # would cost its kept-alive connection, so it finishes on its own.

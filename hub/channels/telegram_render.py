@@ -1,5 +1,5 @@
 """Outbound Telegram: a Message becomes Bot API calls (text split at 4,096, media uploaded or
-linked), edit-streamed replies, and the one mapping of Bot API failures to SendError."""
+linked), and the one mapping of Bot API failures to SendError."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import mimetypes
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from aiogram.exceptions import (
 from aiogram.types import BufferedInputFile, FSInputFile, InputFile, ReplyParameters
 from aiogram.types import Message as TgMessage
 
-from hub.channels.base import ChannelLimits, SendResult, split_text
+from hub.channels.base import ChannelLimits, split_text
 from hub.errors import SendError
 from hub.events import Audio, ChatRef, File, Image, Media, Message, Video
 from hub.storage.media import MediaStore, MediaTooLarge
@@ -67,6 +66,7 @@ def limits_for(upload_limit_mb: int) -> ChannelLimits:
     upload = upload_limit_mb * MB
     return ChannelLimits(
         text_max=TEXT_MAX,
+        text_unit="utf16",
         caption_max=CAPTION_MAX,
         media_max={"image": min(PHOTO_MAX, upload), "video": upload, "audio": upload, "file": upload},
         can_edit=True,
@@ -110,10 +110,6 @@ def _first_line(exc: BaseException) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else ""
 
 
-def _not_modified(exc: TelegramBadRequest) -> bool:
-    return "not modified" in exc.message.lower()
-
-
 # --- planning: a Message as an ordered list of Bot API calls ---------------------------------
 
 
@@ -137,11 +133,7 @@ def utf16_len(text: str) -> int:
 
 def split_message_text(text: str, limit: int = TEXT_MAX) -> list[str]:
     """Split at `limit` as Telegram counts it (UTF-16 code units)."""
-    out: list[str] = []
-    for part in split_text(text, limit):
-        # Characters beyond the BMP count twice; a part of half the limit in characters always fits.
-        out.extend([part] if utf16_len(part) <= limit else split_text(part, limit // 2))
-    return [p for p in out if p.strip()]
+    return [p for p in split_text(text, limit, "utf16") if p.strip()]
 
 
 def plan(message: Message) -> list[Part]:
@@ -380,98 +372,3 @@ async def _read_file(path: str, chunk: int = 1024 * 1024) -> AsyncIterator[bytes
             yield data
     finally:
         fh.close()
-
-
-# --- a reply that grows by edits ---------------------------------------------------------------
-
-
-class TelegramLiveStream:
-    """sendMessage once, then editMessageText at most once per `interval_s`; final text on finish.
-
-    The first message waits `first_after_s` from the first text: an answer complete by then
-    goes out as one plain message, with no edits at all.
-    """
-
-    def __init__(
-        self,
-        bot: Bot,
-        target: ChatRef,
-        reply: ReplyParameters | None,
-        *,
-        interval_s: float,
-        first_after_s: float = 1.0,
-        max_wait_s: float = 30.0,
-    ) -> None:
-        self._bot = bot
-        self._chat_id = chat_id_of(target)
-        self._thread = thread_of(target)
-        self._reply = reply
-        self._interval = interval_s
-        self._max_wait = max_wait_s
-        self._message_id: int | None = None
-        self._shown = ""
-        self._next_at = time.monotonic() + first_after_s
-
-    async def update(self, text: str) -> None:
-        if time.monotonic() < self._next_at:
-            return  # the latest text shows with the next edit, or at finish
-        shown = _clip(text)
-        if not shown.strip() or shown == self._shown:
-            return
-        try:
-            await self._show(shown)
-        except TelegramRetryAfter as exc:
-            self._next_at = time.monotonic() + exc.retry_after
-        except Exception as exc:
-            raise send_error(exc) from exc
-
-    async def finish(self, text: str) -> SendResult:
-        parts = split_message_text(text) or [text]
-        ids: list[str] = []
-        try:
-            await self._with_patience(self._show, parts[0], True)
-            ids.append(str(self._message_id))
-            for part in parts[1:]:
-                sent: TgMessage = await self._with_patience(self._send_more, part)
-                ids.append(str(sent.message_id))
-        except Exception as exc:
-            raise send_error(exc) from exc
-        return SendResult(tuple(ids))
-
-    async def _send_more(self, text: str) -> TgMessage:
-        return await self._bot.send_message(chat_id=self._chat_id, text=text, message_thread_id=self._thread)
-
-    async def _show(self, text: str, final: bool = False) -> None:
-        if self._message_id is None:
-            sent = await self._bot.send_message(
-                chat_id=self._chat_id, text=text, message_thread_id=self._thread, reply_parameters=self._reply
-            )
-            self._message_id = sent.message_id
-        elif text != self._shown:
-            if final:
-                # Keep to the chat's edit rate for the last edit too.
-                await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
-            try:
-                await self._bot.edit_message_text(text=text, chat_id=self._chat_id, message_id=self._message_id)
-            except TelegramBadRequest as exc:
-                if not _not_modified(exc):
-                    raise
-        self._shown = text
-        self._next_at = time.monotonic() + self._interval
-
-    async def _with_patience(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """The final text must get out: wait out a short flood limit, a few times."""
-        for _ in range(3):
-            try:
-                return await call(*args)
-            except TelegramRetryAfter as exc:
-                if exc.retry_after > self._max_wait:
-                    raise
-                await asyncio.sleep(exc.retry_after)
-        return await call(*args)
-
-
-def _clip(text: str) -> str:
-    if utf16_len(text) <= TEXT_MAX:
-        return text
-    return split_message_text(text)[0]

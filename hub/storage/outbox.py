@@ -195,6 +195,16 @@ class OutboxRepo:
                 .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
             )
 
+    async def release_all(self) -> None:
+        """Drop every lease on pending rows: for a process that knows it is the database's only
+        user (SQLite at start), whatever is held was held by its own earlier life."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.status == "pending", outbox.c.holder.is_not(None))
+                .values(holder=None, lease_until=None)
+            )
+
     async def mark_retry(self, item_id: int, *, attempts: int, next_at: datetime, error: str) -> None:
         async with self._db.engine.begin() as conn:
             await conn.execute(

@@ -1,0 +1,138 @@
+"""Telegram pieces, table-tested: mention stripping (UTF-16 offsets), update loading, send
+planning, and the one mapping of Bot API failures to SendError."""
+
+from __future__ import annotations
+
+import pytest
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.methods import SendMessage
+from aiogram.types import MessageEntity, User
+from fake_telegram import message_update
+from pydantic import ValidationError
+
+from hub.channels.telegram_parse import BotIdentity, load_update, parse_update, strip_bot_mentions
+from hub.channels.telegram_render import MediaPart, TextPart, plan, send_error
+from hub.errors import SendError
+from hub.events import File, Image, Message, Video
+
+ME = BotIdentity(123456789, "HubTestBot")
+METHOD = SendMessage(chat_id=1, text="x")
+
+
+def utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def mention(text: str, name: str) -> MessageEntity:
+    i = text.index(name)
+    return MessageEntity(type="mention", offset=utf16(text[:i]), length=utf16(name))
+
+
+@pytest.mark.parametrize(
+    ("text", "entities", "expected"),
+    [
+        ("@HubTestBot hello", lambda t: [mention(t, "@HubTestBot")], ("hello", True)),
+        ("@hubtestbot, hello", lambda t: [mention(t, "@hubtestbot")], ("hello", True)),
+        # Offsets count UTF-16 units: the emoji before the mention counts twice.
+        ("👋🏽 hi @HubTestBot, what's up", lambda t: [mention(t, "@HubTestBot")], ("👋🏽 hi , what's up", True)),
+        ("ask @OtherBot please", lambda t: [mention(t, "@OtherBot")], ("ask @OtherBot please", False)),
+        (
+            "Hub Test Bot tell me",
+            lambda t: [MessageEntity(type="text_mention", offset=0, length=12,
+                                     user=User(id=123456789, is_bot=True, first_name="Hub Test Bot"))],
+            ("tell me", True),
+        ),
+        (
+            "Alice tell me",
+            lambda t: [MessageEntity(type="text_mention", offset=0, length=5,
+                                     user=User(id=42, is_bot=False, first_name="Alice"))],
+            ("Alice tell me", False),
+        ),
+        ("/help@HubTestBot", lambda t: [MessageEntity(type="bot_command", offset=0, length=16)],
+         ("/help@HubTestBot", False)),
+    ],
+)
+def test_strip_bot_mentions(text: str, entities: object, expected: tuple[str, bool]) -> None:
+    assert strip_bot_mentions(text, entities(text), ME) == expected  # type: ignore[operator]
+
+
+def test_load_update_drops_a_part_it_cannot_read_and_ignores_other_types() -> None:
+    newer_poll = message_update("what do you think?", poll={"id": "1", "question": "?", "options": "future shape"})
+    update = load_update(newer_poll)
+    assert update is not None and update.message is not None and update.message.poll is None
+    event = parse_update(update, ME)
+    assert event is not None and event.message.text == "what do you think?"
+    assert load_update({"update_id": 1, "edited_message": {"anything": True}}) is None
+    with pytest.raises(ValidationError):
+        load_update({"update_id": 2, "message": {"text": "no chat, no date"}})
+
+
+def test_event_of_a_group_topic_message_carries_the_thread_and_the_message_id() -> None:
+    raw = message_update("@HubTestBot hi", chat_id=-1001, message_id=55, is_topic_message=True,
+                         message_thread_id=7, entities=[{"type": "mention", "offset": 0, "length": 11}])
+    update = load_update(raw)
+    assert update is not None
+    event = parse_update(update, ME)
+    assert event is not None
+    assert str(event.chat) == "telegram:group:-1001#7"
+    assert event.id == str(raw["update_id"]) and event.context == {"message_id": 55}
+    assert event.mentions_bot and event.message.text == "hi"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (Message.of("hi"), [TextPart("hi")]),
+        (Message.of(Image(url="u"), "a cat"), [MediaPart(Image(url="u"), "a cat")]),
+        (
+            Message.of(Image(url="u"), "x" * 1100),
+            [MediaPart(Image(url="u")), TextPart("x" * 1100)],
+        ),
+        (
+            Message.of(Video(url="v", caption="c" * 1500)),
+            [MediaPart(Video(url="v", caption="c" * 1500)), TextPart("c" * 1500)],
+        ),
+        (
+            Message.of(Image(url="a"), File(url="b", caption="the file"), "both"),
+            [MediaPart(Image(url="a")), MediaPart(File(url="b", caption="the file"), "the file"), TextPart("both")],
+        ),
+        (Message.of("a" * 5000), [TextPart("a" * 4096), TextPart("a" * 904)]),
+    ],
+)
+def test_plan(message: Message, expected: list[object]) -> None:
+    assert plan(message) == expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "retryable", "retry_after", "final_for_chat"),
+    [
+        (TelegramRetryAfter(METHOD, "Too Many Requests: retry after 3", 3), True, 3.0, False),
+        (TelegramForbiddenError(METHOD, "Forbidden: bot was blocked by the user"), False, None, True),
+        (TelegramForbiddenError(METHOD, "Forbidden: bot was kicked from the group chat"), False, None, True),
+        (TelegramBadRequest(METHOD, "Bad Request: chat not found"), False, None, True),
+        (TelegramBadRequest(METHOD, "Bad Request: message is too long"), False, None, False),
+        (TelegramMigrateToChat(METHOD, "Bad Request: group chat was upgraded", -100123), False, None, True),
+        (TelegramServerError(METHOD, "Internal Server Error"), True, None, False),
+        (TelegramNetworkError(METHOD, "ClientConnectorError: refused"), True, None, False),
+        (TelegramEntityTooLarge(METHOD, "Request Entity Too Large"), False, None, False),
+        (TelegramUnauthorizedError(METHOD, "Unauthorized"), True, 300.0, False),
+        (TimeoutError(), True, None, False),
+        (FileNotFoundError("/no/such/file"), False, None, False),
+    ],
+)
+def test_send_error_mapping(
+    exc: BaseException, retryable: bool, retry_after: float | None, final_for_chat: bool
+) -> None:
+    err = send_error(exc)
+    assert isinstance(err, SendError)
+    assert (err.retryable, err.retry_after, err.final_for_chat) == (retryable, retry_after, final_for_chat)
+    assert type(exc).__name__ in str(err)
