@@ -50,11 +50,13 @@ class JobDelivery:
         self._http: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        self._http = aiohttp.ClientSession()
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+            self._http = None
 
     async def deliver(self, job: Job) -> None:
         """Fetch the result into the media store, queue it for the chat, mark it delivered."""

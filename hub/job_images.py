@@ -41,6 +41,8 @@ class ImageOutcome:
     job: Job
     media: StoredMedia | None = None
     error: str | None = None
+    # The provider took longer than its limit: the job ends timed_out, not failed.
+    timed_out: bool = False
 
 
 @dataclass(slots=True)
@@ -136,7 +138,7 @@ class ImageJobs:
                 outcome = ImageOutcome("done", job, media=stored)
             except TimeoutError:
                 limit = duration(timedelta(seconds=images.timeout_s))
-                outcome = ImageOutcome("failed", job, error=f"no image within {limit}")
+                outcome = ImageOutcome("failed", job, error=f"no image within {limit}", timed_out=True)
             except MediaTooLarge as exc:
                 outcome = ImageOutcome("failed", job, error=f"the image is larger than {exc.limit // (1024 * 1024)} MB")
             except ProviderError as exc:
@@ -154,8 +156,8 @@ class ImageJobs:
             if await self._repo.change(job.id, [SUBMITTED], release=False, state=SUCCEEDED, result=result):
                 await self._delivery.deliver(dataclasses.replace(job, state=SUCCEEDED, result=result))
         else:
-            timed_out = (outcome.error or "").startswith("no image within")
-            await self._delivery.finish_badly(job, TIMED_OUT if timed_out else FAILED, outcome.error or "unknown error")
+            state = TIMED_OUT if outcome.timed_out else FAILED
+            await self._delivery.finish_badly(job, state, outcome.error or "unknown error")
 
     async def _settle_replied(self, job: Job, outcome: ImageOutcome) -> None:
         now = utcnow()
