@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 from hub.config_load import describe, load_settings
 from hub.errors import ConfigError
 from hub.settings import Settings
-
-log = logging.getLogger("hub.cli")
 
 
 def _load(path: str | None) -> Settings | None:
@@ -41,50 +36,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     from hub.logs import setup_logging
+    from hub.serving import serve
 
     setup_logging(settings.log_level)
     try:
         return asyncio.run(serve(settings))
     except KeyboardInterrupt:
         return 0
-
-
-async def serve(settings: Settings) -> int:
-    from aiohttp import web
-
-    from hub.app import build_app
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=3.0, access_log=None)
-    try:
-        await runner.setup()
-        site = web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True)
-        await site.start()
-    except Exception as exc:
-        log.exception("event=start_failed")
-        print(f"hub: could not start: {exc}", file=sys.stderr)
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
-        return 1
-    port = settings.http.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
-    host = settings.http.host
-    shown = f"[{host}]" if ":" in host else host
-    print(f"Hub listening on http://{shown}:{port}/", flush=True)
-    await stop.wait()
-    log.info("event=stopping")
-    try:
-        await asyncio.wait_for(runner.cleanup(), timeout=9.0)
-    except TimeoutError:
-        log.error("event=stop_timeout")
-        return 1
-    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ mistake as `(dotted.key, what is wrong)`; `describe` says what would run.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import tomllib
@@ -23,6 +24,7 @@ from hub.events import ChatRef
 from hub.settings import CHANNEL_NAMES, Settings
 
 DEFAULT_CONFIG = Path("config/hub.toml")
+_GONE = object()
 # Variables of the hub's own tooling that carry the prefix but are not configuration.
 NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
 
@@ -87,7 +89,10 @@ def _check_env_vars(
             if fields is None:
                 break  # a dict or list value: any sub-key is the value's business
             if part not in fields:
-                problems.append((var, "no such configuration key"))
+                # Suggest the variable's own spelling: HUB_HTTP__PROT → HUB_HTTP__PORT.
+                close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.7)
+                near = f" (did you mean {var[: len(var) - len(part)]}{close[0].upper()}?)" if close else ""
+                problems.append((var, "no such configuration key" + near))
                 bad.add(var)
                 break
             annotation = fields[part].annotation
@@ -108,6 +113,25 @@ def _is_structured(annotation: Any) -> bool:
         return True
     origins = {get_origin(annotation), *(get_origin(a) for a in get_args(annotation))}
     return bool(origins & {list, dict, set, tuple})
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    """The keys a section takes, for the section at `loc` (list positions skipped)."""
+    model: Any = Settings
+    for part in loc:
+        if part.isdigit():
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        model = _section_type(fields[part].annotation)
+    fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.7)
+    return f" (did you mean `{near[0]}`?)" if near else ""
 
 
 def _section_type(annotation: Any) -> Any:
@@ -246,7 +270,7 @@ def _validation_problems(exc: ValidationError, hub_env: Mapping[str, str]) -> li
         key = ".".join(loc) or "config"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(loc[-1], _known_keys(loc[:-1]))
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
         var = "HUB_" + "__".join(loc).upper()
@@ -257,19 +281,29 @@ def _validation_problems(exc: ValidationError, hub_env: Mapping[str, str]) -> li
 
 
 def _without_faults(exc: ValidationError, data: dict[str, Any], hub_env: Mapping[str, str]) -> Settings | None:
-    """Settings with every faulty value left out (defaults instead), or None when that fails."""
+    """Settings with every faulty value left out (defaults instead), or None when that fails.
+
+    A value that is missing cannot be left out: the entry holding it (a `[[models]]` item, a
+    section) goes instead, a level further up each round, so the checks that need whole
+    settings still run and every mistake is named in one round.
+    """
     data = copy.deepcopy(data)
     env = dict(hub_env)
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        _drop(data, loc)
-        var = "HUB_" + "__".join(loc).upper()
-        for k in [k for k in env if k.upper() == var or var.startswith(k.upper() + "__")]:
-            del env[k]
-    try:
-        return _validate(data, env)
-    except (ValidationError, ConfigError):
-        return None
+    for _ in range(4):
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            _drop(data, loc[:-1] if err["type"] == "missing" else loc)
+            var = "HUB_" + "__".join(loc).upper()
+            for k in [k for k in env if k.upper() == var or var.startswith(k.upper() + "__")]:
+                del env[k]
+        data = _sweep(data)
+        try:
+            return _validate(data, env)
+        except ValidationError as again:
+            exc = again
+        except ConfigError:
+            return None
+    return None
 
 
 def _drop(data: Any, loc: list[str]) -> None:
@@ -280,8 +314,20 @@ def _drop(data: Any, loc: list[str]) -> None:
             data = data[int(part)]
         else:
             return
-    if isinstance(data, dict) and loc:
+    if not loc:
+        return
+    if isinstance(data, dict):
         data.pop(loc[-1], None)
+    elif isinstance(data, list) and loc[-1].isdigit() and int(loc[-1]) < len(data):
+        data[int(loc[-1])] = _GONE  # removed after the round, so the other positions hold
+
+
+def _sweep(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _sweep(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_sweep(v) for v in data if v is not _GONE]
+    return data
 
 
 def _first_per_key(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
