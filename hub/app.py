@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from hub.access import AccessControl
+from hub.api import DeliveryApi
 from hub.channels.base import Channel
 from hub.channels.web import WebChannel
 from hub.delivery import Outbox
@@ -43,6 +44,7 @@ from hub.skills.persona import ChatCommands
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
 from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
 from hub.storage.db import Database
+from hub.storage.deliveries import DeliveryRepo
 from hub.storage.inbox import InboxRepo
 from hub.storage.jobs import JobRepo
 from hub.storage.media import MediaStore
@@ -299,6 +301,16 @@ def build_app(
     app[HUB_KEY] = hub
     server = ServerRoutes(db=db, metrics=metrics, media=media, inbox=inbox, outbox=outbox_repo, channels=channels)
     app.add_routes(server.routes())
+    api = DeliveryApi(
+        settings.api,
+        outbox=outbox,
+        deliveries=DeliveryRepo(db),
+        media=media,
+        channels=channels,
+        metrics=metrics,
+        public_url=settings.http.public_url,
+    )
+    app.add_routes(api.routes())
     for ch in channels.values():
         app.add_routes(ch.routes())
     app.cleanup_ctx.append(_lifecycle)

@@ -1,4 +1,4 @@
-"""`hub run`, `hub check-config`, `hub migrate`, `hub admin add|remove` (and `python -m hub`)."""
+"""`hub run`, `hub check-config`, `hub send`, `hub migrate`, `hub admin add|remove` (and `python -m hub`)."""
 
 from __future__ import annotations
 
@@ -138,6 +138,18 @@ def cmd_telegram(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    if not args.text and not args.media:
+        print("hub send: give --text, --media or both", file=sys.stderr)
+        return 2
+    from hub.send import run
+
+    return run(settings, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hub", description="A self-hosted messaging-bot hub.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("action", choices=["add", "remove"])
     admin.add_argument("user", help="<channel>:<user_id>, e.g. telegram:12345")
     admin.set_defaults(func=cmd_admin)
+    send = with_config(sub.add_parser("send", help="send a message through the running hub's delivery API"))
+    send.add_argument("--url", help="the hub's address (default: from [http] host and port)")
+    send.add_argument("--to", required=True, metavar="CHATREF", help="e.g. telegram:group:-100123")
+    send.add_argument("--text", help="the message text")
+    send.add_argument("--media", nargs="+", metavar="PATH_OR_URL", help="files to upload or http(s) URLs")
+    send.add_argument("--key", help="an Idempotency-Key: sending again with it sends nothing twice")
+    send.add_argument("--wait", action="store_true", help="wait for the outcome: exit 0 sent, 1 failed, 3 waiting")
+    send.add_argument("--timeout", type=float, default=60.0, help="with --wait: seconds before exit 4 (still queued)")
+    send.set_defaults(func=cmd_send)
     telegram = sub.add_parser("telegram", help="register or remove the Telegram webhook")
     tg_sub = telegram.add_subparsers(dest="action", required=True)
     set_hook = with_config(tg_sub.add_parser("set-webhook", help="register <BASE>/webhooks/telegram with Telegram"))

@@ -74,6 +74,8 @@ class CommandsSettings(Section):
 
 class ApiSettings(Section):
     token: SecretStr | None = None
+    rate_per_minute: int = Field(60, ge=1, le=100_000)
+    max_media_mb: int = Field(50, ge=1, le=2048)
 
 
 class ChannelSettings(Section):
