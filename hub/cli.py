@@ -38,8 +38,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hub.logs import setup_logging
     from hub.serving import serve
 
+    workers: int = args.workers
+    if workers < 1:
+        print("workers: must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1:
+        from hub.workers import sqlite_refusal, supervise
+
+        refusal = sqlite_refusal(settings, workers)
+        if refusal is not None:
+            print(refusal, file=sys.stderr)
+            return 2
+        setup_logging(settings.log_level)
+        argv = ["--config", args.config] if args.config else []
+        return asyncio.run(supervise(settings, workers, argv))
     setup_logging(settings.log_level)
     try:
+        if args.listen_fd is not None:
+            import socket
+
+            return asyncio.run(serve(settings, inherited=socket.socket(fileno=args.listen_fd)))
         return asyncio.run(serve(settings))
     except KeyboardInterrupt:
         return 0
@@ -158,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML file (default: $HUB_CONFIG, else config/hub.toml if it exists)")
         return p
 
-    with_config(sub.add_parser("run", help="start the hub")).set_defaults(func=cmd_run)
+    run = with_config(sub.add_parser("run", help="start the hub"))
+    run.add_argument("--workers", type=int, default=1, help="worker processes sharing one socket (>1 needs PostgreSQL)")
+    # A worker of `--workers N` inherits the parent's listening socket.
+    run.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.set_defaults(func=cmd_run)
     with_config(sub.add_parser("check-config", help="validate the configuration")).set_defaults(func=cmd_check_config)
     with_config(sub.add_parser("migrate", help="apply database migrations")).set_defaults(func=cmd_migrate)
     admin = with_config(sub.add_parser("admin", help="add or remove an admin"))

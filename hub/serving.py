@@ -96,13 +96,20 @@ def listening_line(host: str, sock: socket.socket) -> str:
     return f"Hub listening on http://{shown}:{port}/"
 
 
-async def serve(settings: Settings) -> int:
-    """`hub run`: lock, bind, answer 503 while starting, run until SIGTERM/SIGINT."""
+async def serve(settings: Settings, *, inherited: socket.socket | None = None) -> int:
+    """`hub run`: lock, bind, answer 503 while starting, run until SIGTERM/SIGINT.
+
+    A worker of `hub run --workers N` gets the parent's listening socket as `inherited`: the
+    parent has bound it and answers while the workers start, and takes no data_dir lock
+    (several workers need PostgreSQL).
+    """
     from hub.app import build_app
 
+    lock: IO[str] | None = None
     try:
-        lock = lock_data_dir(settings.data_dir) if settings.database_url.startswith("sqlite") else None
-        sock = bind(settings.http.host, settings.http.port)
+        if inherited is None and settings.database_url.startswith("sqlite"):
+            lock = lock_data_dir(settings.data_dir)
+        sock = inherited if inherited is not None else bind(settings.http.host, settings.http.port)
     except StartError as exc:
         print(f"hub: {exc}", file=sys.stderr)
         return 1
@@ -110,10 +117,9 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # The placeholder serves a duplicate of the socket, so closing it leaves the real one open.
-    placeholder = web.AppRunner(starting_app(), handle_signals=False, shutdown_timeout=0.5, access_log=None)
-    await placeholder.setup()
-    await web.SockSite(placeholder, sock.dup()).start()
+    placeholder: web.AppRunner | None = None
+    if inherited is None:
+        placeholder = await start_placeholder(sock)
     runner = web.AppRunner(build_app(settings), handle_signals=False, shutdown_timeout=3.0, access_log=None)
     try:
         try:
@@ -126,7 +132,8 @@ async def serve(settings: Settings) -> int:
                 await runner.cleanup()
             return 1
         finally:
-            await placeholder.cleanup()
+            if placeholder is not None:
+                await placeholder.cleanup()
         print(listening_line(settings.http.host, sock), flush=True)
         await stop.wait()
         log.info("event=stopping")
@@ -139,3 +146,14 @@ async def serve(settings: Settings) -> int:
     finally:
         if lock is not None:
             lock.close()
+
+
+async def start_placeholder(sock: socket.socket) -> web.AppRunner:
+    """Answer 503 on the bound socket until the real app takes it over.
+
+    It serves a duplicate of the socket, so closing it leaves the real one open.
+    """
+    placeholder = web.AppRunner(starting_app(), handle_signals=False, shutdown_timeout=0.5, access_log=None)
+    await placeholder.setup()
+    await web.SockSite(placeholder, sock.dup()).start()
+    return placeholder
