@@ -118,7 +118,7 @@ class WechatChannel(Channel):
             if nonces is None:
                 raise ConfigError([("wechat.encoding_aes_key", "plain mode needs the callback-nonces store")])
             self._replay = ReplayGuard(nonces, self.name)
-            log.warning("event=wechat_plain_mode detail=signatures do not cover the body; set encoding_aes_key")
+            log.warning("event=wechat_plain_mode body_signed=false")
         secret = settings.app_secret.get_secret_value()
         self.api = WeChatApi(
             settings.api_base or DEFAULT_API,
