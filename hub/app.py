@@ -165,8 +165,10 @@ def build_app(
 
         greeting = PersonaGreeting(chats, PersonaRepo(db))
         if settings.wechat.enabled:
+            from hub.channels.replay import WINDOW_S
             from hub.channels.wechat import WechatChannel
             from hub.storage.held import HeldReplyRepo
+            from hub.storage.nonces import NonceRepo
 
             channels["wechat"] = WechatChannel(
                 settings.wechat,
@@ -174,6 +176,7 @@ def build_app(
                 media=media,
                 public_url=settings.http.public_url,
                 held=HeldReplyRepo(db),
+                nonces=NonceRepo(db, keep_s=2 * WINDOW_S),
                 greeting=greeting,
             )
         if settings.wecom.enabled:
@@ -253,6 +256,7 @@ def build_app(
         outbox=outbox,
         args=admin_args,
         model_names=[m.name for m in settings.models],
+        allow_unauthenticated=settings.wechat.allow_admin_in_plain_mode,
         model_changed=model_choice.forget if model_choice is not None else None,
         ops=AdminOps(
             args=admin_args,

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from hub.config_load import describe, load_settings
+from hub.config_load import config_warnings, describe, load_settings
 from hub.errors import ConfigError
 from hub.settings import Settings
 
@@ -25,6 +25,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings is None:
         return 2
+    for key, msg in config_warnings(settings):
+        print(f"warning: {key}: {msg}", file=sys.stderr)
     for line in describe(settings):
         print(line)
     print("configuration is valid")

@@ -378,6 +378,20 @@ def describe(s: Settings) -> list[str]:
     return lines
 
 
+def config_warnings(s: Settings) -> list[tuple[str, str]]:
+    """Valid but risky choices, as (key, message): `hub check-config` prints them, still exit 0."""
+    out: list[tuple[str, str]] = []
+    if s.wechat.enabled and s.wechat.encoding_aes_key is None:
+        out.append(
+            (
+                "wechat.encoding_aes_key",
+                "not set: plain-mode signatures do not cover the body, "
+                "so a leaked callback URL lets anyone forge messages",
+            )
+        )
+    return out
+
+
 def _mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:

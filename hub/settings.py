@@ -125,6 +125,8 @@ class WechatSettings(ChannelSettings):
     token: SecretStr | None = None
     encoding_aes_key: SecretStr | None = None
     reply_mode: Literal["push", "passive"] = "push"
+    # Plain mode's signature does not cover the body: /admin over it only when this is true.
+    allow_admin_in_plain_mode: bool = False
 
 
 class WecomSettings(ChannelSettings):

@@ -127,7 +127,7 @@ class Inbound:
         """What deduplicates WeChat's retries: MsgId, or FromUserName + CreateTime for events."""
         return self.msg_id if self.msg_id and self.msg_id != "0" else f"{self.sender}:{self.create_time}"
 
-    def to_event(self, channel: str) -> Event:
+    def to_event(self, channel: str, *, body_signed: bool = True) -> Event:
         """The hub's event for this callback: always a private chat with the sender."""
         return Event(
             id=self.event_id,
@@ -135,6 +135,7 @@ class Inbound:
             chat=ChatRef(channel, "private", self.sender),
             sender=User(channel, self.sender),
             message=self.message,
+            body_unauthenticated=not body_signed,
         )
 
 

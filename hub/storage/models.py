@@ -259,3 +259,19 @@ held_replies = Table(
     Column("created_at", UTCDateTime(), nullable=False),
 )
 Index("ix_held_replies_chat", held_replies.c.chat, held_replies.c.id)
+
+# (timestamp, nonce) of callbacks whose signature does not cover the body (WeChat plain mode),
+# with the body's SHA-256: a replayed signature with another body is refused. Kept for the
+# timestamp window only; the unique key makes the first insert win across processes.
+callback_nonces = Table(
+    "callback_nonces",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("channel", String(32), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("nonce", String(128), nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # timestamp first: pruning by timestamp uses this index too.
+    UniqueConstraint("timestamp", "nonce", "channel", name="uq_callback_nonces"),
+)
