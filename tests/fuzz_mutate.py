@@ -11,7 +11,16 @@ import re
 from typing import Any
 
 HOLE = "__fuzz_hole__"
-INVALID_UTF8 = [b"\xff", b"\xfe\xff", b"\xc3\x28", b"\xa0\xa1", b"\xe2\x28\xa1", b"\xf0\x28\x8c\x28", b"\xed\xa0\x80", b"\xc0\xaf"]
+INVALID_UTF8 = [
+    b"\xff",
+    b"\xfe\xff",
+    b"\xc3\x28",
+    b"\xa0\xa1",
+    b"\xe2\x28\xa1",
+    b"\xf0\x28\x8c\x28",
+    b"\xed\xa0\x80",
+    b"\xc0\xaf",
+]
 
 
 def _huge(rng: random.Random, limit: int) -> str:
@@ -44,7 +53,7 @@ def mutate_bytes(rng: random.Random, data: bytes, max_body: int) -> tuple[bytes,
     if op == 8:
         at = rng.randint(0, len(buf))
         return bytes(buf[:at]) + b"\x00" * rng.randint(1, 16) + bytes(buf[at:]), "NUL bytes"
-    return rng.choice([b"[" * 100_000, b"{\"a\":" * 50_000, b"<a>" * 80_000]), "deep nesting"
+    return rng.choice([b"[" * 100_000, b'{"a":' * 50_000, b"<a>" * 80_000]), "deep nesting"
 
 
 # --- JSON ----------------------------------------------------------------------------------------
@@ -108,7 +117,9 @@ def mutate_json(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
         del parent[path[-1]]
         return json.dumps(doc).encode(), f"{where} removed"
     if op == 3:
-        value = "".join(rng.choice("ab中😀\n\t\"\\") for _ in range(rng.randint(1, 200_000 if rng.random() < 0.2 else 40)))
+        value = "".join(
+            rng.choice('ab中😀\n\t"\\') for _ in range(rng.randint(1, 200_000 if rng.random() < 0.2 else 40))
+        )
         return json.dumps(_set(doc, path, value), ensure_ascii=rng.random() < 0.5).encode(), f"{where} = string"
     if op == 4:
         return json.dumps(rng.choice([[doc], "text", 42, None, [doc] * 3])).encode(), "not an object"
@@ -157,7 +168,9 @@ def mutate_xml(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
         text = _render(fields).replace(f"<{name}>", f'<{name} type="x" {name}="1">', 1)
         return text.encode(), f"{name} with attributes"
     if op == 4:
-        fields[i][1] = rng.choice(["", "abc", "-1", "1.5", "9" * 40, " 12 ", "１２", "a:b#c", "x" * 300, "<![CDATA[]]>"])
+        fields[i][1] = rng.choice(
+            ["", "abc", "-1", "1.5", "9" * 40, " 12 ", "１２", "a:b#c", "x" * 300, "<![CDATA[]]>"]
+        )
         return _render(fields).encode(), f"{name} = odd text"
     if op == 5:
         del fields[i]
@@ -169,7 +182,9 @@ def mutate_xml(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
         fields[i][1] = rng.choice(ENTITY_USES)
         return (rng.choice(DTDS) + _render(fields)).encode(), "DTD with entities"
     if op == 8:
-        decl = rng.choice(['<?xml version="1.0" encoding="UTF-16"?>', '<?xml version="1.0" encoding="GBK"?>', "<?pi x?>"])
+        decl = rng.choice(
+            ['<?xml version="1.0" encoding="UTF-16"?>', '<?xml version="1.0" encoding="GBK"?>', "<?pi x?>"]
+        )
         return (decl + _render(fields)).encode(), "declaration"
     if op == 9:
         return _render(fields, rng.choice(["root", "XML", "x:xml"])).encode(), "other root"
