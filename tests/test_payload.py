@@ -18,6 +18,7 @@ from test_wechat_units import OA_AES, OA_TOKEN
 from hub.channels.payload import MAX_DEPTH, parse_json, parse_xml
 from hub.channels.wechat_inbound import parse_inbound
 from hub.errors import BadPayload
+from hub.events import Unsupported
 from hub.storage.models import inbox
 
 DEEP_JSON = b"[" * 100_000
@@ -156,3 +157,12 @@ def test_parse_inbound_keeps_documented_fields() -> None:
     assert (msg.kind, msg.event, msg.sender) == ("event", "scancode_push", OPENID)
     with pytest.raises(BadPayload):
         parse_inbound(head + "<MsgType>event</MsgType></xml>", enterprise=False)  # an event names itself
+
+
+def test_a_follow_by_qr_code_names_its_scene() -> None:
+    xml = (
+        f"<xml><ToUserName>{ACCOUNT}</ToUserName><FromUserName>{OPENID}</FromUserName><CreateTime>1</CreateTime>"
+        "<MsgType>event</MsgType><Event>subscribe</Event><EventKey>qrscene_123123</EventKey></xml>"
+    )
+    msg = parse_inbound(xml, enterprise=False)
+    assert (msg.event, msg.message.segments[0]) == ("subscribe_scan", Unsupported("event:subscribe_scan", "123123"))

@@ -156,6 +156,8 @@ def parse_inbound(xml: str, *, enterprise: bool) -> Inbound:
     fields = {name: text_field(raw, name) for name in TEXT_FIELDS}
     # WeCom writes MsgId; some Official Account events write MsgID.
     msg_id = text_field(raw, "MsgId", pattern=MSG_ID) or text_field(raw, "MsgID", pattern=MSG_ID)
+    if not enterprise and event == "subscribe":
+        event = _subscribe_kind(fields)
     return Inbound(
         kind=kind,
         event=event if kind == "event" else "",
@@ -166,6 +168,17 @@ def parse_inbound(xml: str, *, enterprise: bool) -> Inbound:
         agent_id=text_field(raw, "AgentID", pattern=NUMBER),
         message=Message(tuple(_segments(kind, {**fields, "Event": event}))),
     )
+
+
+def _subscribe_kind(fields: dict[str, str]) -> str:
+    """A follow by scanning a QR code names its scene in EventKey (read as wechatpy does)."""
+    key = fields["EventKey"]
+    if key.startswith(("scanbarcode|", "scanimage|")):
+        return "subscribe_scan_product"
+    if key.startswith("qrscene_"):
+        fields["EventKey"] = key.removeprefix("qrscene_")
+        return "subscribe_scan"
+    return "subscribe"
 
 
 def _segments(kind: str, raw: dict[str, str]) -> list[Segment]:
