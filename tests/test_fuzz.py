@@ -15,7 +15,9 @@ import asyncio
 import json
 import os
 import random
+import re
 import secrets
+import sqlite3
 import time
 import urllib.parse
 from collections import Counter
@@ -34,6 +36,8 @@ from test_wechat_units import OA_AES, OA_TOKEN, WECOM_AES, WECOM_TOKEN
 from wechatpy.crypto import PrpCrypto as OaPrp
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.enterprise.crypto import PrpCrypto as CorpPrp
+
+from hub.events import ChatRef
 
 FUZZ_N = int(os.environ.get("FUZZ_N", "2000"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(300, FUZZ_N // 10))]
@@ -359,6 +363,28 @@ async def run_cases(plan: Sequence[tuple[InboundPath, int]], ports: dict[str, in
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
+STORED_ID = re.compile(r"-?[A-Za-z0-9_.@-]{1,128}")
+
+
+def stored_problems(home: Path) -> list[str]:
+    """Inbox rows that a well-formed callback could not have produced."""
+    with sqlite3.connect(home / "data" / "hub.db") as conn:
+        rows = conn.execute("SELECT channel, event_id, chat, sender, payload FROM inbox").fetchall()
+    problems = []
+    for channel, event_id, chat, sender, payload in rows:
+        ref = ChatRef.parse(chat)
+        ok = (
+            len(event_id) <= 191
+            and str(ref) == chat
+            and STORED_ID.fullmatch(ref.chat_id) is not None
+            and sender.startswith(f"{channel}:")
+            and isinstance(json.loads(payload), dict)
+        )
+        if not ok:
+            problems.append(f"{channel} {event_id[:40]!r} {chat[:60]!r} {sender[:60]!r}")
+    return problems
+
+
 async def start_hubs(tmp_path: Path, hubs: dict[str, HubProcess]) -> dict[str, int]:
     for name, toml in HUB_CONFIGS.items():
         home = tmp_path / name
@@ -399,6 +425,8 @@ async def test_every_inbound_path_survives_fuzzing(tmp_path: Path, capsys: pytes
             assert h.proc is not None and h.proc.poll() is None, f"{name} died:\n{h.logs()[-3000:]}"
             assert await send(ports[name], Wire("GET", "/healthz", [], b"")) == 200
         assert tally.bad == [], "\n".join(tally.bad[:30])
+        for name in hubs:
+            assert stored_problems(tmp_path / name) == []
         for path in PATHS:
             # Signed well enough to reach the parser: some cases pass, some are refused as malformed.
             counts = tally.per_path.get(path.name, Counter())
