@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pyexpat import ExpatError
 
 from aiohttp import web
 from sqlalchemy import text
@@ -43,7 +44,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             reason = "no such path" if exc.status == 404 else exc.reason
             return web.json_response({"error": reason}, status=exc.status, headers=_allow(exc))
         raise
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError, ExpatError) as exc:
+        # A parser a handler called directly rather than through hub.channels.payload.
         log.info("event=bad_payload path=%s reason=%r", request.path, exc)
         return web.json_response({"error": "malformed request body"}, status=400)
 

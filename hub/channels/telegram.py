@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -23,7 +22,16 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from hub.channels.base import Channel, Ingress, LiveStream, SendResult
-from hub.channels.telegram_parse import CHANNEL, HANDLED_UPDATES, BotIdentity, load_update, parse_update
+from hub.channels.payload import parse_json
+from hub.channels.telegram_parse import (
+    CHANNEL,
+    HANDLED_UPDATES,
+    BotIdentity,
+    check_ids,
+    is_id,
+    load_update,
+    parse_update,
+)
 from hub.channels.telegram_poll import BACKOFF, Poller
 from hub.channels.telegram_render import (
     TelegramSender,
@@ -178,19 +186,19 @@ class TelegramChannel(Channel):
         given = request.headers.get(SECRET_HEADER)
         if given is None:
             raise VerificationFailed(f"missing {SECRET_HEADER}", 401)
-        if self._secret is None or not hmac.compare_digest(given.encode(), self._secret):
+        # Header bytes that are not UTF-8 arrive as surrogates: encoding them must not fail, so
+        # that any header that is not the secret is a wrong one (403), compared in constant time.
+        if self._secret is None or not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self._secret):
             raise VerificationFailed(f"wrong {SECRET_HEADER}", 403)
-        try:
-            data = json.loads(await request.read())
-        except ValueError as exc:
-            raise BadPayload("body is not JSON") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+        data = parse_json(await request.read())
+        if not isinstance(data, dict) or not is_id(data.get("update_id")):
             raise BadPayload("not a Telegram update (no update_id)")
         try:
             update = load_update(data)
         except ValidationError as exc:
             raise BadPayload(f"not a Telegram update ({exc.error_count()} problems)") from exc
         if update is not None:
+            check_ids(update)
             await self._take(update)
         return web.Response(status=200)
 
@@ -201,6 +209,9 @@ class TelegramChannel(Channel):
             await self._record_migration(str(msg.chat.id), msg.migrate_to_chat_id)
         try:
             event = parse_update(update, self._me)
+        except BadPayload as exc:
+            log.warning("event=telegram_update_refused update_id=%d reason=%s", update.update_id, exc)
+            return
         except Exception:
             # A shape this version does not expect: skip it rather than retry it forever.
             log.exception("event=telegram_parse_failed update_id=%d", update.update_id)

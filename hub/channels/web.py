@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from hub.channels.base import Channel, ChannelLimits, SendResult
+from hub.channels.payload import parse_json
 from hub.events import Audio, ChatRef, Event, File, Image, Message, Text, User, Video
 from hub.settings import WebSettings
 from hub.storage.media import MediaStore
@@ -118,10 +119,7 @@ class WebChannel(Channel):
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
             return web.json_response({"error": "missing or wrong token"}, status=401)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response({"error": "body must be JSON"}, status=400)
+        body = parse_json(await request.read())  # BadPayload: 400 from the error middleware
         if not isinstance(body, dict):
             return web.json_response({"error": "body must be a JSON object"}, status=400)
         session, text = body.get("session"), body.get("text")
