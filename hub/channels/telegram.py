@@ -37,6 +37,7 @@ from hub.channels.telegram_session import JsonSession
 from hub.channels.telegram_stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
 from hub.events import ChatRef, Message
+from hub.fetch import Fetcher
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database
@@ -76,6 +77,7 @@ class TelegramChannel(Channel):
         chats: ChatRepo,
         db: Database,
         public_url: str | None,
+        fetcher: Fetcher,
         poll_timeout_s: int = 25,
         lock_retry_s: float = 5.0,
     ) -> None:
@@ -89,7 +91,7 @@ class TelegramChannel(Channel):
         self._me = BotIdentity(self.bot.id)
         self._secret = settings.secret_token.get_secret_value().encode() if settings.secret_token else None
         self._sender = TelegramSender(
-            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url
+            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url, fetcher=fetcher
         )
         self._poller = (
             Poller(self.bot, self._take, db, timeout_s=poll_timeout_s, lock_retry_s=lock_retry_s)
