@@ -92,10 +92,12 @@ def refused_kind(ip: IPAddress) -> str | None:
         return "unspecified"
     if isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
         return "unique-local"
+    if ip.is_reserved or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local):
+        return "reserved"
     if ip.is_private:
         return "private"
-    if ip.is_reserved or not ip.is_global or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local):
-        return "reserved"
+    if not ip.is_global:
+        return "reserved"  # e.g. carrier-grade NAT, 100.64.0.0/10
     return None
 
 
