@@ -83,7 +83,7 @@ async def test_a_redirect_from_the_provider_to_a_private_address_is_refused(
     provider.redirect("/files/moved.mp4", f"{inside.url}/files/x.mp4")
     provider.result_url = f"{provider.server.url}/files/moved.mp4"
     async with running_hub(make_settings(tmp_path, providers_toml(hunyuan=provider.server.url))) as h:
-        job_id, told = await failed_video(h, "s2")
+        _, told = await failed_video(h, "s2")
         assert f"127.0.0.1:{URL(inside.url).port}: a loopback address" in told
     assert provider.server.calls("/files/moved.mp4")  # the configured host was asked
     assert inside.requests == []  # the address it pointed to was not
