@@ -12,7 +12,11 @@ from harness import FakeServer, Recorded, RunningHub, eventually, make_settings,
 from jobs_helpers import EventStream, has_media, has_text, job_ref, providers_toml
 from yarl import URL
 
+from hub.channels.wechat_api import WeChatApi
+from hub.channels.wechat_outbound import MediaPreparer, Part
+from hub.errors import SendError
 from hub.events import Image, Message
+from hub.fetch import Fetcher, FetchPolicy
 from hub.skills.base import Context
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"v" * 500
@@ -132,4 +136,23 @@ async def test_a_reply_media_url_to_a_local_service_fails_the_send_for_good(tmp_
             assert "a loopback address" in row["last_error"]
     finally:
         await tg.stop()
+    assert inside.requests == []
+
+
+async def test_wechat_media_from_a_local_service_is_refused_for_good(inside: FakeServer) -> None:
+    fetcher = Fetcher(FetchPolicy.of(["http://127.0.0.1:1"]))  # api_base: another port
+    preparer = MediaPreparer(
+        WeChatApi("http://127.0.0.1:1", "/cgi-bin/token", {}),
+        None,  # type: ignore[arg-type]  # no link is made: the download is refused first
+        None,
+        limits={"image": 10 * 1024 * 1024},
+        voice_formats=frozenset(),
+        fetcher=fetcher,
+    )
+    try:
+        with pytest.raises(SendError, match="a loopback address") as caught:
+            await preparer.prepare(Part("image", media=Image(url=f"{inside.url}/x.png")))
+    finally:
+        await fetcher.close()
+    assert not caught.value.retryable
     assert inside.requests == []
