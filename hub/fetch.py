@@ -254,7 +254,7 @@ class Download:
                     raise FetchTooLarge(self.max_bytes)
                 yield piece
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FetchError(f"download: {_describe(exc)}", retryable=True) from None
+            raise FetchError(_describe(exc), retryable=True) from None
 
     async def read(self) -> bytes:
         return b"".join([piece async for piece in self.chunks()])
@@ -320,7 +320,7 @@ class Fetcher:
             except aiohttp.InvalidURL as exc:
                 raise FetchRefused(f"not a valid URL: {safe_text(str(exc))}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise FetchError(f"download: {_describe(exc)}", retryable=True) from None
+                raise FetchError(_describe(exc), retryable=True) from None
             location = resp.headers.get("Location")
             if resp.status not in REDIRECTS or not location:
                 return resp
@@ -328,8 +328,8 @@ class Fetcher:
             try:
                 current = current.join(URL(location))
             except (ValueError, TypeError):
-                raise FetchError("download: a redirect to something that is not a URL", retryable=False) from None
-        raise FetchError(f"download: more than {self._max_redirects} redirects", retryable=False)
+                raise FetchError("a redirect to something that is not a URL", retryable=False) from None
+        raise FetchError(f"more than {self._max_redirects} redirects", retryable=False)
 
 
 async def _head_of(resp: aiohttp.ClientResponse, limit: int = 4096) -> bytes:

@@ -175,4 +175,4 @@ async def _provider_errors(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]
     except FetchTooLarge:
         raise
     except FetchError as exc:
-        raise ProviderError(str(exc), retryable=exc.retryable) from None
+        raise ProviderError(f"download: {exc}", retryable=exc.retryable) from None
