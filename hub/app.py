@@ -24,6 +24,7 @@ from hub.channels.base import Channel
 from hub.channels.web import WebChannel
 from hub.delivery import Outbox
 from hub.events import Event
+from hub.fetch import Fetcher, policy_from_settings
 from hub.http import ServerRoutes, error_middleware
 from hub.inbound import Dispatcher, EventReplier, LiveSink
 from hub.job_delivery import JobDelivery
@@ -122,6 +123,9 @@ def build_app(
     web_events = WebEventRepo(db)
     people = People(users, settings.admins)
     channels: dict[str, Channel] = {}
+    # Media URLs the channels download (delivery-API media); providers' results have their own.
+    fetch_policy = policy_from_settings(settings)
+    fetcher = Fetcher(fetch_policy)
     outbox = Outbox(outbox_repo, media, channels, chats, metrics)
 
     router = Router(
@@ -159,6 +163,7 @@ def build_app(
             chats=chats,
             db=db,
             public_url=settings.http.public_url,
+            fetcher=fetcher,
         )
     if settings.wechat.enabled or settings.wecom.enabled:
         from hub.channels.wechat import PersonaGreeting
@@ -178,12 +183,18 @@ def build_app(
                 held=HeldReplyRepo(db),
                 nonces=NonceRepo(db, keep_s=2 * WINDOW_S),
                 greeting=greeting,
+                fetcher=fetcher,
             )
         if settings.wecom.enabled:
             from hub.channels.wecom import WecomChannel
 
             channels["wecom"] = WecomChannel(
-                settings.wecom, ingress=dispatcher, media=media, public_url=settings.http.public_url, greeting=greeting
+                settings.wecom,
+                ingress=dispatcher,
+                media=media,
+                public_url=settings.http.public_url,
+                greeting=greeting,
+                fetcher=fetcher,
             )
     for ch in extra_channels:
         channels[ch.name] = ch
@@ -191,7 +202,7 @@ def build_app(
     # --- long jobs: providers only for the [providers.*] sections that are set ---------------
     job_providers, image_provider = _generation_providers(settings)
     job_repo = JobRepo(db, holder, lease_s)
-    job_delivery = JobDelivery(job_repo, outbox, media)
+    job_delivery = JobDelivery(job_repo, outbox, media, fetch_policy=fetch_policy)
     jobs = JobService(
         job_repo,
         job_delivery,
@@ -318,6 +329,11 @@ def build_app(
     for ch in channels.values():
         app.add_routes(ch.routes())
     app.cleanup_ctx.append(_lifecycle)
+
+    async def close_fetcher(_: web.Application) -> None:
+        await fetcher.close()  # after the lifecycle's end: the channels have stopped sending
+
+    app.on_cleanup.append(close_fetcher)
     app.on_shutdown.append(_stop_input)
     return app
 

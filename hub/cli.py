@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from hub.config_load import config_warnings, describe, load_settings
 from hub.errors import ConfigError
+from hub.redact import safe_text
 from hub.settings import Settings
 
 
@@ -17,7 +18,8 @@ def _load(path: str | None) -> Settings | None:
         return load_settings(path)
     except ConfigError as exc:
         for key, msg in exc.problems:
-            print(f"{key}: {msg}", file=sys.stderr)
+            # A mistake may quote the value: a URL is shown without its password or query.
+            print(safe_text(f"{key}: {msg}"), file=sys.stderr)
         return None
 
 

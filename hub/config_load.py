@@ -14,13 +14,13 @@ import tomllib
 from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any, get_args, get_origin
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from hub.errors import ConfigError
 from hub.events import ChatRef
+from hub.redact import safe_text, safe_url
 from hub.settings import CHANNEL_NAMES, Settings
 
 DEFAULT_CONFIG = Path("config/hub.toml")
@@ -342,11 +342,15 @@ def _first_per_key(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def describe(s: Settings) -> list[str]:
-    """What would run, for `hub check-config`: never a secret."""
+    """What would run, for `hub check-config`: never a secret (every URL masked, hub/redact.py)."""
+    return [safe_text(line) for line in _describe(s)]
+
+
+def _describe(s: Settings) -> list[str]:
     lines = [f"http: listening on {s.http.host}:{s.http.port}"]
     if s.http.public_url:
         lines.append(f"http: public URL {s.http.public_url}")
-    lines.append(f"database: {_mask_url(s.database_url)}")
+    lines.append(f"database: {safe_url(s.database_url)}")
     lines.append(f"data_dir: {s.data_dir}")
     for name in CHANNEL_NAMES:
         section = getattr(s, name)
@@ -391,10 +395,3 @@ def config_warnings(s: Settings) -> list[tuple[str, str]]:
         )
     return out
 
-
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return url.replace(parts.netloc, netloc)
-    return url

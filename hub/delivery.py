@@ -16,6 +16,7 @@ from hub.channels.base import Channel
 from hub.errors import SendError
 from hub.events import Audio, File, Image, Message, Video
 from hub.metrics import Metrics
+from hub.redact import safe_text
 from hub.storage.chats import ChatRepo
 from hub.storage.db import utcnow
 from hub.storage.media import MediaStore
@@ -204,7 +205,7 @@ class Outbox:
         else:
             # Network errors, timeouts, a platform's garbled answer: worth another try.
             retryable, retry_after, final_chat = True, None, False
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = safe_text(f"{type(exc).__name__}: {exc}")  # stored in the outbox: no tokens, no queries
         final = not retryable or attempts >= self.max_attempts
         self._metrics.send_failures.labels(item.target.channel, "yes" if final else "no").inc()
         if final:

@@ -15,12 +15,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from hub.delivery import Outbox
 from hub.errors import ProviderError
 from hub.events import Audio, Image, Message, Video
+from hub.fetch import Fetcher, FetchPolicy, FetchTooLarge
 from hub.providers.generation import download
+from hub.redact import safe_text
 from hub.storage.db import utcnow
 from hub.storage.jobs import ACTIVE, DELIVERED, FAILED, SUCCEEDED, TIMED_OUT, Job, JobRepo
 from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
@@ -41,22 +41,26 @@ class JobDelivery:
     """Results into the chat, notices to the owner, retries for later; owns the download session."""
 
     def __init__(
-        self, repo: JobRepo, outbox: Outbox, media: MediaStore, *, max_download_bytes: int = 512 * 1024 * 1024
+        self,
+        repo: JobRepo,
+        outbox: Outbox,
+        media: MediaStore,
+        *,
+        max_download_bytes: int = 512 * 1024 * 1024,
+        fetch_policy: FetchPolicy | None = None,
     ) -> None:
         self._repo = repo
         self._outbox = outbox
         self._media = media
         self.max_download_bytes = max_download_bytes
-        self._http: aiohttp.ClientSession | None = None
+        # Results come from URLs the provider names: only public addresses, or those configured.
+        self._fetcher = Fetcher(fetch_policy or FetchPolicy())
 
     async def open(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
+        pass  # the fetcher opens its session on first use
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self._fetcher.close()
 
     async def deliver(self, job: Job) -> None:
         """Fetch the result into the media store, queue it for the chat, mark it delivered."""
@@ -65,7 +69,7 @@ class JobDelivery:
         if not path or not await asyncio.to_thread(Path(path).exists):
             try:
                 stored = await self.fetch(job, str(result.get("url") or ""))
-            except MediaTooLarge as exc:
+            except (MediaTooLarge, FetchTooLarge) as exc:
                 await self.finish_badly(job, FAILED, f"the result is larger than {exc.limit // (1024 * 1024)} MB")
                 return
             except ProviderError as exc:
@@ -106,9 +110,8 @@ class JobDelivery:
         """Download a result into the media store, up to `max_download_bytes`."""
         if not url:
             raise ProviderError("the provider gave no result URL", retryable=False)
-        assert self._http is not None
         ext, default_mime = MEDIA_DEFAULTS[job.skill]
-        async with download(self._http, url) as (ctype, chunks):
+        async with download(self._fetcher, url, max_bytes=self.max_download_bytes) as (ctype, chunks):
             mime = (ctype or "").split(";")[0].strip() or default_mime
             if mime in ("application/octet-stream", "binary/octet-stream"):
                 mime = default_mime
@@ -130,6 +133,7 @@ class JobDelivery:
 
     async def finish_badly(self, job: Job, state: str, reason: str, *, tell: bool = True) -> None:
         """End a job as failed or timed_out, telling its owner (the notice first: it is keyed)."""
+        reason = safe_text(reason)  # a provider's message may carry a signed URL
         noun = NOUN.get(job.skill, job.skill)
         if tell:
             if state == TIMED_OUT:
@@ -144,6 +148,7 @@ class JobDelivery:
 
     async def back_off(self, job: Job, base_s: float, error: str) -> None:
         """A transient error: try again later, longer each time, without changing state."""
+        error = safe_text(error)
         attempts = job.attempts + 1
         # From the provider's interval (at least a second), doubling, capped, jittered.
         delay = min(BACKOFF_CAP_S, max(base_s, 1.0) * 2 ** (attempts - 1)) * random.uniform(0.75, 1.0)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from hub.fetch import parse_allow
 
 CHANNEL_NAMES = ("web", "telegram", "wechat", "wecom", "feishu", "qq", "onebot")
 
@@ -36,11 +38,18 @@ def _check_url(value: str | None, *, path_allowed: bool = True) -> str | None:
     return value.rstrip("/")
 
 
+def _fetch_allow_entry(value: str) -> str:
+    parse_allow(value)  # the one parser of these entries, so the fetcher reads them alike
+    return value
+
+
 class HttpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = None
     max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # Hostnames or CIDRs fetched from even when private (hub/fetch.py); each entry checked alone.
+    fetch_allow: list[Annotated[str, AfterValidator(_fetch_allow_entry)]] = Field(default_factory=list)
 
     @field_validator("public_url")
     @classmethod

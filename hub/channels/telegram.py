@@ -45,10 +45,11 @@ from hub.channels.telegram_session import JsonSession
 from hub.channels.telegram_stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
 from hub.events import ChatRef, Message
+from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database
-from hub.storage.media import MediaStore, StoredMedia
+from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
 
 log = logging.getLogger("hub.telegram")
 
@@ -84,6 +85,7 @@ class TelegramChannel(Channel):
         chats: ChatRepo,
         db: Database,
         public_url: str | None,
+        fetcher: Fetcher,
         poll_timeout_s: int = 25,
         lock_retry_s: float = 5.0,
     ) -> None:
@@ -92,12 +94,13 @@ class TelegramChannel(Channel):
         self._media = media
         self._chats = chats
         self._public_url = public_url
+        self._fetcher = fetcher
         self.bot = make_bot(settings)
         self.limits = limits_for(settings.upload_limit_mb)
         self._me = BotIdentity(self.bot.id)
         self._secret = settings.secret_token.get_secret_value().encode() if settings.secret_token else None
         self._sender = TelegramSender(
-            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url
+            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url, fetcher=fetcher
         )
         self._poller = (
             Poller(self.bot, self._take, db, timeout_s=poll_timeout_s, lock_retry_s=lock_retry_s)
@@ -308,8 +311,14 @@ class TelegramChannel(Channel):
             raise HubError("Telegram gives no download for this file (too large for getFile)")
         limit = max_bytes or max(GET_FILE_MAX, self._sender.upload_limit)
         url = self.bot.session.api.file_url(self.bot.token, file.file_path)
-        chunks = self.bot.session.stream_content(url, timeout=300, raise_for_status=True)
-        return await self._media.save_stream(chunks, max_bytes=limit, name=name, mime=mime)
+        try:
+            # Through the one bounded download, whose errors never carry the URL (it holds the token).
+            async with self._fetcher.open(url, max_bytes=limit, timeout_s=300) as download:
+                return await self._media.save_stream(download.chunks(), max_bytes=limit, name=name, mime=mime)
+        except FetchTooLarge:
+            raise MediaTooLarge(limit) from None
+        except FetchError as exc:
+            raise send_error(exc) from None
 
 
 # --- `hub telegram set-webhook | delete-webhook` ----------------------------------------------

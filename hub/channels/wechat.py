@@ -33,6 +33,7 @@ from hub.channels.wechat_outbound import MB, MediaPreparer, render, send_parts
 from hub.channels.wechat_passive import HELD_TEXT_MAX, PassiveReplies
 from hub.errors import ConfigError, SendError
 from hub.events import ChatRef, Message, segment_to_dict
+from hub.fetch import Fetcher
 from hub.settings import WechatSettings
 from hub.storage.chats import ChatRepo
 from hub.storage.held import HeldReplyRepo
@@ -107,6 +108,7 @@ class WechatChannel(Channel):
         nonces: NonceRepo | None = None,
         greeting: Greeting = plain_welcome,
         passive_wait_s: float = 4.5,
+        fetcher: Fetcher,
     ) -> None:
         if not (settings.app_id and settings.app_secret and settings.token):
             raise ConfigError([("wechat", "app_id, app_secret and token are required")])
@@ -131,6 +133,7 @@ class WechatChannel(Channel):
             public_url,
             limits={"image": 10 * MB, "voice": 2 * MB, "video": 10 * MB},
             voice_formats=frozenset({"amr", "mp3"}),
+            fetcher=fetcher,
         )
         self.passive: PassiveReplies | None = None
         if settings.reply_mode == "passive":
