@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from fake_openai import FakeOpenAI
-from harness import eventually, make_settings, running_hub, sse_items, text_of
+from harness import eventually, make_settings, running_hub, sse_items, text_of, web_chat
+from test_config import check_config, mistakes
 
 from hub.events import ChatRef, File, Image, Message
 from hub.storage.outbox import NewMessage
@@ -219,3 +222,64 @@ model = "fake-chat"
             async with http.get(f"{h.url}/api/web/events", params={"session": "rl"}) as again:
                 items = await sse_items(again, timeout=10)
         assert text_of(items) == "one two three four five six seven eight nine ten"
+
+
+# --- check-config and the command line --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "http",
+    [
+        '[http]\nhost = "0.0.0.0"\n',
+        '[http]\npublic_url = "https://bot.example.com"\n',  # a reverse proxy in front of 127.0.0.1
+        '[http]\npublic_url = "http://10.0.0.5:8080"\n',
+    ],
+)
+def test_a_web_chat_reachable_from_outside_needs_its_token(tmp_path: Path, http: str) -> None:
+    done = check_config(tmp_path, http)
+    assert done.returncode == 2
+    assert "required when" in mistakes(done)["web.token"]
+    assert check_config(tmp_path, http + GUARDED).returncode == 0
+    assert check_config(tmp_path, http + "[web]\nenabled = false\n").returncode == 0
+
+
+def test_a_loopback_public_url_needs_no_token(tmp_path: Path) -> None:
+    for url in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"):
+        assert check_config(tmp_path, f'[http]\npublic_url = "{url}"\n').returncode == 0, url
+
+
+def test_web_users_are_never_admins_by_name(tmp_path: Path) -> None:
+    done = check_config(tmp_path, 'admins = ["telegram:1", "web:owner"]\n[web]\ntoken_is_admin = true\n')
+    assert done.returncode == 2
+    found = mistakes(done)
+    assert set(found) == {"admins.1", "web.token_is_admin"}  # every mistake in one round
+    assert "token_is_admin" in found["admins.1"]
+    assert check_config(tmp_path, 'admins = ["telegram:1"]\n' + GUARDED + "token_is_admin = true\n").returncode == 0
+
+
+def test_the_command_line_refuses_a_web_admin(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n', encoding="utf-8")
+    args = [sys.executable, "-m", "hub", "admin", "add", "web:owner", "--config", str(cfg)]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "web:owner" in done.stderr and "token_is_admin" in done.stderr
+    assert "is now an admin" not in done.stdout
+
+
+async def test_a_stored_web_admin_row_counts_for_nothing(tmp_path: Path) -> None:
+    async with running_hub(make_settings(tmp_path)) as h:
+        await h.hub.users.set("web:owner", is_admin=True, banned=False)  # an older version's row
+        h.hub.people.invalidate()
+        assert "admins only" in text_of(await web_chat(h.url, "owner", "/admin status"))
+
+
+async def test_the_web_token_makes_an_admin_only_under_token_is_admin(tmp_path: Path) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with running_hub(make_settings(tmp_path, GUARDED)) as h:
+        assert "admins only" in text_of(await web_chat(h.url, "anyone", "/admin status", headers=auth))
+    async with running_hub(make_settings(tmp_path, GUARDED + "token_is_admin = true\n")) as h:
+        assert "Channels:" in text_of(await web_chat(h.url, "anyone", "/admin status", headers=auth))
+        # The flag comes from the token, never from what the body says.
+        status, _ = await post_chat(h.url, json.dumps({"session": "x", "text": "/admin status"}), JSON)
+        assert status == 401
