@@ -782,3 +782,31 @@ async def test_status_counts_channels_backlogs_jobs_and_recent_failures(env: Web
     assert "Backlog: inbox " in answer and ", outbox " in answer
     assert "failed 1" in answer and "running 1" in answer
     assert "Failures in the last hour: 0 sends, 0 events, 1 jobs" in answer
+
+
+# --- answers that name people stay out of groups ---------------------------------------------------
+
+
+async def test_who_and_audit_asked_in_a_telegram_group_answer_the_admin_privately(tmp_path: Path) -> None:
+    admin = "telegram:700001"
+    async with started_telegram(tmp_path, f'admins = ["{admin}"]\n{MODELS}{VIDEO}{POLICY}') as t:
+        assert t.user(t.admin_name) == admin
+        group, private = t.group("team"), t.private(t.admin_name)
+        for text, says in ((f"/admin who {admin}", f"{admin}: admin"), ("/admin audit 3", "audit entries")):
+            await t.say_in("team", t.admin_name, text)
+            assert [m for m in t.sent_to(private) if says in m]  # sent once say_in returns
+            assert says not in "\n".join(t.sent_to(group))
+        assert t.sent_to(group) == ["I sent you the answer in a private chat."] * 2
+        # Through the outbox like any reply.
+        rows = [r for r in await t.rows() if r["target"] == private]
+        assert len(rows) == 2 and all(r["status"] == "sent" for r in rows)
+
+
+async def test_who_and_audit_asked_in_a_group_elsewhere_say_ask_me_privately(env: WebEnv) -> None:
+    await env.hub.users.set(OWNER, allowed=True)
+    for text in (f"/admin who {OWNER}", "/admin audit"):
+        answer = await env.fake("owner", text, chat="g1", group=True)
+        assert "ask me in a private chat" in answer
+        assert "audit entries" not in answer and f"{OWNER}: admin" not in answer
+    # Asked privately, it answers.
+    assert f"{OWNER}: admin" in await env.fake("owner", f"/admin who {OWNER}")
