@@ -26,6 +26,7 @@ from harness import FakeServer, RunningHub, eventually, make_settings, running_h
 
 from hub.cli import main as cli_main
 from hub.events import ChatRef, Event, Message, Text, User
+from hub.skills.admin import PRIVATE_NOTE
 from hub.storage.jobs import Job
 
 REFUSAL = "Sorry, that command is for the bot's admins only."
@@ -796,7 +797,7 @@ async def test_who_and_audit_asked_in_a_telegram_group_answer_the_admin_privatel
             await t.say_in("team", t.admin_name, text)
             assert [m for m in t.sent_to(private) if says in m]  # sent once say_in returns
             assert says not in "\n".join(t.sent_to(group))
-        assert t.sent_to(group) == ["I sent you the answer in a private chat."] * 2
+        assert t.sent_to(group) == [PRIVATE_NOTE] * 2
         # Through the outbox like any reply.
         rows = [r for r in await t.rows() if r["target"] == private]
         assert len(rows) == 2 and all(r["status"] == "sent" for r in rows)

@@ -27,6 +27,8 @@ log = logging.getLogger("hub.admin")
 PRIVATE_ANSWERS = frozenset({"who", "audit"})
 # Platforms where a user's private chat with the bot has the user's own id (Telegram).
 PRIVATE_BY_USER_ID = frozenset({"telegram"})
+# Telegram delivers only to someone who has started a chat with the bot: say so.
+PRIVATE_NOTE = "I sent you the answer in a private chat (if it does not arrive, start a chat with me first)."
 
 
 class AdminSkill:
@@ -154,7 +156,7 @@ class AdminSkill:
                 idempotency_key=f"{ev.channel}:{ev.id}:private",
             )
         )
-        await ctx.reply("I sent you the answer in a private chat.")
+        await ctx.reply(PRIVATE_NOTE)
 
     async def on_refusal(self, ctx: Context, reason: str) -> None:
         """The router's refusal hook: a non-admin tried an admin command."""
