@@ -151,7 +151,11 @@ def build_app(
     # --- channels: each platform module is imported only when enabled ---------------------
     if settings.web.enabled:
         channels["web"] = WebChannel(
-            settings.web, events=web_events, media=media, submit_and_wait=dispatcher.submit_and_wait
+            settings.web,
+            events=web_events,
+            media=media,
+            submit_and_wait=dispatcher.submit_and_wait,
+            http=settings.http,
         )
     if settings.telegram.enabled:
         from hub.channels.telegram import TelegramChannel
@@ -314,7 +318,15 @@ def build_app(
 
     app = web.Application(client_max_size=settings.http.max_body_bytes, middlewares=[error_middleware])
     app[HUB_KEY] = hub
-    server = ServerRoutes(db=db, metrics=metrics, media=media, inbox=inbox, outbox=outbox_repo, channels=channels)
+    server = ServerRoutes(
+        db=db,
+        metrics=metrics,
+        media=media,
+        inbox=inbox,
+        outbox=outbox_repo,
+        channels=channels,
+        metrics_token=settings.http.metrics_token or (settings.web.token if _web_token_required(settings) else None),
+    )
     app.add_routes(server.routes())
     api = DeliveryApi(
         settings.api,
@@ -336,6 +348,10 @@ def build_app(
     app.on_cleanup.append(close_fetcher)
     app.on_shutdown.append(_stop_input)
     return app
+
+
+def _web_token_required(settings: Settings) -> bool:
+    return settings.web.enabled and settings.http.is_public
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

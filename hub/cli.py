@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from hub.config_load import config_warnings, describe, load_settings
+from hub.config_load import WEB_ADMIN_HINT, config_warnings, describe, load_settings
 from hub.errors import ConfigError
 from hub.redact import safe_text
 from hub.settings import Settings
@@ -98,6 +98,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
     user: str = args.user
     if ":" not in user or user.startswith(":") or user.endswith(":"):
         print(f"user: {user!r}: expected <channel>:<user_id>, e.g. telegram:12345", file=sys.stderr)
+        return 2
+    if args.action == "add" and user.startswith("web:"):
+        print(f"user: {user!r}: the web page chooses its own session id; {WEB_ADMIN_HINT}", file=sys.stderr)
         return 2
 
     async def run() -> None:

@@ -31,6 +31,9 @@ NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
 # Channels this version builds; a section of another is accepted, enabling it is a mistake.
 BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom"}
 
+# A web user names itself (the page picks its session id), so it is never an admin by name.
+WEB_ADMIN_HINT = "web users are never admins by name: set [web] token_is_admin = true instead"
+
 REQUIRED_WHEN_ENABLED: dict[str, tuple[str, ...]] = {
     "telegram": ("token",),
     "wechat": ("app_id", "app_secret", "token"),
@@ -163,8 +166,15 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     if s.wecom.enabled and s.wecom.encoding_aes_key is not None:
         if len(s.wecom.encoding_aes_key.get_secret_value()) != 43:
             problems.append(("wecom.encoding_aes_key", "must be 43 characters"))
-    if s.web.enabled and not s.http.is_loopback and s.web.token is None:
-        problems.append(("web.token", f"required when [http] host ({s.http.host}) is not a loopback address"))
+    if s.web.enabled and s.http.is_public and s.web.token is None:
+        where = (
+            f"[http] host ({s.http.host}) is not a loopback address"
+            if not s.http.is_loopback
+            else f"[http] public_url ({s.http.public_url}) names a host that is not a loopback address"
+        )
+        problems.append(("web.token", f"required when {where}"))
+    if s.web.token_is_admin and s.web.token is None:
+        problems.append(("web.token_is_admin", "needs [web] token (a request carrying it acts as an admin)"))
     names = [m.name for m in s.models]
     for i, m in enumerate(s.models):
         if names.count(m.name) > 1:
@@ -191,6 +201,8 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     for i, item in enumerate(s.admins):
         if ":" not in item:
             problems.append((f"admins.{i}", f"{item!r}: expected <channel>:<user_id>, e.g. telegram:12345"))
+        elif item.startswith("web:"):
+            problems.append((f"admins.{i}", f"{item!r}: the web page chooses its own session id; {WEB_ADMIN_HINT}"))
     if s.providers.hunyuan and (s.providers.hunyuan.api_key is None):
         problems.append(("providers.hunyuan.api_key", "required"))
     return problems

@@ -82,7 +82,7 @@ class Outbox:
         segments = []
         for seg in msg.message.segments:
             if isinstance(seg, Image | Video | Audio | File) and seg.data is not None:
-                stored = await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)
+                stored = await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)
                 seg = dataclasses.replace(seg, data=None, path=str(stored.path), size=stored.size)
             segments.append(seg)
         return dataclasses.replace(msg, message=Message(tuple(segments)))

@@ -32,6 +32,7 @@ log = logging.getLogger("hub.jobs")
 # The skill behind each kind of job, and what its result is.
 SKILL_MEDIA: dict[str, type[Video] | type[Audio] | type[Image]] = {"video": Video, "music": Audio, "image": Image}
 MEDIA_DEFAULTS = {"video": ("mp4", "video/mp4"), "music": ("mp3", "audio/mpeg"), "image": ("png", "image/png")}
+SKILL_KIND = {"video": "video", "music": "audio", "image": "image"}
 NOUN = {"video": "video", "music": "music", "image": "image"}
 MAX_DELIVERY_ATTEMPTS = 8
 BACKOFF_CAP_S = 300.0
@@ -116,7 +117,11 @@ class JobDelivery:
             if mime in ("application/octet-stream", "binary/octet-stream"):
                 mime = default_mime
             return await self._media.save_stream(
-                chunks, max_bytes=self.max_download_bytes, name=f"{job.skill}-{job.id}.{ext}", mime=mime
+                chunks,
+                max_bytes=self.max_download_bytes,
+                name=f"{job.skill}-{job.id}.{ext}",
+                mime=mime,
+                kind=SKILL_KIND[job.skill],
             )
 
     async def notify(self, job: Job, what: str, text: str) -> None:

@@ -43,6 +43,18 @@ def _fetch_allow_entry(value: str) -> str:
     return value
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -50,6 +62,7 @@ class HttpSettings(Section):
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     # Hostnames or CIDRs fetched from even when private (hub/fetch.py); each entry checked alone.
     fetch_allow: list[Annotated[str, AfterValidator(_fetch_allow_entry)]] = Field(default_factory=list)
+    metrics_token: SecretStr | None = None
 
     @field_validator("public_url")
     @classmethod
@@ -64,6 +77,13 @@ class HttpSettings(Section):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def is_public(self) -> bool:
+        """Reachable from beyond this machine: bound past loopback, or named by a public URL."""
+        if not self.is_loopback:
+            return True
+        return self.public_url is not None and not is_loopback_host(urlsplit(self.public_url).hostname)
 
 
 class DatabaseSettings(Section):
@@ -100,6 +120,7 @@ class ChannelSettings(Section):
 class WebSettings(Section):
     enabled: bool = True
     token: SecretStr | None = None
+    token_is_admin: bool = False
 
 
 class TelegramSettings(ChannelSettings):

@@ -462,7 +462,8 @@ SECRET = "test-secret_token-42"
 
 
 def telegram_toml(api_base: str, *, mode: str = "webhook", public_url: str | None = None, extra: str = "") -> str:
-    http = f'[http]\npublic_url = "{public_url}"\n' if public_url else ""
+    # A public URL puts the web chat on the internet: it then needs its token.
+    http = f'[http]\npublic_url = "{public_url}"\n[web]\ntoken = "test-web-token"\n' if public_url else ""
     return (
         f"{http}[telegram]\nenabled = true\ntoken = \"{TOKEN}\"\nsecret_token = \"{SECRET}\"\n"
         f'mode = "{mode}"\napi_base = "{api_base}"\n{extra}'

@@ -40,6 +40,9 @@ def settings_for(tmp_path: Path, api: FakeWeChatApi, model: FakeOpenAI | None, e
 [http]
 public_url = "https://hub.example.com"
 
+[web]
+token = "test-web-token"
+
 [wecom]
 enabled = true
 corp_id = "{CORP_ID}"

@@ -277,7 +277,7 @@ class TelegramSender:
             # The one guarded download: a URL leading to a private address is refused here.
             async with self._fetcher.open(seg.url, max_bytes=self.upload_limit, timeout_s=UPLOAD_TIMEOUT_S) as download:
                 stored = await self._media.save_stream(
-                    download.chunks(), max_bytes=self.upload_limit, name=seg.name, mime=seg.mime
+                    download.chunks(), max_bytes=self.upload_limit, name=seg.name, mime=seg.mime, kind=seg.kind
                 )
         except (MediaTooLarge, FetchTooLarge):
             return await self._send_link(common, seg, caption, None, url=seg.url)
@@ -320,10 +320,14 @@ class TelegramSender:
         media_id = self._media.id_of_path(seg.path) if seg.path else None
         if media_id is None:
             if seg.data is not None:
-                media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)).id
+                media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)).id
             elif seg.path:
                 stored = await self._media.save_stream(
-                    _read_file(seg.path), max_bytes=2**62, name=seg.name or Path(seg.path).name, mime=seg.mime
+                    _read_file(seg.path),
+                    max_bytes=2**62,
+                    name=seg.name or Path(seg.path).name,
+                    mime=seg.mime,
+                    kind=seg.kind,
                 )
                 media_id = stored.id
         return f"{self._public_url}/media/{media_id}" if media_id else None

@@ -197,11 +197,15 @@ class MediaPreparer:
             media_id = self._media.id_of_path(seg.path)
             if media_id is None:
                 stored = await self._media.save_stream(
-                    _file_chunks(seg.path), max_bytes=2**62, name=seg.name or Path(seg.path).name, mime=seg.mime
+                    _file_chunks(seg.path),
+                    max_bytes=2**62,
+                    name=seg.name or Path(seg.path).name,
+                    mime=seg.mime,
+                    kind=seg.kind,
                 )
                 media_id = stored.id
         elif seg.data is not None:
-            media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)).id
+            media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)).id
         return f"{self._public_url}/media/{media_id}"
 
 

@@ -29,6 +29,12 @@ UNAUTHENTICATED = (
     "Set [wechat] encoding_aes_key (safe mode) to use /admin over WeChat, "
     "or allow_admin_in_plain_mode = true to accept the risk."
 )
+# Answers that name people and what they did: never into a group where every member reads them.
+PRIVATE_ANSWERS = frozenset({"who", "audit"})
+# Platforms where a user's private chat with the bot has the user's own id (Telegram).
+PRIVATE_BY_USER_ID = frozenset({"telegram"})
+# Telegram delivers only to someone who has started a chat with the bot: say so.
+PRIVATE_NOTE = "I sent you the answer in a private chat (if it does not arrive, start a chat with me first)."
 
 
 class AdminSkill:
@@ -134,6 +140,11 @@ class AdminSkill:
             await ctx.reply(f"Unknown subcommand {name!r}. Send /admin help for the list.")
             await self._audit.record(ctx.user, f"admin {name}"[:64], "invalid", chat=where, detail=rest)
             return
+        private = name in PRIVATE_ANSWERS and ctx.event.chat.kind == "group"
+        if private and ctx.event.channel not in PRIVATE_BY_USER_ID:
+            await ctx.reply("That answer is only for you: ask me in a private chat.")
+            await self._audit.record(ctx.user, f"admin {name}", "refused", chat=where, detail=f"{rest} (in a group)")
+            return
         try:
             answer = await sub.run(ctx, rest)
         except Invalid as exc:
@@ -145,7 +156,22 @@ class AdminSkill:
             raise  # the router logs it and apologises
         log.info("event=admin action=%s actor=%s chat=%s", name, ctx.user, where)
         await self._audit.record(ctx.user, f"admin {name}", "ok", chat=where, detail=rest)
+        if private:
+            await self._answer_privately(ctx, answer)
+            return
         await ctx.reply(answer)
+
+    async def _answer_privately(self, ctx: Context, answer: str) -> None:
+        """Into the admin's private chat, through the outbox like any reply; a note in the group."""
+        ev = ctx.event
+        await self._outbox.put(
+            NewMessage(
+                target=ChatRef(ev.channel, "private", ev.sender.id),
+                message=Message.of(answer),
+                idempotency_key=f"{ev.channel}:{ev.id}:private",
+            )
+        )
+        await ctx.reply(PRIVATE_NOTE)
 
     async def on_refusal(self, ctx: Context, reason: str) -> None:
         """The router's refusal hook: a non-admin tried an admin command."""

@@ -235,6 +235,8 @@ media = Table(
     Column("mime", String(127)),
     Column("size", BigInteger, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # The kind the skill asked for: only these are served inline (see hub/http.py).
+    Column("kind", String(16)),
 )
 Index("ix_media_created", media.c.created_at)
 
