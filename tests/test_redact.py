@@ -95,6 +95,8 @@ def test_check_config_masks_passwords_and_queries_in_every_url(tmp_path: Path) -
     toml = """
 [http]
 public_url = "https://bot.example.com/?k=public-secret"
+[web]
+token = "web-token-secret-1"
 [database]
 url = "postgresql+asyncpg://hub:pg-secret@db/hub"
 [[models]]
@@ -107,7 +109,7 @@ base_url = "https://music:music-secret@music.example.com"
     done = check_config(tmp_path, toml)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    for secret in ("public-secret", "pg-secret", "model-secret", "music-secret"):
+    for secret in ("public-secret", "pg-secret", "model-secret", "music-secret", "web-token-secret-1"):
         assert secret not in out
     assert "postgresql+asyncpg://hub:***@db/hub" in out
     assert "https://models.example.com/v1?***" in out
