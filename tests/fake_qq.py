@@ -59,6 +59,8 @@ class FakeQQ:
         self.refused: list[tuple[int, dict[str, Any]]] = []
         self.files: dict[str, str] = {}  # file_info → url
         self.fetch_fails = False
+        # Where a public address really is (the hub's public_url names a host of its own).
+        self.resolve: dict[str, str] = {}
         # msg_id → (chat, delivered at): the messages the platform delivered to the bot.
         self.delivered: dict[str, tuple[str, float]] = {}
         self._seqs: dict[str, set[int]] = {}
@@ -138,9 +140,13 @@ class FakeQQ:
         if body.get("file_type") not in (1, 2, 3) or not isinstance(url, str):
             return self._refuse(400, 304003, "file_type and url are required", body)
         ok = not self.fetch_fails
+        fetch = url
+        for public, real in self.resolve.items():
+            if url.startswith(public + "/"):
+                fetch = real + url[len(public) :]
         if ok:
             try:
-                async with aiohttp.ClientSession() as http, http.get(url) as resp:
+                async with aiohttp.ClientSession() as http, http.get(fetch) as resp:
                     ok = resp.status == 200 and bool(await resp.read())
             except aiohttp.ClientError:
                 ok = False
