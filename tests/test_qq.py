@@ -6,21 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from fake_providers import FakeHunyuan
+from fake_providers import PNG_1X1
 from fake_qq import APP_ID, APP_SECRET, GROUP, USER, FakeQQ, post, signed_headers
 from harness import RunningHub, eventually, make_settings, running_hub
-from jobs_helpers import job_ref, providers_toml
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
+from hub.events import ChatRef, Image, Message, Video
 from hub.settings import Settings
-from hub.storage.db import utcnow
-from hub.storage.models import inbox, reply_slots
+from hub.storage.models import inbox
+from hub.storage.outbox import NewMessage
 
 PUBLIC = "https://hub.example.com"
+CHAT = ChatRef("qq", "private", USER)
 
 
 def qq_settings(tmp_path: Path, qq: FakeQQ, extra: str = "", *, secret: str = APP_SECRET) -> Settings:
@@ -154,74 +154,124 @@ async def test_forged_and_unsigned_requests_are_refused_and_not_processed(hub: R
     assert qq.sent == [] and qq.api.requests == []
 
 
-# --- long jobs: a result after the window waits for the user's next message ------------------
+HOSTILE: list[bytes] = [
+    b"",
+    b"\xff\xfe not utf-8",
+    b"[" * 50_000 + b"]" * 50_000,
+    b'{"op": 0, "id": "e", "t": "C2C_MESSAGE_CREATE", "d": ' + b'{"a":' * 20_000 + b"1" + b"}" * 20_000 + b"}",
+    b'{"op": "0"}',
+    b'{"op": 13, "d": []}',
+    b'{"op": 13, "d": {"plain_token": {"x": 1}, "event_ts": 5}}',
+    b'{"op": 0, "id": ["e"], "t": "C2C_MESSAGE_CREATE", "d": {}}',
+    b'{"op": 0, "id": "e", "t": "C2C_MESSAGE_CREATE", "d": []}',
+    b'{"op": 0, "id": "e", "t": "C2C_MESSAGE_CREATE", "d": {"author": [], "id": "m"}}',
+    b'{"op": 0, "id": "e", "t": "GROUP_AT_MESSAGE_CREATE", "d": {"author": {"member_openid": "m"}, "id": "m"}}',
+    b'{"op": 0, "t": "C2C_MESSAGE_CREATE", "d": {"author": {"user_openid": "u"}, "id": "m", "content": "x"}}',
+    json.dumps(
+        {
+            "op": 0,
+            "id": "e",
+            "t": "C2C_MESSAGE_CREATE",
+            "d": {"author": {"user_openid": "u"}, "id": "m", "content": "x" * 900_000},
+        }
+    ).encode(),
+    json.dumps({"op": 0, "id": "e" * 5000, "t": "C2C_MESSAGE_CREATE", "d": {}}).encode(),
+    b"{" + b'"k": 1,' * 200_000 + b'"op": 0}',  # over the 1 MiB limit
+]
 
 
-@pytest.fixture
-async def hunyuan() -> AsyncIterator[FakeHunyuan]:
-    # Running until the test says it is done: the window closes first, whatever the machine's pace.
-    fake = FakeHunyuan(queued_s=0.05, running_s=3600)
-    await fake.start()
-    yield fake
-    await fake.stop()
+async def test_hostile_bodies_get_4xx_never_500(hub: RunningHub, qq: FakeQQ) -> None:
+    for body in HOSTILE:
+        for headers in (signed_headers(body), {"Content-Type": "application/json"}):
+            status, answer = await post(hub.url, body, sign=False, headers=headers)
+            assert 400 <= status < 500, (status, body[:80], answer)
+    # Headers of the wrong shape: refused as unsigned or forged.
+    body = json.dumps(qq.c2c("hi")).encode()
+    for bad in ({"X-Signature-Timestamp": "x" * 5000}, {"X-Signature-Ed25519": "é" * 64}, {"X-Bot-Appid": "other"}):
+        status, _ = await post(hub.url, body, sign=False, headers={**signed_headers(body), **bad})
+        assert status in (401, 403)
+    await asyncio.sleep(0.2)
+    assert await inbox_count(hub) == 0
+    # A well-formed message whose attachments are junk: the message gets in, the junk does not.
+    junk = (
+        b'{"op": 0, "id": "e", "t": "C2C_MESSAGE_CREATE", "d": {"author": {"user_openid": "u"}, "id": "m", '
+        b'"content": "x", "attachments": [' + b'{"url": 5},' * 1000 + b'{"url": "https://x/y", "size": "big"}]}}'
+    )
+    status, _ = await post(hub.url, junk)
+    assert status == 200
+    async with hub.hub.db.engine.connect() as conn:
+        stored = (await conn.execute(select(inbox.c.payload))).scalar_one()
+    assert stored["message"] == [{"type": "text", "text": "x"}]
+    status, _ = await post(hub.url, qq.c2c("still here"))
+    assert status == 200
 
 
-@pytest.fixture
-async def job_hub(tmp_path: Path, qq: FakeQQ, hunyuan: FakeHunyuan) -> AsyncIterator[RunningHub]:
-    settings = qq_settings(tmp_path, qq, f'[http]\npublic_url = "{PUBLIC}"\n' + providers_toml(hunyuan=hunyuan.url))
-    async with running_hub(settings) as running:
+async def test_attachments_are_stored_as_media(hub: RunningHub, qq: FakeQQ) -> None:
+    attachment = {
+        "content_type": "image/png",
+        "filename": "cat.png",
+        "size": 68,
+        "url": "https://multimedia.example/cat.png",
+    }
+    await post(hub.url, qq.c2c("", attachments=[attachment]))
+    await eventually(lambda: inbox_count(hub), timeout=5)
+    async with hub.hub.db.engine.connect() as conn:
+        row = (await conn.execute(select(inbox.c.payload))).scalar_one()
+    assert row["message"] == [
+        {
+            "type": "image",
+            "url": "https://multimedia.example/cat.png",
+            "name": "cat.png",
+            "mime": "image/png",
+            "size": 68,
+        }
+    ]
+
+
+async def answered_message(hub: RunningHub, qq: FakeQQ) -> dict[str, object]:
+    """A message the user sent (and the hub answered): its reply context, for queued sends."""
+    payload = qq.c2c("hi")
+    await post(hub.url, payload)
+    await qq.api.wait_for(lambda: any(s.body["msg_id"] == payload["d"]["id"] for s in qq.sent))
+    return {"msg_id": payload["d"]["id"]}
+
+
+async def test_media_is_uploaded_by_its_public_url_then_sent_as_msg_type_7(tmp_path: Path, qq: FakeQQ) -> None:
+    async with running_hub(qq_settings(tmp_path, qq, f'[http]\npublic_url = "{PUBLIC}"\n')) as running:
         qq.resolve[PUBLIC] = running.url
-        yield running
+        context = await answered_message(running, qq)
+        stored = await running.hub.media.save_bytes(PNG_1X1, name="cat.png", mime="image/png")
+        msg = Message((Image(path=str(stored.path), caption="a cat"),))
+        await running.hub.outbox.put(NewMessage(target=CHAT, message=msg, context=context))
+        await qq.api.wait_for(lambda: len(qq.sent) >= 3)
+        image, caption = qq.sent[1:3]
+        assert image.body["msg_type"] == 7 and image.body["msg_seq"] == 2
+        assert qq.files[image.body["media"]["file_info"]] == f"{PUBLIC}/media/{stored.id}"
+        assert qq.api.calls(f"/v2/users/{USER}/files")[0].json["file_type"] == 1
+        assert caption.content == "a cat" and caption.body["msg_seq"] == 3
+
+        qq.fetch_fails = True  # QQ cannot fetch it (304082): the user gets the link instead
+        await running.hub.outbox.put(
+            NewMessage(target=CHAT, message=Message((Video(path=str(stored.path)),)), context=context)
+        )
+        await qq.api.wait_for(lambda: len(qq.sent) >= 4)
+        assert qq.sent[3].body["msg_type"] == 0
+        assert f"{PUBLIC}/media/{stored.id}" in qq.sent[3].content
 
 
-async def close_windows(hub: RunningHub, qq: FakeQQ) -> None:
-    """Time passes: every message delivered so far is past its reply window, at QQ and in the hub."""
-    for msg_id, (chat, at) in list(qq.delivered.items()):
-        qq.delivered[msg_id] = (chat, at - 7200)
-    async with hub.hub.db.engine.begin() as conn:
-        await conn.execute(update(reply_slots).values(closes_at=utcnow() - timedelta(seconds=1)))
+async def test_without_public_url_local_media_is_a_clear_text(hub: RunningHub, qq: FakeQQ) -> None:
+    context = await answered_message(hub, qq)
+    stored = await hub.hub.media.save_bytes(PNG_1X1, name="cat.png", mime="image/png")
+    await hub.hub.outbox.put(NewMessage(target=CHAT, message=Message((Image(path=str(stored.path)),)), context=context))
+    await qq.api.wait_for(lambda: len(qq.sent) >= 2)
+    assert qq.sent[1].body["msg_type"] == 0 and "public_url" in qq.sent[1].content
+    assert qq.api.calls(f"/v2/users/{USER}/files") == []
 
 
-async def outbox_status(hub: RunningHub, key: str) -> str | None:
-    return (await hub.hub.outbox_repo.statuses([key])).get(key)
-
-
-async def test_a_video_after_the_window_goes_with_the_next_message_once(
-    job_hub: RunningHub, qq: FakeQQ, hunyuan: FakeHunyuan
-) -> None:
-    chat = f"private:{USER}"
-    await post(job_hub.url, qq.c2c("/video a piglet singing"))
-    await qq.api.wait_for(lambda: len(qq.replies(chat)) >= 1)
-    first = qq.replies(chat)[0].content
-    assert "queued as #" in first and "when it is ready, send me any message to receive it" in first
-    job_id = job_ref(first)
-    await close_windows(job_hub, qq)
-    hunyuan.running_s = 0  # the video is done, long after the window
-    key = f"job:{job_id}:result"
-    await eventually(lambda: outbox_status(job_hub, key), timeout=20)
-    await eventually(lambda: _is(outbox_status(job_hub, key), "waiting"), timeout=20)
-    assert len(qq.replies(chat)) == 1 and not qq.refused  # nothing tried on an expired msg_id
-
-    nxt = qq.c2c("thanks")
-    await post(job_hub.url, nxt)
-    await qq.api.wait_for(lambda: any(s.body.get("msg_type") == 7 for s in qq.replies(chat)), timeout=20)
-    await eventually(lambda: _is(outbox_status(job_hub, key), "sent"))
-    videos = [s for s in qq.replies(chat) if s.body.get("msg_type") == 7]
-    assert len(videos) == 1
-    assert videos[0].body["msg_id"] == nxt["d"]["id"]
-    assert qq.files[videos[0].body["media"]["file_info"]].startswith(f"{PUBLIC}/media/")
-    upload = qq.api.calls(f"/v2/users/{USER}/files")[0].json
-    assert upload["file_type"] == 2 and upload["srv_send_msg"] is False
-    # Later messages get their own answers, never the video again.
-    await post(job_hub.url, qq.c2c("hello again"))
-    await qq.api.wait_for(lambda: len(qq.replies(chat)) >= 4)
-    await asyncio.sleep(0.3)
-    assert len([s for s in qq.replies(chat) if s.body.get("msg_type") == 7]) == 1
-    seqs = [(s.body["msg_id"], s.body["msg_seq"]) for s in qq.replies(chat)]
-    assert len(set(seqs)) == len(seqs) and not qq.refused
-
-
-async def _is(value: object, expected: str) -> bool:
-    if asyncio.iscoroutine(value):
-        value = await value
-    return value == expected
+async def test_a_refused_token_is_renewed_once(hub: RunningHub, qq: FakeQQ) -> None:
+    await answered_message(hub, qq)
+    qq.valid_tokens.clear()  # QQ forgot the token: 401, a new one, the call again
+    await post(hub.url, qq.c2c("again"))
+    await qq.api.wait_for(lambda: len(qq.sent) >= 2)
+    assert qq.token_fetches() == 2
+    assert [code for code, _ in qq.refused] == [11244]
