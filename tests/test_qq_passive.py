@@ -14,12 +14,13 @@ from fake_providers import FakeHunyuan
 from fake_qq import GROUP, USER, FakeQQ, Sent, post
 from harness import RunningHub, eventually, pg_database, running_hub
 from jobs_helpers import job_ref, providers_toml
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from test_qq import CHAT, PUBLIC, qq_settings
 
+from hub.channels.qq.channel import QQChannel
 from hub.events import Message
 from hub.storage.db import utcnow
-from hub.storage.models import reply_slots
+from hub.storage.models import outbox, reply_slots
 from hub.storage.outbox import NewMessage
 
 
@@ -202,3 +203,29 @@ async def test_two_hubs_on_postgresql_send_a_waiting_message_once(tmp_path: Path
 async def _row_status(hub: RunningHub, item_id: int, expected: str) -> bool:
     rows = await hub.hub.outbox_repo.all_rows()
     return any(r["id"] == item_id and r["status"] == expected for r in rows)
+
+
+async def test_the_chat_is_released_again_shortly_after_its_message(tmp_path: Path, qq: FakeQQ) -> None:
+    # A reply parked a moment after the release (it was being sent as the message came in)
+    # still goes with this message: the chat is released once more a little later.
+    async with running_hub(qq_settings(tmp_path, qq)) as running:
+        channel = running.hub.channels["qq"]
+        assert isinstance(channel, QQChannel)
+        channel.release_again_s = 0.2
+        hello = qq.c2c("hello")
+        await post(running.url, hello)
+        await qq.api.wait_for(lambda: len(qq.sent) >= 1)
+        async with running.hub.db.engine.begin() as conn:
+            await conn.execute(
+                insert(outbox).values(
+                    target=str(CHAT),
+                    message=[{"type": "text", "text": "parked late"}],
+                    context={},
+                    status="waiting",
+                    next_attempt_at=utcnow(),
+                    created_at=utcnow(),
+                )
+            )
+        await qq.api.wait_for(lambda: any(s.content == "parked late" for s in qq.sent))
+        late = next(s for s in qq.sent if s.content == "parked late")
+        assert late.body["msg_id"] == hello["d"]["id"]

@@ -36,6 +36,9 @@ log = logging.getLogger("hub.qq")
 MB = 1024 * 1024
 ACK = {"op": parse.OP_ACK, "d": 0}
 ReleaseWaiting = Callable[[str], Awaitable[list[int]]]
+# A reply being sent while the chat's message came in may be parked just after the release:
+# release that chat once more a little later, so it goes with this message, not the next.
+RELEASE_AGAIN_S = 3.0
 
 
 class QQChannel(Channel):
@@ -69,6 +72,8 @@ class QQChannel(Channel):
         self._sender = QQSender(self.api, media, public_url, self.passive)
         self._release_waiting = release_waiting
         self._housekeeping: asyncio.Task[None] | None = None
+        self._later: set[asyncio.Task[None]] = set()
+        self.release_again_s = RELEASE_AGAIN_S
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/webhooks/qq", self.webhook)]
@@ -78,6 +83,9 @@ class QQChannel(Channel):
         self._housekeeping = asyncio.create_task(self._expire_slots(), name="qq-slot-expiry")
 
     async def stop(self) -> None:
+        for task in list(self._later):
+            task.cancel()
+        await asyncio.gather(*self._later, return_exceptions=True)
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -122,6 +130,9 @@ class QQChannel(Channel):
         released: list[int] = []
         if new:
             released = await self._release_waiting(str(event.chat))
+            task = asyncio.create_task(self._release_later(str(event.chat)), name="qq-release-again")
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
         log.info(
             "event=qq_in id=%s t=%s new=%s released=%d ms=%.1f",
             env.id,
@@ -148,6 +159,14 @@ class QQChannel(Channel):
             raise SendError(f"not a QQ chat: {target}", retryable=False)
         ids = await self._sender.send(target, message, context, progress=progress, on_progress=on_progress)
         return SendResult(tuple(ids))
+
+    async def _release_later(self, chat: str) -> None:
+        await asyncio.sleep(self.release_again_s)
+        try:
+            if ids := await self._release_waiting(chat):
+                log.info("event=qq_released_late chat=%s count=%d", chat, len(ids))
+        except Exception:
+            log.exception("event=qq_release_failed chat=%s", chat)
 
     async def _expire_slots(self) -> None:
         while True:
