@@ -14,6 +14,7 @@ from fake_qq import APP_ID, APP_SECRET, GROUP, USER, FakeQQ, post, signed_header
 from harness import RunningHub, eventually, make_settings, running_hub
 from sqlalchemy import func, select
 
+from hub.errors import ConfigError
 from hub.events import ChatRef, Image, Message, Video
 from hub.settings import Settings
 from hub.storage.models import inbox
@@ -275,3 +276,11 @@ async def test_a_refused_token_is_renewed_once(hub: RunningHub, qq: FakeQQ) -> N
     await qq.api.wait_for(lambda: len(qq.sent) >= 2)
     assert qq.token_fetches() == 2
     assert [code for code, _ in qq.refused] == [11244]
+
+
+def test_qq_can_be_enabled_and_needs_its_credentials(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, '[qq]\nenabled = true\napp_id = "1"\napp_secret = "s"\n')
+    assert settings.qq.enabled
+    with pytest.raises(ConfigError) as err:
+        make_settings(tmp_path, '[qq]\nenabled = true\napp_id = "1"\n')
+    assert [key for key, _ in err.value.problems] == ["qq.app_secret"]
