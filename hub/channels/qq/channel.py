@@ -101,7 +101,9 @@ class QQChannel(Channel):
 
     def _verify(self, request: web.Request, body: bytes) -> None:
         appid = request.headers.get("X-Bot-Appid")
-        if appid is not None and not hmac.compare_digest(appid.encode(), self._app_id.encode()):
+        if appid is not None and not hmac.compare_digest(
+            appid.encode("utf-8", "surrogateescape"), self._app_id.encode("utf-8")
+        ):
             raise VerificationFailed("X-Bot-Appid is not this bot", status=403)
         signature = request.headers.get("X-Signature-Ed25519")
         timestamp = request.headers.get("X-Signature-Timestamp")
