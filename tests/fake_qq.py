@@ -31,7 +31,7 @@ APP_SECRET = "naOC0ocQE3shWLAfffVLB1rhYPG7"
 USER = "E4F4AEA33253A2797FB897C50B81D7ED"
 GROUP = "C9F778FE6ADF9D1D1DBE395BF744A33A"
 MEMBER = "E4F4AEA33253A2797FB897C50B81D7EE"
-# The fake's own code for a reply to a msg_id past its window ("msg_id expired").
+# What a reply to a msg_id past its window gets (code of "msg_id invalid", text "expired").
 EXPIRED = 40034024
 
 
@@ -116,7 +116,7 @@ class FakeQQ:
             return self._refuse(400, 40034105, "msg_id is required (active messages are not allowed)", body)
         kind = chat.split(":", 1)[0]
         if time.monotonic() - self.delivered[msg_id][1] > self.windows[kind]:
-            return self._refuse(400, EXPIRED, "msg_id expired", body)
+            return self._refuse(400, EXPIRED, "回复消息msg_id已过期", body)
         seqs = self._seqs.setdefault(msg_id, set())
         if not isinstance(seq, int) or seq in seqs:
             return self._refuse(400, 40054005, "msg_seq repeated", body)

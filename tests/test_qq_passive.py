@@ -229,3 +229,24 @@ async def test_the_chat_is_released_again_shortly_after_its_message(tmp_path: Pa
         await qq.api.wait_for(lambda: any(s.content == "parked late" for s in qq.sent))
         late = next(s for s in qq.sent if s.content == "parked late")
         assert late.body["msg_id"] == hello["d"]["id"]
+
+
+async def test_when_qq_says_expired_the_reply_waits_instead_of_failing(tmp_path: Path, qq: FakeQQ) -> None:
+    chat = f"private:{USER}"
+    async with running_hub(qq_settings(tmp_path, qq)) as running:
+        first = qq.c2c("hi")
+        await post(running.url, first)
+        await qq.api.wait_for(lambda: len(qq.replies(chat)) >= 1)
+        # QQ's clock runs ahead of the hub's: to QQ the message is already too old to answer.
+        for msg_id, (where, at) in list(qq.delivered.items()):
+            qq.delivered[msg_id] = (where, at - 7200)
+        item = await running.hub.outbox.put(
+            NewMessage(target=CHAT, message=Message.of("late answer"), context={"msg_id": first["d"]["id"]})
+        )
+        await eventually(lambda: _row_status(running, item, "waiting"))
+        assert [code for code, _ in qq.refused] == [40034024]  # tried once, never again on that msg_id
+        second = qq.c2c("and now?")
+        await post(running.url, second)
+        await eventually(lambda: _row_status(running, item, "sent"))
+        late = [s for s in qq.replies(chat) if s.content == "late answer"]
+        assert len(late) == 1 and late[0].body["msg_id"] == second["d"]["id"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hub.channels.qq import parse
-from hub.channels.qq.api import MediaFetchFailed, send_error
+from hub.channels.qq.api import MediaFetchFailed, ReplyExpired, send_error
 from hub.channels.qq.crypto import QQSigner, seed_of
 from hub.channels.qq.passive import PassiveReplies
 from hub.errors import BadPayload
@@ -255,3 +255,11 @@ async def test_take_opens_a_missing_row_from_the_context(slots: ReplySlotRepo) -
     slot = await passive.take(target, stale)
     assert slot is not None and slot.msg_id == "m9"  # its own window closed: the newest open one
     assert await passive.take(ChatRef("qq", "private", "v"), {}) is None  # nothing to answer
+
+
+def test_an_expired_msg_id_is_not_final() -> None:
+    for err in (
+        send_error("/p", 400, 40034024, "请求参数msg_id无效或越权"),
+        send_error("/p", 400, 11111, "回复消息msg_id已过期"),
+    ):
+        assert isinstance(err, ReplyExpired) and err.retryable

@@ -79,6 +79,11 @@ class ReplySlotRepo:
             # Another sender spent the last slot between the look and the take: look again.
         return None
 
+    async def close(self, msg_id: str) -> None:
+        """The platform refuses replies to `msg_id` already: no more slots for it."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(update(reply_slots).where(reply_slots.c.msg_id == msg_id).values(closes_at=utcnow()))
+
     async def expire(self, older_than: timedelta) -> int:
         """Forget messages whose window closed long ago; returns how many."""
         async with self._db.engine.begin() as conn:

@@ -30,10 +30,18 @@ BUG_CODES: Mapping[int, str] = {
 WAIT_CODES: Mapping[int, float] = {22009: 60.0, 429: 5.0}
 # QQ could not fetch the media from the URL it was given: send a link instead.
 MEDIA_FETCH_CODES = frozenset({304082, 304083})
+# "msg_id invalid or not yours" (also what an expired one gets) and the "msg_id expired" text:
+# QQ says the message can no longer be answered, whatever the hub's own count said.
+EXPIRED_CODES = frozenset({40034024})
+EXPIRED_TEXTS = ("msg_id已过期", "msg_id expired")
 
 
 class MediaFetchFailed(SendError):
     """QQ could not download the media URL (304082/304083): the sender falls back to a link."""
+
+
+class ReplyExpired(SendError):
+    """QQ no longer takes replies to this msg_id: the sender tries another, or the reply waits."""
 
 
 def send_error(path: str, status: int, code: int, message: str, retry_after: float | None = None) -> SendError:
@@ -44,6 +52,8 @@ def send_error(path: str, status: int, code: int, message: str, retry_after: flo
         return SendError(f"{reason} ({BUG_CODES[code]})", retryable=False)
     if code in MEDIA_FETCH_CODES:
         return MediaFetchFailed(reason, retryable=False)
+    if code in EXPIRED_CODES or any(t in message for t in EXPIRED_TEXTS):
+        return ReplyExpired(reason, retryable=True)
     if code in WAIT_CODES or status == 429:
         wait = retry_after if retry_after is not None else WAIT_CODES.get(code, WAIT_CODES[429])
         return SendError(reason, retryable=True, retry_after=wait)

@@ -56,6 +56,9 @@ class PassiveReplies:
                 return slot
         return await self._slots.take_latest(chat)
 
+    async def close(self, msg_id: str) -> None:
+        await self._slots.close(msg_id)
+
     async def expire(self) -> int:
         return await self._slots.expire(KEEP)
 

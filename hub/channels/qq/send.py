@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from hub.channels.qq.api import MediaFetchFailed, QQApi
+from hub.channels.qq.api import MediaFetchFailed, QQApi, ReplyExpired
 from hub.channels.qq.passive import PassiveReplies
 from hub.channels.wechat_outbound import Part, render
 from hub.errors import AwaitingUser, SendError
@@ -26,6 +26,7 @@ TEXT_BYTES = 4000
 FILE_TYPES = {"image": 1, "video": 2, "voice": 3}
 NOUN = {"image": "image", "video": "video", "voice": "audio", "file": "file"}
 WAITING = "QQ allows no reply now: it waits for the chat's next message"
+EXPIRED_TRIES = 3
 
 
 def base_path(target: ChatRef) -> str:
@@ -56,17 +57,30 @@ class QQSender:
             if n < progress:
                 continue
             body = await self._prepare(base, part)
-            slot = await self._passive.take(target, context)
-            if slot is None:
-                raise AwaitingUser(WAITING)
-            body.update(msg_id=slot.msg_id, msg_seq=slot.seq)
-            out = await self._api.call(f"{base}/messages", body)
+            out = await self._reply(target, context, base, body)
             if isinstance(out.get("id"), str):
                 ids.append(out["id"])
-            log.info("event=qq_sent target=%s part=%d kind=%s msg_seq=%d", target, n, part.kind, slot.seq)
+            log.info("event=qq_sent target=%s part=%d kind=%s msg_seq=%d", target, n, part.kind, body["msg_seq"])
             if on_progress is not None:
                 await on_progress(n + 1)
         return ids
+
+    async def _reply(
+        self, target: ChatRef, context: Mapping[str, Any] | None, base: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Post one part as a reply QQ still allows; AwaitingUser when there is none."""
+        for _ in range(EXPIRED_TRIES):
+            slot = await self._passive.take(target, context)
+            if slot is None:
+                break
+            body.update(msg_id=slot.msg_id, msg_seq=slot.seq)
+            try:
+                return await self._api.call(f"{base}/messages", body)
+            except ReplyExpired as exc:
+                # QQ's clock says the window closed: believe it, and try a newer message.
+                log.info("event=qq_reply_expired target=%s error=%r", target, str(exc))
+                await self._passive.close(slot.msg_id)
+        raise AwaitingUser(WAITING)
 
     async def _prepare(self, base: str, part: Part) -> dict[str, Any]:
         """A part's message body without msg_id/msg_seq: text, or media uploaded by URL."""
