@@ -284,3 +284,10 @@ def test_qq_can_be_enabled_and_needs_its_credentials(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         make_settings(tmp_path, '[qq]\nenabled = true\napp_id = "1"\n')
     assert [key for key, _ in err.value.problems] == ["qq.app_secret"]
+
+
+async def test_the_webhook_is_404_while_qq_is_disabled(tmp_path: Path, qq: FakeQQ) -> None:
+    async with running_hub(make_settings(tmp_path)) as running:
+        status, _ = await post(running.url, qq.c2c("hello"))
+        assert status == 404
+    assert qq.api.requests == [] and qq.tokens.requests == []
