@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -105,10 +105,12 @@ def build_app(
     extra_channels: Sequence[Channel] = (),
     lease_s: float = 30.0,
     recovery_interval_s: float = 10.0,
+    qq_windows: Mapping[str, float] | None = None,
 ) -> web.Application:
     """Build the whole hub as an aiohttp application; nothing runs until it is started.
 
-    `extra_channels` lets a test (or an embedding program) add channels of its own.
+    `extra_channels` lets a test (or an embedding program) add channels of its own;
+    `qq_windows` shortens QQ's reply windows (seconds by chat kind) for tests.
     """
     holder = instance_id()
     metrics = Metrics()
@@ -200,6 +202,19 @@ def build_app(
                 greeting=greeting,
                 fetcher=fetcher,
             )
+    if settings.qq.enabled:
+        from hub.channels.qq.channel import QQChannel
+        from hub.storage.reply_slots import ReplySlotRepo
+
+        channels["qq"] = QQChannel(
+            settings.qq,
+            ingress=dispatcher,
+            media=media,
+            public_url=settings.http.public_url,
+            slots=ReplySlotRepo(db),
+            release_waiting=outbox.release_waiting,
+            windows=qq_windows,
+        )
     for ch in extra_channels:
         channels[ch.name] = ch
 

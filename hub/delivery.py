@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from hub.channels.base import Channel
-from hub.errors import SendError
+from hub.errors import AwaitingUser, SendError
 from hub.events import Audio, File, Image, Message, Video
 from hub.metrics import Metrics
 from hub.redact import safe_text
@@ -70,6 +70,13 @@ class Outbox:
         item_id = await self.repo.enqueue(msg)
         self._wake.set()
         return item_id
+
+    async def release_waiting(self, target: str) -> list[int]:
+        """The chat wrote again: send what waited for that (status `waiting`) now."""
+        ids = await self.repo.release_waiting(target)
+        if ids:
+            self._wake.set()
+        return ids
 
     async def record_sent(self, msg: NewMessage) -> int:
         """Record a message that went out directly (a live stream), so nothing resends it."""
@@ -200,6 +207,11 @@ class Outbox:
         return True
 
     async def _failed(self, item: OutboxItem, attempts: int, exc: Exception) -> bool:
+        if isinstance(exc, AwaitingUser):
+            # Not a failure: the platform takes it as the answer to the chat's next message.
+            await self.repo.mark_waiting(item.id, error=str(exc))
+            log.info("event=send_waiting outbox_id=%d target=%s reason=%r", item.id, item.target, str(exc))
+            return True  # parked out of line: the chat's later messages need not wait behind it
         if isinstance(exc, SendError):
             retryable, retry_after, final_chat = exc.retryable, exc.retry_after, exc.final_for_chat
         else:

@@ -57,3 +57,11 @@ class ProviderError(HubError):
     def __init__(self, reason: str, *, retryable: bool = False) -> None:
         self.retryable = retryable
         super().__init__(safe_text(reason))
+
+
+class AwaitingUser(SendError):
+    """The platform only answers: this message waits (outbox status `waiting`) until the chat
+    writes again, then goes out as the answer to that message. Never a failure, never dropped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retryable=True)

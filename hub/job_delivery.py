@@ -107,6 +107,12 @@ class JobDelivery:
             )
         )
 
+    async def waiting(self, jobs: list[Job]) -> set[str]:
+        """Jobs whose result (or final notice) is parked in the outbox as `waiting`."""
+        keys = {job.key(what): job.id for job in jobs for what in ("result", FAILED, TIMED_OUT)}
+        statuses = await self._outbox.repo.statuses(list(keys))
+        return {keys[k] for k, status in statuses.items() if status == "waiting"}
+
     async def fetch(self, job: Job, url: str) -> StoredMedia:
         """Download a result into the media store, up to `max_download_bytes`."""
         if not url:

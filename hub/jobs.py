@@ -192,6 +192,10 @@ class JobService:
     async def counts(self) -> dict[str, int]:
         return await self.repo.counts()
 
+    async def waiting_for_user(self, jobs: builtins.list[Job]) -> set[str]:
+        """The ids of these jobs whose result waits in the outbox for the user's next message."""
+        return await self._delivery.waiting(jobs)
+
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job still in flight; returns it as it is now (None: no such job)."""
         parsed = parse_job_id(job_id)

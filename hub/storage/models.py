@@ -277,3 +277,17 @@ callback_nonces = Table(
     # timestamp first: pruning by timestamp uses this index too.
     UniqueConstraint("timestamp", "nonce", "channel", name="uq_callback_nonces"),
 )
+
+
+# Replies an inbound message allows, on platforms that only answer (a count and a deadline
+# per message id): taking one is a conditional UPDATE, so processes never overspend.
+reply_slots = Table(
+    "reply_slots",
+    metadata,
+    Column("msg_id", String(255), primary_key=True),
+    Column("chat", String(255), nullable=False),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("closes_at", UTCDateTime(), nullable=False),
+    Column("used", Integer, nullable=False, server_default="0"),
+)
+Index("ix_reply_slots_chat", reply_slots.c.chat, reply_slots.c.opened_at)

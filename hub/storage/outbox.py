@@ -223,6 +223,35 @@ class OutboxRepo:
                 .values(status="failed", attempts=attempts, last_error=error[:2000], holder=None, lease_until=None)
             )
 
+    async def mark_waiting(self, item_id: int, *, error: str) -> None:
+        """Park a message until its chat writes again (`release_waiting`); it keeps its progress."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == item_id, outbox.c.status == "pending")
+                .values(status="waiting", last_error=error[:2000], holder=None, lease_until=None)
+            )
+
+    async def release_waiting(self, target: str) -> list[int]:
+        """The chat wrote again: its waiting messages become due now. One UPDATE, so of two
+        processes releasing the same chat only one gets each row."""
+        stmt = (
+            update(outbox)
+            .where(outbox.c.target == target, outbox.c.status == "waiting")
+            .values(status="pending", next_attempt_at=utcnow(), holder=None, lease_until=None)
+            .returning(outbox.c.id)
+        )
+        async with self._db.engine.begin() as conn:
+            return sorted(int(r.id) for r in await conn.execute(stmt))
+
+    async def statuses(self, keys: Sequence[str]) -> dict[str, str]:
+        """The status of the messages queued under these idempotency keys (known ones only)."""
+        if not keys:
+            return {}
+        q = select(outbox.c.idempotency_key, outbox.c.status).where(outbox.c.idempotency_key.in_(list(keys)))
+        async with self._db.engine.connect() as conn:
+            return {str(r.idempotency_key): str(r.status) for r in await conn.execute(q)}
+
     async def backlog(self) -> int:
         async with self._db.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).where(outbox.c.status == "pending"))).scalar() or 0)
