@@ -238,7 +238,8 @@ async def answered_message(hub: RunningHub, qq: FakeQQ) -> dict[str, object]:
 
 
 async def test_media_is_uploaded_by_its_public_url_then_sent_as_msg_type_7(tmp_path: Path, qq: FakeQQ) -> None:
-    async with running_hub(qq_settings(tmp_path, qq, f'[http]\npublic_url = "{PUBLIC}"\n')) as running:
+    public = f'[http]\npublic_url = "{PUBLIC}"\n[web]\ntoken = "web-secret-1"\n'
+    async with running_hub(qq_settings(tmp_path, qq, public)) as running:
         qq.resolve[PUBLIC] = running.url
         context = await answered_message(running, qq)
         stored = await running.hub.media.save_bytes(PNG_1X1, name="cat.png", mime="image/png")

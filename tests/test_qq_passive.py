@@ -46,7 +46,8 @@ async def hunyuan() -> AsyncIterator[FakeHunyuan]:
 
 @pytest.fixture
 async def job_hub(tmp_path: Path, qq: FakeQQ, hunyuan: FakeHunyuan) -> AsyncIterator[RunningHub]:
-    settings = qq_settings(tmp_path, qq, f'[http]\npublic_url = "{PUBLIC}"\n' + providers_toml(hunyuan=hunyuan.url))
+    public = f'[http]\npublic_url = "{PUBLIC}"\n[web]\ntoken = "web-secret-1"\n'
+    settings = qq_settings(tmp_path, qq, public + providers_toml(hunyuan=hunyuan.url))
     async with running_hub(settings) as running:
         qq.resolve[PUBLIC] = running.url
         yield running
