@@ -24,7 +24,7 @@ from hub.channels.web import WebChannel
 from hub.delivery import Outbox
 from hub.events import Event
 from hub.http import ServerRoutes, error_middleware
-from hub.inbound import Dispatcher, EventReplier, LiveSink
+from hub.inbound import Dispatcher, EventReplier, LiveSink, tell_unhandled
 from hub.job_delivery import JobDelivery
 from hub.job_images import ImageJobs
 from hub.jobs import JobService
@@ -140,6 +140,7 @@ def build_app(
         metrics,
         recover_all_at_start=db.is_sqlite,
         recovery_interval_s=recovery_interval_s,
+        tell_unhandled=lambda event: tell_unhandled(outbox, event),
     )
 
     # --- channels: each platform module is imported only when enabled ---------------------

@@ -22,10 +22,14 @@ from hub.events import Event, Message
 from hub.metrics import Metrics
 from hub.skills.base import Replier, ReplyStream
 from hub.storage.db import utcnow
-from hub.storage.inbox import InboxRepo
+from hub.storage.inbox import InboxRepo, InboxRow
 from hub.storage.outbox import NewMessage
 
 log = logging.getLogger("hub.inbound")
+
+# Tries of one event before it counts as poison: marked failed and its sender told.
+MAX_ATTEMPTS = 5
+UNHANDLED_TEXT = "I could not handle that message"
 
 
 class IngressClosed(HubError):
@@ -68,6 +72,7 @@ class Dispatcher:
         recover_all_at_start: bool,
         recovery_interval_s: float = 10.0,
         max_active: int = 128,
+        tell_unhandled: Callable[[Event], Awaitable[None]] | None = None,
     ) -> None:
         self._inbox = inbox
         self._handle = handle
@@ -75,6 +80,7 @@ class Dispatcher:
         self._metrics = metrics
         self._recover_all = recover_all_at_start
         self._recovery_interval = recovery_interval_s
+        self._tell_unhandled = tell_unhandled
         self._lanes: dict[str, _Lane] = {}
         self._inflight: set[int] = set()
         self._accepting = False
@@ -127,6 +133,10 @@ class Dispatcher:
                 try:
                     async with self._active:
                         await self._handle_one(work)
+                except Exception:
+                    # Marking it done failed (the database is busy or full): the lane goes on,
+                    # and the row, no longer renewed, is taken again by recovery.
+                    log.exception("event=lane_item_failed id=%s row=%d", work.event.id, work.row_id)
                 finally:
                     lane.queue.popleft()
                     if work.done is not None and not work.done.done():
@@ -172,11 +182,28 @@ class Dispatcher:
             rows = await self._inbox.claim_stalled(200, take_all=take_all)
             rows = [r for r in rows if r.id not in self._inflight]
             for row in rows:
+                if row.attempts >= MAX_ATTEMPTS:
+                    await self._give_up(row)
+                    continue
                 log.info("event=recovered id=%s channel=%s attempts=%d", row.event.id, row.event.channel, row.attempts)
                 self._enqueue(_Work(row.id, row.event))
             total += len(rows)
             if len(rows) < 200:
                 return total
+
+    async def _give_up(self, row: InboxRow) -> None:
+        """A poison event: tried MAX_ATTEMPTS times without finishing. Tell its sender, once."""
+        log.error(
+            "event=inbox_gave_up id=%s channel=%s chat=%s attempts=%d",
+            row.event.id,
+            row.event.channel,
+            row.event.chat,
+            row.attempts,
+        )
+        # The notice first: it is keyed, so a crash before the mark below queues it only once.
+        if self._tell_unhandled is not None:
+            await self._tell_unhandled(row.event)
+        await self._inbox.mark_done(row.id, f"gave up after {row.attempts} attempts")
 
     async def _recovery_loop(self) -> None:
         while True:
@@ -212,6 +239,19 @@ class Dispatcher:
     @property
     def busy(self) -> int:
         return len(self._inflight)
+
+
+async def tell_unhandled(outbox: Outbox, event: Event) -> None:
+    """Tell the sender their event was given up; its key makes a second telling a no-op."""
+    await outbox.put(
+        NewMessage(
+            target=event.chat,
+            message=Message.of(UNHANDLED_TEXT),
+            quote=event.id,
+            context=event.context,
+            idempotency_key=f"{event.channel}:{event.id}:unhandled",
+        )
+    )
 
 
 # --- how a skill's replies leave -------------------------------------------------------------

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.events import ChatRef, Message, message_from_list, message_to_list
 from hub.storage.db import Database, utcnow
 from hub.storage.models import outbox
+
+# The advisory lock that makes outbox claims take turns on PostgreSQL ("outbox" in ASCII).
+_CLAIM_LOCK = 0x6F7574626F78
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,6 @@ class OutboxRepo:
                 "status": "sent" if sent else "pending",
                 "attempts": 0,
                 "progress": 0,
-                "next_attempt_at": now,
                 "idempotency_key": m.idempotency_key,
                 "created_at": now,
                 "sent_at": now if sent else None,
@@ -98,19 +100,22 @@ class OutboxRepo:
         ids: list[int | None] = [None] * len(rows)
         keyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is not None]
         unkeyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
+        # Due by the database's clock, the one claims compare it with.
+        due = self._db.now()
         if unkeyed:
-            stmt = self._db.insert(outbox).returning(outbox.c.id)
+            stmt = self._db.insert(outbox).values(next_attempt_at=due).returning(outbox.c.id)
             for i in unkeyed:
                 ids[i] = (await conn.execute(stmt.values(rows[i]))).scalar_one()
         if keyed:
             stmt = (
                 self._db.insert(outbox)
+                .values(next_attempt_at=due)
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
                 .returning(outbox.c.id, outbox.c.idempotency_key)
             )
             by_key: dict[str, int] = {}
             batch = [rows[i] for i in keyed]
-            result = await (conn.execute(stmt.values(batch[0])) if len(batch) == 1 else conn.execute(stmt, batch))
+            result = await (conn.execute(stmt, batch[0]) if len(batch) == 1 else conn.execute(stmt, batch))
             for r in result:
                 by_key[r.idempotency_key] = r.id
             keys: list[str] = [str(rows[i]["idempotency_key"]) for i in keyed]
@@ -124,13 +129,32 @@ class OutboxRepo:
         return [int(i) for i in ids if i is not None]
 
     async def claim_due(self, limit: int) -> list[OutboxItem]:
-        now = utcnow()
+        """Lease up to `limit` due messages, keeping each chat's messages in order.
+
+        A chat is skipped while any of its messages is leased (being sent) or an earlier one
+        waits for a retry: at most one sender per chat, and nothing overtakes a message.
+        """
+        now = self._db.now()
+        earlier = outbox.alias("earlier")
+        blocked = (
+            select(earlier.c.id)
+            .where(
+                earlier.c.target == outbox.c.target,
+                earlier.c.status == "pending",
+                or_(
+                    earlier.c.lease_until >= now,
+                    and_(earlier.c.id < outbox.c.id, earlier.c.next_attempt_at > now),
+                ),
+            )
+            .exists()
+        )
         sub = (
             select(outbox.c.id)
             .where(
                 outbox.c.status == "pending",
                 outbox.c.next_attempt_at <= now,
                 or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+                ~blocked,
             )
             .order_by(outbox.c.id)
             .limit(limit)
@@ -139,10 +163,14 @@ class OutboxRepo:
         stmt = (
             update(outbox)
             .where(outbox.c.id.in_(sub.scalar_subquery()))
-            .values(holder=self.holder, lease_until=now + timedelta(seconds=self.lease_s))
+            .values(holder=self.holder, lease_until=self._db.now(self.lease_s))
             .returning(*outbox.c)
         )
         async with self._db.engine.begin() as conn:
+            if not self._db.is_sqlite:
+                # Claims take turns over the cluster: a claim running beside another would not
+                # see that one's leases yet and could start a second sender for the same chat.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
             rows = (await conn.execute(stmt)).all()
         items = [_row_to_item(r) for r in rows]
         items.sort(key=lambda i: i.id)
@@ -159,9 +187,19 @@ class OutboxRepo:
 
     async def _sent_batch(self, conn: AsyncConnection, items: list[tuple[int, list[str]]]) -> Sequence[None]:
         # One executemany for the batch: a statement per row costs a driver round trip each.
+        # Fenced: only the holder, or anyone once no live lease is left (the send happened, and
+        # recording it beats sending it again); never over another process's live lease.
         stmt = (
             update(outbox)
-            .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "pending")
+            .where(
+                outbox.c.id == bindparam("b_id"),
+                outbox.c.status == "pending",
+                or_(
+                    outbox.c.holder == self.holder,
+                    outbox.c.holder.is_(None),
+                    outbox.c.lease_until < self._db.now(),
+                ),
+            )
             .values(
                 status="sent",
                 sent_at=utcnow(),
@@ -176,7 +214,7 @@ class OutboxRepo:
     async def set_progress(self, item_id: int, progress: int) -> None:
         """Record how many parts of a split message went out, so a retry skips them."""
         async with self._db.engine.begin() as conn:
-            await conn.execute(update(outbox).where(outbox.c.id == item_id).values(progress=progress))
+            await conn.execute(update(outbox).where(*self._mine(item_id)).values(progress=progress))
 
     async def renew(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -192,7 +230,7 @@ class OutboxRepo:
             await conn.execute(
                 update(outbox)
                 .where(outbox.c.id.in_(mine.scalar_subquery()))
-                .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
+                .values(lease_until=self._db.now(self.lease_s))
             )
 
     async def release_all(self) -> None:
@@ -205,23 +243,31 @@ class OutboxRepo:
                 .values(holder=None, lease_until=None)
             )
 
-    async def mark_retry(self, item_id: int, *, attempts: int, next_at: datetime, error: str) -> None:
+    def _mine(self, item_id: int) -> tuple[Any, ...]:
+        """The fence of every update a sender makes: its row, still pending, still leased to it."""
+        return (outbox.c.id == item_id, outbox.c.status == "pending", outbox.c.holder == self.holder)
+
+    async def mark_retry(self, item_id: int, *, attempts: int, next_at: datetime, error: str) -> bool:
+        """Schedule another try; False when this process no longer holds the message."""
         async with self._db.engine.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 update(outbox)
-                .where(outbox.c.id == item_id)
+                .where(*self._mine(item_id))
                 .values(
                     attempts=attempts, next_attempt_at=next_at, last_error=error[:2000], holder=None, lease_until=None
                 )
             )
+        return result.rowcount > 0
 
-    async def mark_failed(self, item_id: int, *, attempts: int, error: str) -> None:
+    async def mark_failed(self, item_id: int, *, attempts: int, error: str) -> bool:
+        """Give the message up; False when this process no longer holds it."""
         async with self._db.engine.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 update(outbox)
-                .where(outbox.c.id == item_id)
+                .where(*self._mine(item_id))
                 .values(status="failed", attempts=attempts, last_error=error[:2000], holder=None, lease_until=None)
             )
+        return result.rowcount > 0
 
     async def backlog(self) -> int:
         async with self._db.engine.connect() as conn:
