@@ -74,6 +74,10 @@ class Outbox:
         self._wake.set()
         return item_id
 
+    def wake(self) -> None:
+        """Claim now: something was queued behind the worker's back (with a job's change)."""
+        self._wake.set()
+
     async def record_sent(self, msg: NewMessage) -> int:
         """Record a message that went out directly (a live stream), so nothing resends it."""
         return await self.repo.enqueue(await self._persist_media(msg), already_sent=True)

@@ -104,9 +104,11 @@ async def test_outbox_idempotency_key_and_claims(db: Database) -> None:
 
 
 async def test_outbox_claims_do_not_overlap_between_holders(db: Database) -> None:
-    target = ChatRef("fake", "private", "p")
+    # One chat per message: a chat being sent to is not claimed again (see the test below).
     repos = [OutboxRepo(db, f"h{i}") for i in range(4)]
-    await asyncio.gather(*(repos[0].enqueue(NewMessage(target, Message.of(str(i)))) for i in range(200)))
+    await asyncio.gather(
+        *(repos[0].enqueue(NewMessage(ChatRef("fake", "private", f"p{i}"), Message.of(str(i)))) for i in range(200))
+    )
     claimed = await asyncio.gather(*(r.claim_due(30) for r in repos for _ in range(3)))
     ids = [i.id for batch in claimed for i in batch]
     assert len(ids) == len(set(ids))

@@ -59,6 +59,57 @@ def _row_to_item(r: Any) -> OutboxItem:
     )
 
 
+async def enqueue_in(db: Database, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]) -> list[int]:
+    """Insert messages on `conn`, in its transaction: what a job's state change queues with it."""
+    now = utcnow()
+    rows = [
+        {
+            "target": str(m.target),
+            "message": message_to_list(m.message),
+            "quote": m.quote,
+            "context": dict(m.context),
+            "origin": m.origin,
+            "status": "sent" if sent else "pending",
+            "attempts": 0,
+            "progress": 0,
+            "idempotency_key": m.idempotency_key,
+            "created_at": now,
+            "sent_at": now if sent else None,
+        }
+        for m, sent in items
+    ]
+    ids: list[int | None] = [None] * len(rows)
+    keyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is not None]
+    unkeyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
+    # Due by the database's clock, the one claims compare it with.
+    due = db.now()
+    if unkeyed:
+        stmt = db.insert(outbox).values(next_attempt_at=due).returning(outbox.c.id)
+        for i in unkeyed:
+            ids[i] = (await conn.execute(stmt.values(rows[i]))).scalar_one()
+    if keyed:
+        stmt = (
+            db.insert(outbox)
+            .values(next_attempt_at=due)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(outbox.c.id, outbox.c.idempotency_key)
+        )
+        by_key: dict[str, int] = {}
+        batch = [rows[i] for i in keyed]
+        result = await (conn.execute(stmt, batch[0]) if len(batch) == 1 else conn.execute(stmt, batch))
+        for r in result:
+            by_key[r.idempotency_key] = r.id
+        keys: list[str] = [str(rows[i]["idempotency_key"]) for i in keyed]
+        missing = [k for k in keys if k not in by_key]
+        if missing:
+            q = select(outbox.c.id, outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(missing))
+            for r in await conn.execute(q):
+                by_key[r.idempotency_key] = r.id
+        for i, key in zip(keyed, keys, strict=True):
+            ids[i] = by_key[key]
+    return [int(i) for i in ids if i is not None]
+
+
 class OutboxRepo:
     def __init__(self, db: Database, holder: str, lease_s: float = 30.0) -> None:
         self._db = db
@@ -80,53 +131,7 @@ class OutboxRepo:
         return result
 
     async def _enqueue_batch(self, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]) -> Sequence[int]:
-        now = utcnow()
-        rows = [
-            {
-                "target": str(m.target),
-                "message": message_to_list(m.message),
-                "quote": m.quote,
-                "context": dict(m.context),
-                "origin": m.origin,
-                "status": "sent" if sent else "pending",
-                "attempts": 0,
-                "progress": 0,
-                "idempotency_key": m.idempotency_key,
-                "created_at": now,
-                "sent_at": now if sent else None,
-            }
-            for m, sent in items
-        ]
-        ids: list[int | None] = [None] * len(rows)
-        keyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is not None]
-        unkeyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
-        # Due by the database's clock, the one claims compare it with.
-        due = self._db.now()
-        if unkeyed:
-            stmt = self._db.insert(outbox).values(next_attempt_at=due).returning(outbox.c.id)
-            for i in unkeyed:
-                ids[i] = (await conn.execute(stmt.values(rows[i]))).scalar_one()
-        if keyed:
-            stmt = (
-                self._db.insert(outbox)
-                .values(next_attempt_at=due)
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                .returning(outbox.c.id, outbox.c.idempotency_key)
-            )
-            by_key: dict[str, int] = {}
-            batch = [rows[i] for i in keyed]
-            result = await (conn.execute(stmt, batch[0]) if len(batch) == 1 else conn.execute(stmt, batch))
-            for r in result:
-                by_key[r.idempotency_key] = r.id
-            keys: list[str] = [str(rows[i]["idempotency_key"]) for i in keyed]
-            missing = [k for k in keys if k not in by_key]
-            if missing:
-                q = select(outbox.c.id, outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(missing))
-                for r in await conn.execute(q):
-                    by_key[r.idempotency_key] = r.id
-            for i, key in zip(keyed, keys, strict=True):
-                ids[i] = by_key[key]
-        return [int(i) for i in ids if i is not None]
+        return await enqueue_in(self._db, conn, items)
 
     async def claim_due(self, limit: int) -> list[OutboxItem]:
         """Lease up to `limit` due messages, keeping each chat's messages in order.
