@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, String, func, literal, text, type_coerce
 from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger("hub.storage")
@@ -20,6 +21,16 @@ R = TypeVar("R")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The database refused or could not be reached (busy, disk full, connection lost): worth
+    trying the same work again later, unlike a constraint or a bad statement (a bug)."""
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(exc, sa_exc.IntegrityError | sa_exc.ProgrammingError | sa_exc.DataError):
+        return False
+    return isinstance(exc, sa_exc.DBAPIError)
 
 
 class Database:
