@@ -50,6 +50,7 @@ from hub.storage.memory import MemoryRepo
 from hub.storage.migrate import migrate
 from hub.storage.outbox import OutboxRepo
 from hub.storage.personas import PersonaRepo
+from hub.storage.retention import prune
 from hub.storage.web_events import WebEventRepo
 
 if TYPE_CHECKING:
@@ -354,12 +355,13 @@ async def _stop_input(app: web.Application) -> None:
 
 
 async def _housekeeping(hub: Hub) -> None:
-    """Expire stored media and old web messages, hourly."""
+    """Expire stored media, old web messages and handled rows, hourly."""
     while True:
         try:
             removed = await hub.media.expire()
             await hub.web_events.expire()
             await hub.access.housekeeping()
+            await prune(hub.db, hub.settings.database.retention_days)
             if removed:
                 log.info("event=media_expired count=%d", removed)
         except Exception:
