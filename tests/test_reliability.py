@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from hub.inbound import UNHANDLED_TEXT, Dispatcher, EventReplier
 from hub.metrics import Metrics
 from hub.skills.base import Replier
 from hub.storage.chats import ChatRepo
-from hub.storage.db import Database
+from hub.storage.db import Database, utcnow
 from hub.storage.inbox import InboxRepo
 from hub.storage.media import MediaStore
 from hub.storage.migrate import migrate
@@ -48,23 +49,33 @@ def _event(i: int, chat: str = "c1") -> Event:
 
 
 class FailingInbox(InboxRepo):
-    """An inbox whose `mark_done` raises (a busy or full disk) for the rows in `fail_rows`."""
+    """An inbox whose `mark_done` raises (a busy or full disk) for the events in `fail_ids`."""
 
     def __init__(self, db: Database, holder: str, lease_s: float) -> None:
         super().__init__(db, holder, lease_s)
-        self.fail_rows: set[int] = set()
+        self.fail_ids: set[str] = set()
+        self._rows: dict[int, str] = {}
+
+    async def store(self, event: Event) -> int | None:
+        row = await super().store(event)
+        if row is not None:
+            self._rows[row] = event.id
+        return row
 
     async def mark_done(self, row_id: int, error: str | None = None) -> None:
-        if row_id in self.fail_rows:
+        if self._rows.get(row_id) in self.fail_ids:
             raise OSError("disk full")
         await super().mark_done(row_id, error)
 
 
 async def test_a_lane_survives_a_failed_mark_done_and_recovery_takes_the_row(db: Database, tmp_path: Path) -> None:
-    repo = FailingInbox(db, "h1", lease_s=0.5)
+    repo = FailingInbox(db, "h1", lease_s=30)
     handled: list[str] = []
+    queued = asyncio.Event()
 
     async def handle(event: Event, _replier: Replier) -> None:
+        if event.id == "e1":
+            await queued.wait()  # the chat's next events are queued behind it meanwhile
         handled.append(event.id)
 
     outbox = Outbox(OutboxRepo(db, "h1"), MediaStore(db, tmp_path / "media"), {}, ChatRepo(db), Metrics())
@@ -79,16 +90,19 @@ async def test_a_lane_survives_a_failed_mark_done_and_recovery_takes_the_row(db:
     )
     await dispatcher.start()
     try:
-        first = await repo.store(_event(0))
-        assert first is not None
-        repo.fail_rows.add(first + 1)  # the next event's row: stored below, fails to be marked
+        repo.fail_ids.add("e1")
         for i in (1, 2, 3):
             await dispatcher.submit(_event(i))
-        # The lane goes on past the failed item, in order.
-        await eventually(lambda: "e3" in handled)
-        assert handled.index("e1") < handled.index("e2") < handled.index("e3")
-        # The failed row left the in-flight set: recovery takes it again, and then it sticks.
-        repo.fail_rows.clear()
+        queued.set()
+        # The lane goes on past the failed item, in order, long before any lease runs out.
+        await eventually(lambda: "e3" in handled, timeout=5)
+        assert handled == ["e1", "e2", "e3"]
+        # The failed row left the in-flight set (nothing renews it): once its lease is over,
+        # recovery takes it again, and then it sticks.
+        await eventually(lambda: dispatcher.busy == 0, timeout=5)
+        repo.fail_ids.clear()
+        async with db.engine.begin() as conn:
+            await conn.execute(update(inbox_table).values(lease_until=utcnow() - timedelta(seconds=1)))
 
         async def all_done() -> bool:
             return await repo.backlog() == 0
@@ -106,8 +120,9 @@ class MemoryChannel(Channel):
     name = "mem"
     limits = ChannelLimits(text_max=1000)
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.delay_s = delay_s
 
     def routes(self) -> list[Any]:
         return []
@@ -122,8 +137,9 @@ class MemoryChannel(Channel):
         progress: int = 0,
         on_progress: Any = None,
     ) -> SendResult:
+        # A platform takes a while, some messages longer: other claims run meanwhile.
+        await asyncio.sleep(self.delay_s * (3 if message.text[-1:] in "02468" else 0.1))
         self.sent.append((str(target), message.text))
-        await asyncio.sleep(0)
         return SendResult((str(len(self.sent)),))
 
 
@@ -164,7 +180,7 @@ async def test_a_failed_sent_mark_is_retried_and_the_message_goes_out_once(db: D
 
 
 async def test_one_chat_is_sent_in_order_while_messages_keep_coming(db: Database, tmp_path: Path) -> None:
-    channel = MemoryChannel()
+    channel = MemoryChannel(delay_s=0.01)
     repo = OutboxRepo(db, "h1")
     outbox = Outbox(repo, MediaStore(db, tmp_path / "media"), {"mem": channel}, ChatRepo(db), Metrics(), poll_s=0.05)
     await outbox.start()
@@ -172,8 +188,7 @@ async def test_one_chat_is_sent_in_order_while_messages_keep_coming(db: Database
         chats = [ChatRef("mem", "private", f"p{c}") for c in range(3)]
         for i in range(60):
             await outbox.put(NewMessage(chats[i % 3], Message.of(str(i))))
-            if i % 7 == 0:
-                await asyncio.sleep(0)  # claims run between the puts, with sends under way
+            await asyncio.sleep(0.003)  # claims run between the puts, with sends under way
         await eventually(lambda: len(channel.sent) >= 60)
         for c in chats:
             texts = [int(t) for target, t in channel.sent if target == str(c)]
