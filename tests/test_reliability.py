@@ -95,11 +95,11 @@ async def test_a_lane_survives_a_failed_mark_done_and_recovery_takes_the_row(db:
             await dispatcher.submit(_event(i))
         queued.set()
         # The lane goes on past the failed item, in order, long before any lease runs out.
-        await eventually(lambda: "e3" in handled, timeout=5)
+        await eventually(lambda: "e3" in handled, timeout=10)
         assert handled == ["e1", "e2", "e3"]
         # The failed row left the in-flight set (nothing renews it): once its lease is over,
         # recovery takes it again, and then it sticks.
-        await eventually(lambda: dispatcher.busy == 0, timeout=5)
+        await eventually(lambda: dispatcher.busy == 0, timeout=10)
         repo.fail_ids.clear()
         async with db.engine.begin() as conn:
             await conn.execute(update(inbox_table).values(lease_until=utcnow() - timedelta(seconds=1)))
@@ -172,7 +172,7 @@ async def test_a_failed_sent_mark_is_retried_and_the_message_goes_out_once(db: D
         await eventually(sent, timeout=20)
         # Long past the lease: nothing sends it again.
         await outbox.put(NewMessage(target, Message.of("after")))
-        await eventually(lambda: len(channel.sent) >= 2)
+        await eventually(lambda: len(channel.sent) >= 2, timeout=20)
         assert channel.sent == [("mem:private:p", "hello"), ("mem:private:p", "after")]
         assert outbox._task is not None and not outbox._task.done()
     finally:
@@ -189,7 +189,7 @@ async def test_one_chat_is_sent_in_order_while_messages_keep_coming(db: Database
         for i in range(60):
             await outbox.put(NewMessage(chats[i % 3], Message.of(str(i))))
             await asyncio.sleep(0.003)  # claims run between the puts, with sends under way
-        await eventually(lambda: len(channel.sent) >= 60)
+        await eventually(lambda: len(channel.sent) >= 60, timeout=30)
         for c in chats:
             texts = [int(t) for target, t in channel.sent if target == str(c)]
             assert texts == sorted(texts) and len(texts) == 20
@@ -235,7 +235,7 @@ async def test_an_event_tried_five_times_is_given_up_and_its_sender_told_once(
             got = await hub.inbox.get("fake", "poison")
             return got is not None and got["status"] == "failed"
 
-        await eventually(failed, timeout=10)
+        await eventually(failed, timeout=20)
         await platform.wait_for(lambda: len(platform.calls("/send")) >= 1)
         # Another event goes through afterwards: the notice was not sent twice meanwhile.
         await post_event(h.url, {"id": "ok", "chat": "c9", "text": "/help"})
