@@ -26,7 +26,7 @@ from hub.delivery import Outbox
 from hub.events import Event
 from hub.fetch import Fetcher, policy_from_settings
 from hub.http import ServerRoutes, error_middleware
-from hub.inbound import Dispatcher, EventReplier, LiveSink
+from hub.inbound import Dispatcher, EventReplier, LiveSink, tell_unhandled
 from hub.job_delivery import JobDelivery
 from hub.job_images import ImageJobs
 from hub.jobs import JobService
@@ -53,6 +53,7 @@ from hub.storage.memory import MemoryRepo
 from hub.storage.migrate import migrate
 from hub.storage.outbox import OutboxRepo
 from hub.storage.personas import PersonaRepo
+from hub.storage.retention import prune
 from hub.storage.web_events import WebEventRepo
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ def build_app(
         metrics,
         recover_all_at_start=db.is_sqlite,
         recovery_interval_s=recovery_interval_s,
+        tell_unhandled=lambda event: tell_unhandled(outbox, event),
     )
 
     # --- channels: each platform module is imported only when enabled ---------------------
@@ -416,12 +418,13 @@ async def _stop_input(app: web.Application) -> None:
 
 
 async def _housekeeping(hub: Hub) -> None:
-    """Expire stored media and old web messages, hourly."""
+    """Expire stored media, old web messages and handled rows, hourly."""
     while True:
         try:
             removed = await hub.media.expire()
             await hub.web_events.expire()
             await hub.access.housekeeping()
+            await prune(hub.db, hub.settings.database.retention_days)
             if removed:
                 log.info("event=media_expired count=%d", removed)
         except Exception:

@@ -24,6 +24,9 @@ from hub.storage.outbox import NewMessage, OutboxItem, OutboxRepo
 
 log = logging.getLogger("hub.delivery")
 
+# How long a "sent" mark waits at most between tries while the database refuses it.
+MARK_SENT_BACKOFF_CAP_S = 5.0
+
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
     """Exponential backoff with jitter: attempt 1 → ~1 s, doubling, capped."""
@@ -60,6 +63,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self._inflight: set[int] = set()
+        self._busy: set[str] = set()  # targets with a send under way in this process
         self._sends: set[asyncio.Task[None]] = set()
 
     # --- queueing -------------------------------------------------------------------------
@@ -77,6 +81,10 @@ class Outbox:
         if ids:
             self._wake.set()
         return ids
+
+    def wake(self) -> None:
+        """Claim now: something was queued behind the worker's back (with a job's change)."""
+        self._wake.set()
 
     async def record_sent(self, msg: NewMessage) -> int:
         """Record a message that went out directly (a live stream), so nothing resends it."""
@@ -132,8 +140,14 @@ class Outbox:
                     await asyncio.sleep(1)
                     continue
             for target, group in _by_target(items).items():
+                if target in self._busy or any(i.id in self._inflight for i in group):
+                    # Only after this process's own lease ran out while it kept sending (the
+                    # database was away): the lease is left to expire rather than send twice.
+                    log.warning("event=outbox_claim_skipped target=%s ids=%s", target, [i.id for i in group])
+                    continue
                 self._inflight.update(i.id for i in group)
-                task = asyncio.create_task(self._send_group(group), name=f"send:{target}")
+                self._busy.add(target)
+                task = asyncio.create_task(self._send_group(target, group), name=f"send:{target}")
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
             if len(items) >= free > 0:
@@ -151,7 +165,7 @@ class Outbox:
             except Exception:
                 log.exception("event=outbox_renew_failed")
 
-    async def _send_group(self, group: list[OutboxItem]) -> None:
+    async def _send_group(self, target: str, group: list[OutboxItem]) -> None:
         """Send one chat's items in order; a failure defers the rest behind it."""
         try:
             async with self._slots:
@@ -166,9 +180,14 @@ class Outbox:
                                 error="waiting for an earlier message",
                             )
                         break
+        except Exception:
+            # The database failed a retry or failure mark: the leases left run out and the
+            # rows are claimed again; the worker itself goes on.
+            log.exception("event=outbox_group_failed target=%s ids=%s", target, [i.id for i in group])
         finally:
             for item in group:
                 self._inflight.discard(item.id)
+            self._busy.discard(target)
             self._wake.set()
 
     async def _send_one(self, item: OutboxItem) -> bool:
@@ -180,7 +199,10 @@ class Outbox:
                 raise SendError(f"channel {item.target.channel} is not enabled", retryable=True, retry_after=60)
 
             async def on_progress(n: int) -> None:
-                await self.repo.set_progress(item.id, n)
+                try:
+                    await self.repo.set_progress(item.id, n)
+                except Exception as exc:  # the parts went out: a lost count only risks resending them
+                    log.warning("event=outbox_progress_failed outbox_id=%d error=%r", item.id, exc)
 
             # The one window DESIGN.md allows: dying inside this await may send twice.
             result = await channel.send(
@@ -195,7 +217,7 @@ class Outbox:
             raise
         except Exception as exc:
             return await self._failed(item, attempts, exc)
-        await self.repo.mark_sent(item.id, list(result.message_ids))
+        await self._record_sent(item, list(result.message_ids))
         self._metrics.replies_out.labels(item.target.channel).inc()
         log.info(
             "event=sent outbox_id=%d target=%s attempts=%d ms=%.1f",
@@ -205,6 +227,21 @@ class Outbox:
             (time.perf_counter() - started) * 1000,
         )
         return True
+
+    async def _record_sent(self, item: OutboxItem, sent_ids: list[str]) -> None:
+        """Mark the message sent, trying until it commits: a lost "sent" would send it again."""
+        tries = 0
+        while True:
+            try:
+                await self.repo.mark_sent(item.id, sent_ids)
+                return
+            except Exception as exc:
+                tries += 1
+                delay = backoff_delay(tries, base=0.1, cap=MARK_SENT_BACKOFF_CAP_S)
+                log.warning(
+                    "event=mark_sent_retry outbox_id=%d tries=%d delay_s=%.2f error=%r", item.id, tries, delay, exc
+                )
+                await asyncio.sleep(delay)
 
     async def _failed(self, item: OutboxItem, attempts: int, exc: Exception) -> bool:
         if isinstance(exc, AwaitingUser):
@@ -221,7 +258,9 @@ class Outbox:
         final = not retryable or attempts >= self.max_attempts
         self._metrics.send_failures.labels(item.target.channel, "yes" if final else "no").inc()
         if final:
-            await self.repo.mark_failed(item.id, attempts=attempts, error=reason)
+            if not await self.repo.mark_failed(item.id, attempts=attempts, error=reason):
+                log.warning("event=outbox_lease_lost outbox_id=%d", item.id)
+                return False
             if final_chat:
                 await self._chats.mark_unreachable(str(item.target), reason)
             log.warning(
@@ -233,9 +272,11 @@ class Outbox:
             )
             return False
         delay = retry_after if retry_after is not None else backoff_delay(attempts)
-        await self.repo.mark_retry(
+        if not await self.repo.mark_retry(
             item.id, attempts=attempts, next_at=utcnow() + timedelta(seconds=delay), error=reason
-        )
+        ):
+            log.warning("event=outbox_lease_lost outbox_id=%d", item.id)
+            return False
         log.info(
             "event=send_retry outbox_id=%d target=%s attempts=%d delay_s=%.1f error=%r",
             item.id,

@@ -82,13 +82,21 @@ class JobDelivery:
             result.update(path=str(stored.path), name=stored.name, mime=stored.mime, size=stored.size)
             if not await self._repo.change(job.id, [SUCCEEDED], release=False, result=result):
                 return
-        await self._put_result(job, result)
-        if await self._repo.change(job.id, [SUCCEEDED], state=DELIVERED, finished_at=utcnow(), next_poll_at=None):
+        # The result is queued with the state change: /jobs never says "succeeded" beside it.
+        if await self._repo.change(
+            job.id,
+            [SUCCEEDED],
+            notice=self._result_message(job, result),
+            state=DELIVERED,
+            finished_at=utcnow(),
+            next_poll_at=None,
+        ):
+            self._outbox.wake()
             log.info(
                 "event=job_delivered job=%s skill=%s chat=%s size=%s", job.id, job.skill, job.chat, result.get("size")
             )
 
-    async def _put_result(self, job: Job, result: Mapping[str, Any]) -> None:
+    def _result_message(self, job: Job, result: Mapping[str, Any]) -> NewMessage:
         segment = SKILL_MEDIA[job.skill](
             path=str(result["path"]),
             name=result.get("name"),
@@ -96,15 +104,13 @@ class JobDelivery:
             size=result.get("size"),
             caption=job.prompt,
         )
-        await self._outbox.put(
-            NewMessage(
-                target=job.chat,
-                message=Message((segment,)),
-                quote=job.quote,
-                context=job.context,
-                origin="job",
-                idempotency_key=job.key("result"),
-            )
+        return NewMessage(
+            target=job.chat,
+            message=Message((segment,)),
+            quote=job.quote,
+            context=job.context,
+            origin="job",
+            idempotency_key=job.key("result"),
         )
 
     async def waiting(self, jobs: list[Job]) -> set[str]:
@@ -130,30 +136,40 @@ class JobDelivery:
                 kind=SKILL_KIND[job.skill],
             )
 
-    async def notify(self, job: Job, what: str, text: str) -> None:
-        await self._outbox.put(
-            NewMessage(
-                target=job.chat,
-                message=Message.of(text),
-                quote=job.quote,
-                context=job.context,
-                origin="job",
-                idempotency_key=job.key(what),
-            )
+    def notice(self, job: Job, what: str, text: str) -> NewMessage:
+        """A message about the job, keyed by it: queued with the change of state it tells of."""
+        return NewMessage(
+            target=job.chat,
+            message=Message.of(text),
+            quote=job.quote,
+            context=job.context,
+            origin="job",
+            idempotency_key=job.key(what),
         )
 
+    async def notify(self, job: Job, what: str, text: str) -> None:
+        await self._outbox.put(self.notice(job, what, text))
+
+    async def change_and_tell(self, job: Job, expect: Any, notice: NewMessage | None, **values: Any) -> bool:
+        """A fenced change of state and its notice, in one transaction; False if not ours."""
+        ok = await self._repo.change(job.id, expect, notice=notice, **values)
+        if ok and notice is not None:
+            self._outbox.wake()
+        return ok
+
     async def finish_badly(self, job: Job, state: str, reason: str, *, tell: bool = True) -> None:
-        """End a job as failed or timed_out, telling its owner (the notice first: it is keyed)."""
+        """End a job as failed or timed_out, telling its owner in the same transaction."""
         reason = safe_text(reason)  # a provider's message may carry a signed URL
         noun = NOUN.get(job.skill, job.skill)
+        notice: NewMessage | None = None
         if tell:
             if state == TIMED_OUT:
                 text = f"Sorry, your {noun} {job.ref} timed out: {reason}."
             else:
                 text = f"Sorry, your {noun} {job.ref} failed: {reason}"
-            await self.notify(job, state, text)
-        if await self._repo.change(
-            job.id, ACTIVE, state=state, error=reason[:2000], finished_at=utcnow(), next_poll_at=None
+            notice = self.notice(job, state, text)
+        if await self.change_and_tell(
+            job, ACTIVE, notice, state=state, error=reason[:2000], finished_at=utcnow(), next_poll_at=None
         ):
             log.info("event=job_%s job=%s reason=%r", state, job.id, reason)
 

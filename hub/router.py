@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from hub.events import Event
 from hub.skills.base import CommandObject, Context, Replier, Skill, SkillInfo
 from hub.storage.chats import ChatSettings
+from hub.storage.db import is_transient
 
 log = logging.getLogger("hub.router")
 
@@ -180,7 +181,9 @@ class Router:
             handler = _bind(mw, handler)
         try:
             await handler(event, ctx)
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the database refused: the event is handled again, no apology
             log.exception(
                 "event=skill_failed id=%s channel=%s chat=%s skill=%s", event.id, event.channel, event.chat, ctx.skill
             )

@@ -88,6 +88,9 @@ class HttpSettings(Section):
 
 class DatabaseSettings(Section):
     url: str | None = None
+    # Handled inbox rows, sent outbox rows, delivered web events and audit rows older than this
+    # are pruned (the inbox never sooner than 7 days: it is the dedupe window).
+    retention_days: int = Field(30, gt=0)
 
     @field_validator("url")
     @classmethod
