@@ -16,6 +16,11 @@ connections take them: the ack rate, and updates in → replies out at the fake 
 
     python bench/ingest_bench.py [--rate 500] [--steady-s 10] [--burst 10000] [--concurrency 64]
                                  [--chats 1000] [--only help|text] [--profile DIR]
+                                 [--pg [DSN]] [--workers N]
+
+`--pg` runs the hub on a fresh database of the local PostgreSQL (or DSN); with `--workers 2`
+the throughput of the pair can be set against one process on the same database, and the
+machine's CPU use during the burst is printed too.
 
 Goals (issue 5): ack p99 ≤ 20 ms at 500 updates/s; ≥ 2,000 updates/s in → out on one process.
 Each burst also reports the hub's own CPU time per update (all its threads, from /proc), which
@@ -95,9 +100,48 @@ async def serve_fakes() -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children so far (Linux /proc): with
+    `--workers N` the hub is a parent and N workers."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+    return own + sum(cpu_seconds(k) for k in kids)
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+async def pg_database(dsn: str) -> tuple[str, str]:
+    """A fresh PostgreSQL database for the run: (its SQLAlchemy URL, its name)."""
+    import asyncpg
+
+    name = f"hub_bench_{os.getpid()}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}", name
+
+
+async def drop_pg_database(dsn: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -201,7 +245,7 @@ class Load:
         await self.http.close()
 
 
-def write_config(tmp: Path, tg_url: str, model_url: str | None) -> Path:
+def write_config(tmp: Path, tg_url: str, model_url: str | None, database_url: str | None = None) -> Path:
     model = (
         f'[[models]]\nname = "bench"\nbase_url = "{model_url}"\napi_key = "sk-bench"\nmodel = "fake-chat"\n'
         if model_url
@@ -210,7 +254,8 @@ def write_config(tmp: Path, tg_url: str, model_url: str | None) -> Path:
     cfg = tmp / "hub.toml"
     cfg.write_text(
         f'data_dir = "{tmp / "data"}"\n[http]\nport = 0\n'
-        f'[telegram]\nenabled = true\nmode = "webhook"\ntoken = "{TOKEN}"\nsecret_token = "{SECRET}"\n'
+        + (f'[database]\nurl = "{database_url}"\n' if database_url else "")
+        + f'[telegram]\nenabled = true\nmode = "webhook"\ntoken = "{TOKEN}"\nsecret_token = "{SECRET}"\n'
         f'api_base = "{tg_url}"\n{model}',
         encoding="utf-8",
     )
@@ -219,8 +264,12 @@ def write_config(tmp: Path, tg_url: str, model_url: str | None) -> Path:
 
 async def workload(name: str, text: str, tg_url: str, model_url: str | None, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="hub-ingest-bench-") as tmp:
-        cfg = write_config(Path(tmp), tg_url, model_url)
-        hub = HubProcess(["-m", "hub", "run", "--config", str(cfg)], env={}, cwd=Path(tmp))
+        db_url, db_name = await pg_database(args.pg) if args.pg else (None, "")
+        cfg = write_config(Path(tmp), tg_url, model_url, db_url)
+        run_args = ["-m", "hub", "run", "--config", str(cfg), "--workers", str(args.workers)]
+        hub = HubProcess(run_args, env={}, cwd=Path(tmp))
+        where = f"PostgreSQL, {args.workers} worker(s)" if args.pg else "SQLite, one process"
+        print(f"[{name}] hub on {where}")
         url = await hub.start(timeout=120)
         load = Load(url, tg_url, text, args.concurrency, args.chats)
         try:
@@ -244,11 +293,14 @@ async def workload(name: str, text: str, tg_url: str, model_url: str | None, arg
                 await asyncio.sleep(1.0)  # let it attach
             assert hub.proc is not None
             cpu_before = cpu_seconds(hub.proc.pid)
+            busy_before = machine_busy()
             try:
                 start, acked, done = await load.burst(args.burst, args.concurrency)
             finally:
                 _stop_profiler(spy)
             cpu_ms = (cpu_seconds(hub.proc.pid) - cpu_before) * 1000 / args.burst
+            busy_after = machine_busy()
+            busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
             print(f"[{name}] burst of {args.burst} updates, {args.concurrency} connections, {args.chats} chats:")
             print(
                 f"  acked {args.burst / (acked - start):.0f} updates/s; in → out {args.burst / (done - start):.0f} "
@@ -258,11 +310,14 @@ async def workload(name: str, text: str, tg_url: str, model_url: str | None, arg
                 f"  hub CPU {cpu_ms:.2f} ms per update (user+system, all threads): "
                 f"at most {1000 / cpu_ms:.0f} updates/s on one core"
             )
+            print(f"  machine CPU busy {busy * 100:.0f}% of {os.cpu_count()} cores during the burst")
         finally:
             await load.close()
             code = hub.terminate(timeout=30)
             if code != 0:
                 print(f"  hub exited {code}; log: {hub.log_path}", file=sys.stderr)
+            if args.pg:
+                await drop_pg_database(args.pg, db_name)
 
 
 def _profiler(hub: HubProcess, out_dir: str | None, name: str) -> subprocess.Popen[bytes] | None:
@@ -313,6 +368,14 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=1000, help="private chats the updates come from, in turn")
     parser.add_argument("--only", choices=["help", "text"])
     parser.add_argument("--profile", metavar="DIR", help="py-spy the hub during the bursts (collapsed stacks)")
+    parser.add_argument("--workers", type=int, default=1, help="hub run --workers N (N > 1 needs --pg)")
+    parser.add_argument(
+        "--pg",
+        nargs="?",
+        const="postgresql://postgres@127.0.0.1:5432/test",
+        metavar="DSN",
+        help="run the hub on a fresh database of this PostgreSQL server (default: the local one)",
+    )
     parser.add_argument("--fakes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fakes:
