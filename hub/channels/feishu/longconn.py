@@ -49,7 +49,9 @@ def lark_loop() -> asyncio.AbstractEventLoop:
 class _Events:
     """The SDK's event handler (duck-typed): stores each event on Hub's loop before the ack."""
 
-    def __init__(self, deliver: Callable[[bytes], Coroutine[Any, Any, None]], hub: asyncio.AbstractEventLoop, timeout_s: float):
+    def __init__(
+        self, deliver: Callable[[bytes], Coroutine[Any, Any, None]], hub: asyncio.AbstractEventLoop, timeout_s: float
+    ):
         self._deliver = deliver
         self._hub = hub
         self._timeout = timeout_s
@@ -151,7 +153,9 @@ class LongConnection:
         events = _Events(self._deliver, hub, self._store_timeout)
         self._closing = False
         started = time.monotonic()
-        done: asyncio.Future[Any] = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._serve(endpoint, events), loop))
+        done: asyncio.Future[Any] = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._serve(endpoint, events), loop)
+        )
         watch: asyncio.Future[Any] = asyncio.ensure_future(lost.wait())
         try:
             await asyncio.wait({done, watch}, return_when=asyncio.FIRST_COMPLETED)

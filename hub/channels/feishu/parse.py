@@ -204,9 +204,7 @@ def _segments(
     return [Unsupported(kind, f"a Feishu {kind} message")], False
 
 
-def _text_with_mentions(
-    text: str, mentions: Mapping[str, _Mention], bot: str | None
-) -> tuple[list[Segment], bool]:
+def _text_with_mentions(text: str, mentions: Mapping[str, _Mention], bot: str | None) -> tuple[list[Segment], bool]:
     """Text whose `@_user_N` keys become Mention segments; the bot's own is dropped."""
     out: list[Segment] = []
     mentioned = False

@@ -113,11 +113,7 @@ class FeishuCardStream:
         self._sequence += 1
         body = ContentCardElementRequestBody.builder().content(text).sequence(self._sequence).build()
         request = (
-            ContentCardElementRequest.builder()
-            .card_id(self.card_id)
-            .element_id(ELEMENT_ID)
-            .request_body(body)
-            .build()
+            ContentCardElementRequest.builder().card_id(self.card_id).element_id(ELEMENT_ID).request_body(body).build()
         )
         self._next_at = time.monotonic() + self._interval
         await self._api.execute(request)
