@@ -251,7 +251,7 @@ def _post(
     if "content" not in body:  # the localised form: {"zh_cn": {"title", "content"}}
         body = next((v for v in body.values() if isinstance(v, dict) and "content" in v), {})
     out: list[Segment] = []
-    mentioned = False
+    mentioned = after_bot = False
     title = body.get("title")
     if isinstance(title, str) and title.strip():
         out.append(Text(title.strip() + "\n"))
@@ -262,14 +262,15 @@ def _post(
                 continue
             tag = node.get("tag")
             if tag in ("text", "a", "code_block", "md") and isinstance(node.get("text"), str):
-                out.append(Text(node["text"]))
+                out.append(Text(node["text"].lstrip(" ,，:：") if after_bot else node["text"]))
+                after_bot = False
             elif tag == "at":
                 raw_uid = node.get("user_id")
                 uid = raw_uid if isinstance(raw_uid, str) else ""
                 m = mentions.get(uid)
                 oid = m.open_id if m else uid
                 if bot and oid == bot:
-                    mentioned = True
+                    mentioned = after_bot = True
                 elif m is not None:
                     out.append(Mention(m.open_id, m.name))
                 elif oid.startswith("ou_") and len(oid) <= MAX_ID:
