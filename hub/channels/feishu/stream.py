@@ -120,7 +120,7 @@ class FeishuCardStream:
         self._shown = text
 
     async def finish(self, text: str) -> SendResult:
-        head, rest = _split_for_card(text)
+        head, rest = _split_for_card(text.strip())
         if head != self._shown:
             await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
             await self._push(head)
