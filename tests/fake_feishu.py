@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
@@ -351,8 +352,9 @@ class FakeFeishu:
         message_id = uuidlib.uuid4().hex
         payload = json.dumps(event).encode()
         self.pending[message_id] = payload
-        if self.sockets:
-            await self.sockets[-1].send_bytes(event_frame(message_id, payload))
+        if self.sockets and not self.sockets[-1].closed:
+            with contextlib.suppress(ConnectionError):  # gone: it is pushed again on the next connection
+                await self.sockets[-1].send_bytes(event_frame(message_id, payload))
         return message_id
 
 

@@ -57,16 +57,22 @@ class _Events:
         self._timeout = timeout_s
 
     def _do_without_validation(self, payload: bytes) -> None:
-        # Blocks only the SDK's own loop; an exception here makes the SDK answer 500.
-        asyncio.run_coroutine_threadsafe(self._deliver(payload), self._hub).result(timeout=self._timeout)
+        # Blocks only the SDK's own loop; an exception here makes the SDK answer 500 (redelivered).
+        try:
+            asyncio.run_coroutine_threadsafe(self._deliver(payload), self._hub).result(timeout=self._timeout)
+        except Exception as exc:
+            log.warning("event=feishu_ws_store_failed error=%s", _why(exc))
+            raise
 
 
 class _Socket(lark.ws.Client):
     """One connection of the SDK's client: no reconnecting of its own, no HTTP of its own."""
 
     def __init__(self, app_id: str, domain: str, endpoint: Callable[[], tuple[str, dict[str, Any]]], events: _Events):
+        # The SDK's own log lines name the connection URL (with its ticket) and call every
+        # normal close an error: this module logs what matters instead.
         super().__init__(
-            app_id, "-", event_handler=events, domain=domain, auto_reconnect=False, log_level=lark.LogLevel.ERROR
+            app_id, "-", event_handler=events, domain=domain, auto_reconnect=False, log_level=lark.LogLevel.CRITICAL
         )
         self._endpoint = endpoint
         self.closed = asyncio.Event()
