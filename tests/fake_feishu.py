@@ -77,6 +77,8 @@ class FakeFeishu:
         self.changed = asyncio.Event()
         self.token_delay_s = 0.0
         self.deny_cards = False
+        # Makes the answer to a card creation (a 5xx, a page that is not JSON, ...).
+        self.card_failure: Any = None
         self.held: set[str] = set()
         self._release = asyncio.Event()
         self._limited: dict[str, list[float]] = {}
@@ -269,6 +271,8 @@ class FakeFeishu:
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def _card_create(self, request: web.Request, call: Call) -> web.Response:
+        if self.card_failure is not None:
+            return self.card_failure()
         if self.deny_cards:
             return fail(NO_PERMISSION, "Access denied. One of the following scopes is required: [cardkit:card:write]")
         body = call.json or {}

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from fake_feishu import GROUP_CHAT_ID, USER_OPEN_ID, FakeFeishu, bot_mention, feishu_toml, message_event, post_signed
 from fake_openai import FakeOpenAI
 from fake_providers import FakeHunyuan, video_bytes
@@ -80,10 +81,16 @@ async def test_a_streamed_answer_types_into_a_card_and_ends_with_streaming_close
         assert len(fs.messages()) == 1  # no extra text message
 
 
-async def test_without_the_cardkit_permission_the_answer_comes_whole_and_cards_stop(
-    tmp_path: Path, fs: FakeFeishu, model: FakeOpenAI
+@pytest.mark.parametrize("failure", ["no permission", "server error", "not json"])
+async def test_when_the_card_cannot_be_created_the_answer_comes_whole_and_cards_stop(
+    tmp_path: Path, fs: FakeFeishu, model: FakeOpenAI, failure: str
 ) -> None:
-    fs.deny_cards = True
+    if failure == "no permission":
+        fs.deny_cards = True
+    elif failure == "server error":
+        fs.card_failure = lambda: web.json_response({"code": 1000004, "msg": "internal error"}, status=500)
+    else:
+        fs.card_failure = lambda: web.Response(text="<html>502 Bad Gateway</html>", status=200)
     async with running_hub(make_settings(tmp_path, feishu_toml(fs.url) + model_toml(model))) as h:
         for text in ("first", "second"):
             await post_signed(h.url, message_event(text))

@@ -10,6 +10,7 @@ When creating the card fails, the caller sends the reply whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -121,10 +122,14 @@ class FeishuCardStream:
 
     async def finish(self, text: str) -> SendResult:
         head, rest = _split_for_card(text.strip())
-        if head != self._shown:
-            await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
-            await self._push(head)
-        await self.close()
+        try:
+            if head != self._shown:
+                await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
+                await self._push(head)
+        finally:
+            # Even when the last text was refused (the reply then goes whole), stop "generating".
+            with contextlib.suppress(SendError):
+                await self.close()
         ids = [self._message_id or ""]
         for chunk in rest:
             ids.append(await self._sender.post(self._target, self._reply_to, "text", {"text": chunk}))
