@@ -102,6 +102,24 @@ async def test_a_group_message_needs_an_mention_and_the_answer_replies_to_it(hub
     assert reply.content == {"text": NO_MODEL} and not reply.json.get("reply_in_thread")
 
 
+async def test_a_group_reply_to_the_bots_message_is_for_the_bot(hub: RunningHub, fs: FakeFeishu) -> None:
+    asked = message_event("@_user_1 /help", chat_type="group", mentions=[bot_mention()])
+    await post_signed(hub.url, asked)
+    await fs.wait_for(lambda: len(fs.messages()) == 1)
+    await handled(hub, asked)
+    bots = message_event("and then?", chat_type="group")
+    bots["event"]["message"]["parent_id"] = "om_000001"  # the fake's id of the bot's answer
+    others = message_event("and then?", chat_type="group")
+    others["event"]["message"]["parent_id"] = "om_someone_else"
+    for event in (others, bots):
+        await post_signed(hub.url, event)
+        await handled(hub, event)
+    await fs.wait_for(lambda: len(fs.messages()) == 2)
+    assert fs.messages()[1].path.endswith(f"/{bots['event']['message']['message_id']}/reply")
+    row = await hub.hub.inbox.get("feishu", bots["header"]["event_id"])
+    assert row is not None and row["payload"]["reply_to_bot"] is True
+
+
 async def test_a_reply_in_a_thread_stays_in_the_thread(hub: RunningHub, fs: FakeFeishu) -> None:
     asked = message_event(
         "@_user_1 /help", chat_type="group", mentions=[bot_mention()], message_id="om_t1", thread_id="omt_77"

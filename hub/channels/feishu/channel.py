@@ -195,7 +195,7 @@ class FeishuChannel(Channel):
         if env.event_type != MESSAGE_EVENT:
             log.debug("event=feishu_ignored type=%s", env.event_type)
             return None
-        event = parse_message(env, self.bot_open_id)
+        event = parse_message(env, self.bot_open_id, self._sender.sent_by_bot)
         if self.bot_open_id is not None and event.sender.id == self.bot_open_id:
             return None
         return await self._ingress.submit(event)

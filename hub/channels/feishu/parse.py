@@ -9,7 +9,7 @@ exception. Media segments carry a `file_id` of `<message_id>:<image|file>:<key>`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -104,8 +104,10 @@ def envelope(data: Mapping[str, Any]) -> Envelope:
     )
 
 
-def parse_message(env: Envelope, bot_open_id: str | None) -> Event:
-    """An `im.message.receive_v1` event as the hub's Event."""
+def parse_message(
+    env: Envelope, bot_open_id: str | None, sent_by_bot: Callable[[str], bool] = lambda _: False
+) -> Event:
+    """An `im.message.receive_v1` event as the hub's Event; `sent_by_bot` tells replies to the bot."""
     msg = _dict(env.body.get("message"), "event.message")
     sender = _dict(env.body.get("sender", {}), "event.sender")
     sender_ids = _dict(sender.get("sender_id", {}), "event.sender.sender_id")
@@ -126,6 +128,7 @@ def parse_message(env: Envelope, bot_open_id: str | None) -> Event:
     mentions = _mentions(msg.get("mentions"))
     segments, mentioned = _segments(kind, content, message_id, mentions, bot_open_id)
     parent = msg.get("parent_id")
+    reply_to = parent if isinstance(parent, str) and parent and len(parent) <= MAX_ID else None
     context: dict[str, Any] = {"message_id": message_id, "chat_type": chat_type}
     if thread_id:
         context["thread_id"] = thread_id
@@ -136,7 +139,8 @@ def parse_message(env: Envelope, bot_open_id: str | None) -> Event:
         sender=User(CHANNEL, open_id),
         message=Message(tuple(segments)),
         mentions_bot=mentioned,
-        reply_to=parent if isinstance(parent, str) and parent and len(parent) <= MAX_ID else None,
+        reply_to=reply_to,
+        reply_to_bot=reply_to is not None and sent_by_bot(reply_to),
         received_at=_created(msg.get("create_time")),
         context=context,
     )

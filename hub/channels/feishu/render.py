@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
@@ -37,6 +38,7 @@ FILE_MAX = 30 * MB
 LIMITS = {"image": IMAGE_MAX, "voice": FILE_MAX, "video": FILE_MAX, "file": FILE_MAX}
 FILE_TYPES = {".pdf": "pdf", ".doc": "doc", ".docx": "doc", ".xls": "xls", ".xlsx": "xls", ".ppt": "ppt"}
 FILE_TYPES |= {".pptx": "ppt", ".mp4": "mp4", ".opus": "opus"}
+SENT_KEPT = 10_000  # ids of recent messages the bot sent, to recognise replies to it
 
 
 def render(message: Message) -> list[Part]:
@@ -113,6 +115,7 @@ class FeishuSender:
             cast(Any, _Uploads(api)), media, public_url, limits=LIMITS, voice_formats=frozenset({"opus"})
         )
         self._cover: str | None = None
+        self._sent: OrderedDict[str, None] = OrderedDict()
 
     async def send(
         self,
@@ -186,4 +189,13 @@ class FeishuSender:
             request = CreateMessageRequest.builder().receive_id_type(receive_type).request_body(cb.build()).build()
         data = await self._api.execute(request)
         message_id = data.get("message_id")
-        return message_id if isinstance(message_id, str) else ""
+        if not isinstance(message_id, str):
+            return ""
+        self._sent[message_id] = None
+        while len(self._sent) > SENT_KEPT:
+            self._sent.popitem(last=False)
+        return message_id
+
+    def sent_by_bot(self, message_id: str) -> bool:
+        """Whether this process sent the message (a reply to it addresses the bot in a group)."""
+        return message_id in self._sent
