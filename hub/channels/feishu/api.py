@@ -134,8 +134,9 @@ class FeishuApi:
         json: Any = None,
         params: Mapping[str, str] | None = None,
         form_factory: Callable[[], aiohttp.FormData] | None = None,
+        whole: bool = False,
     ) -> dict[str, Any]:
-        """A call with the tenant token; the answer's `data` when `code` is 0, else SendError."""
+        """A call with the tenant token; the answer's `data` (or all of it) when `code` is 0, else SendError."""
         token = await self.tokens.get()
         refreshed = False
         waits = 0
@@ -146,6 +147,8 @@ class FeishuApi:
             )
             code = _code(data)
             if status == 200 and code == 0:
+                if whole:
+                    return data
                 out = data.get("data")
                 return out if isinstance(out, dict) else {}
             if code in TOKEN_CODES and not refreshed:
@@ -235,12 +238,10 @@ class FeishuApi:
 
     async def bot_info(self) -> dict[str, Any]:
         """`GET /open-apis/bot/v3/info`: the bot's own open_id and name (answered outside `data`)."""
-        token = await self.tokens.get()
         path = "/open-apis/bot/v3/info"
-        status, data, _ = await self._raw("GET", path, headers={"Authorization": f"Bearer {token}"})
-        bot = data.get("bot")
-        if status != 200 or _code(data) != 0 or not isinstance(bot, dict):
-            raise send_error(path, status, _code(data), str(data.get("msg", "")))
+        bot = (await self.call("GET", path, whole=True)).get("bot")
+        if not isinstance(bot, dict):
+            raise SendError(f"{path}: answer without bot", retryable=True)
         return bot
 
     async def download(self, message_id: str, kind: str, key: str) -> AsyncIterator[bytes]:

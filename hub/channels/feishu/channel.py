@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,6 +29,9 @@ from hub.events import ChatRef, Message
 from hub.settings import FeishuSettings
 from hub.storage.db import Database
 from hub.storage.media import MediaStore, StoredMedia
+
+if TYPE_CHECKING:
+    from hub.channels.feishu.longconn import LongConnection
 
 log = logging.getLogger("hub.feishu")
 
@@ -74,7 +77,7 @@ class FeishuChannel(Channel):
         self.cards_enabled = settings.streaming
         self.bot_open_id: str | None = None
         self._bot_name: str | None = None
-        self.socket = None
+        self.socket: LongConnection | None = None
         if settings.mode == "websocket":
             from hub.channels.feishu.longconn import LongConnection
 
