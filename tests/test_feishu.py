@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from fake_feishu import (
     BOT_OPEN_ID,
@@ -289,3 +290,19 @@ async def test_an_unknown_event_type_is_acked_and_dropped(hub: RunningHub, fs: F
     assert (await post_signed(hub.url, event))[0] == 200
     assert await hub.hub.inbox.get("feishu", event["header"]["event_id"]) is None
     assert ENCRYPT_KEY  # the default fixture runs encrypted
+
+
+async def test_the_delivery_api_sends_to_a_feishu_group(tmp_path: Path, fs: FakeFeishu) -> None:
+    toml = '[api]\ntoken = "api-token-0123456789"\n' + feishu_toml(fs.url)
+    async with running_hub(make_settings(tmp_path, toml)) as h:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{h.url}/api/v1/messages",
+                json={"to": f"feishu:group:{GROUP_CHAT_ID}", "text": "the build is green"},
+                headers={"Authorization": "Bearer api-token-0123456789"},
+            ) as resp:
+                assert resp.status == 202, await resp.text()
+        await fs.wait_for(lambda: len(fs.messages()) == 1)
+        (sent,) = fs.messages()
+        assert sent.query == {"receive_id_type": "chat_id"} and sent.json["receive_id"] == GROUP_CHAT_ID
+        assert sent.content == {"text": "the build is green"} and "uuid" not in sent.json
