@@ -76,6 +76,7 @@ class FakeFeishu:
         self.calls: list[Call] = []
         self.changed = asyncio.Event()
         self.token_delay_s = 0.0
+        self.token_expire_s = 7200
         self.deny_cards = False
         # Makes the answer to a card creation (a 5xx, a page that is not JSON, ...).
         self.card_failure: Any = None
@@ -194,7 +195,7 @@ class FakeFeishu:
             return fail(10014, "app secret invalid")
         token = f"t-{uuidlib.uuid4().hex}"
         self._tokens.add(token)
-        return web.json_response({"code": 0, "msg": "ok", "tenant_access_token": token, "expire": 7200})
+        return web.json_response({"code": 0, "msg": "ok", "tenant_access_token": token, "expire": self.token_expire_s})
 
     def _authed(self, handler: Any) -> Any:
         async def wrapped(request: web.Request) -> web.StreamResponse:

@@ -206,6 +206,19 @@ async def test_a_refused_token_is_refreshed_once(hub: RunningHub, fs: FakeFeishu
     assert len(fs.of("/tenant_access_token/internal")) == 2
 
 
+async def test_the_token_is_refreshed_ahead_of_its_expiry(tmp_path: Path, fs: FakeFeishu) -> None:
+    fs.token_expire_s = 3  # refreshed a tenth of its life early
+    async with running_hub(make_settings(tmp_path, feishu_toml(fs.url))) as h:
+        await post_signed(h.url, message_event("/help"))
+        await fs.wait_for(lambda: len(fs.messages()) == 1)
+        assert len(fs.of("/tenant_access_token/internal")) == 1
+        await asyncio.sleep(3.0)
+        await post_signed(h.url, message_event("/help"))
+        await fs.wait_for(lambda: len(fs.messages()) == 2)
+        assert len(fs.of("/tenant_access_token/internal")) == 2
+        assert not [c for c in fs.calls if c.path.startswith("/open-apis/im") and not c.answered]
+
+
 async def test_a_sent_image_can_be_downloaded_on_demand(hub: RunningHub, fs: FakeFeishu) -> None:
     fs.resources[("om_img1", "img_v2_abc")] = b"\x89PNG fake"
     event = message_event(message_type="image", content={"image_key": "img_v2_abc"}, message_id="om_img1")
