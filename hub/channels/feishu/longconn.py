@@ -194,18 +194,20 @@ class LongConnection:
         """On the SDK's loop: connect, ping, and wait until the connection ends or is closed."""
         # Built here: the SDK's client starts a task on the loop current at construction.
         client = self._client = _Socket(self._app_id, self._api_base, endpoint, events)
-        await client._connect()
-        if self._closing:  # closed while connecting
-            client.closed.set()
-        self.connections += 1
-        self.state = "running"
-        self._backoff.reset()
-        log.info("event=feishu_ws_connected connections=%d", self.connections)
-        ping = asyncio.create_task(client._ping_loop())
         try:
-            await client.closed.wait()
+            await client._connect()
+            if self._closing:  # closed while connecting
+                client.closed.set()
+            self.connections += 1
+            self.state = "running"
+            self._backoff.reset()
+            log.info("event=feishu_ws_connected connections=%d", self.connections)
+            ping = asyncio.create_task(client._ping_loop())
+            try:
+                await client.closed.wait()
+            finally:
+                ping.cancel()
         finally:
-            ping.cancel()
             with contextlib.suppress(Exception):
                 await client._disconnect()
             self._client = None
