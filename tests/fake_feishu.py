@@ -94,6 +94,7 @@ class FakeFeishu:
         self.connects = 0
         self.pending: dict[str, bytes] = {}  # frame message_id -> event payload, until acked 200
         self.acked: list[str] = []
+        self.refused: list[str] = []  # answered with an error: still pending
         self.ws_refuse = False
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -346,7 +347,9 @@ class FakeFeishu:
                     if answer.get("code") == 200 and headers["message_id"] in self.pending:
                         del self.pending[headers["message_id"]]
                         self.acked.append(headers["message_id"])
-                        self.changed.set()
+                    elif answer.get("code") != 200:
+                        self.refused.append(headers["message_id"])
+                    self.changed.set()
         finally:
             self.sockets.remove(ws)
             self.changed.set()

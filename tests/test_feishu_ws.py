@@ -83,3 +83,23 @@ async def test_only_the_leader_holds_the_long_connection_and_another_takes_over(
                 await fs.push(event)
                 await fs.wait_for(lambda: len(fs.messages()) == 1)
                 assert await b.hub.inbox.get("feishu", event["header"]["event_id"]) is not None
+
+
+async def test_an_event_that_cannot_be_stored_is_not_acked_and_comes_again(tmp_path: Path, fs: FakeFeishu) -> None:
+    async with running_hub(make_settings(tmp_path, feishu_toml(fs.url, mode="websocket"))) as h:
+        await fs.wait_for(lambda: len(fs.sockets) == 1)
+        inbox = h.hub.inbox
+        real_store = inbox.store
+
+        async def database_away(event: object) -> int | None:
+            raise ConnectionError("database unreachable")
+
+        inbox.store = database_away  # type: ignore[method-assign]
+        event = message_event("/help")
+        frame_id = await fs.push(event)
+        await fs.wait_for(lambda: frame_id in fs.refused)
+        assert frame_id in fs.pending and fs.messages() == []
+        inbox.store = real_store  # type: ignore[method-assign]
+        await fs.sockets[0].close()  # the platform delivers it again on the next connection
+        await fs.wait_for(lambda: frame_id in fs.acked, timeout=30)
+        await fs.wait_for(lambda: len(fs.messages()) == 1)
