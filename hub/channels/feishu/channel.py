@@ -153,11 +153,11 @@ class FeishuChannel(Channel):
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         body = await request.read()
-        data = loads(body)
         signed = SIGNATURE in request.headers
         if self._crypto is not None and signed:
             # Checked before anything in the body is looked at.
             self._crypto.verify(request.headers, body)
+        data = loads(body)
         if "encrypt" in data:
             if self._crypto is None:
                 raise BadPayload("an encrypted event, but no encrypt_key is configured")
