@@ -221,7 +221,12 @@ def build_app(
         from hub.channels.feishu import FeishuChannel
 
         channels["feishu"] = FeishuChannel(
-            settings.feishu, ingress=dispatcher, media=media, db=db, public_url=settings.http.public_url
+            settings.feishu,
+            ingress=dispatcher,
+            media=media,
+            db=db,
+            public_url=settings.http.public_url,
+            fetcher=fetcher,
         )
     for ch in extra_channels:
         channels[ch.name] = ch

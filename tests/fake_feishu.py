@@ -509,5 +509,6 @@ def feishu_toml(
     ]
     if encrypt_key:
         lines.append(f'encrypt_key = "{encrypt_key}"')
-    head = f'[http]\npublic_url = "{public_url}"\n' if public_url else ""
+    # A public address makes the web chat public too: it then needs its token.
+    head = f'[http]\npublic_url = "{public_url}"\n[web]\ntoken = "web-token-0123"\n' if public_url else ""
     return head + "\n".join(lines) + "\n"

@@ -230,9 +230,9 @@ def test_enabled_channel_without_credentials_is_a_mistake(tmp_path: Path) -> Non
 
 
 def test_enabling_a_channel_this_version_lacks_is_a_mistake(tmp_path: Path) -> None:
-    done = check_config(tmp_path, "[qq]\nenabled = true\n")
+    done = check_config(tmp_path, "[onebot]\nenabled = true\n")
     assert done.returncode == 2
-    assert list(mistakes(done)) == ["qq.enabled"]
+    assert list(mistakes(done)) == ["onebot.enabled"]
 
 
 def test_feishu_is_available_and_checked(tmp_path: Path) -> None:

@@ -149,8 +149,13 @@ def test_messages_of_the_wrong_shape_are_bad_payloads() -> None:
 def test_deep_nesting_is_refused_before_parsing() -> None:
     with pytest.raises(BadPayload):
         loads("[" * 100_000 + "]" * 100_000)
+    nested: object = 1
+    for _ in range(70):
+        nested = [nested]
     with pytest.raises(BadPayload):
-        loads(json.dumps({"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}))
+        loads(json.dumps({"a": nested}))
+    with pytest.raises(BadPayload):
+        loads(b'{"text": "\\ud800"}')  # a lone surrogate cannot be stored
 
 
 def test_render_splits_long_text_and_writes_mentions_as_feishu_at() -> None:

@@ -26,6 +26,7 @@ from hub.channels.feishu.render import FILE_MAX, IMAGE_MAX, TEXT_MAX, FeishuSend
 from hub.channels.feishu.stream import FeishuCardStream, create_card
 from hub.errors import BadPayload, ConfigError, SendError, VerificationFailed
 from hub.events import ChatRef, Message
+from hub.fetch import Fetcher
 from hub.settings import FeishuSettings
 from hub.storage.db import Database
 from hub.storage.media import MediaStore, StoredMedia
@@ -51,6 +52,7 @@ class FeishuChannel(Channel):
         media: MediaStore,
         db: Database,
         public_url: str | None,
+        fetcher: Fetcher,
         lock_retry_s: float = 5.0,
         backoff_min_s: float = 1.0,
     ) -> None:
@@ -61,7 +63,7 @@ class FeishuChannel(Channel):
         self._media = media
         api_base = settings.api_base or DEFAULT_API
         self.api = FeishuApi(api_base, settings.app_id, settings.app_secret.get_secret_value())
-        self._sender = FeishuSender(self.api, media, public_url)
+        self._sender = FeishuSender(self.api, media, public_url, fetcher)
         key = settings.encrypt_key.get_secret_value() if settings.encrypt_key else ""
         self._crypto = EventCrypto(key) if key else None
         self._token = settings.verification_token.get_secret_value() if settings.verification_token else None

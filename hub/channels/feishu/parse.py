@@ -9,11 +9,13 @@ exception. Media segments carry a `file_id` of `<message_id>:<image|file>:<key>`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hub.channels.payload import parse_json
 from hub.errors import BadPayload
 from hub.events import (
     Audio,
@@ -33,8 +35,9 @@ from hub.events import (
 CHANNEL = "feishu"
 MESSAGE_EVENT = "im.message.receive_v1"
 MAX_ID = 128
+ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_.]{1,128}")
 MAX_CONTENT = 256 * 1024
-MAX_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,39 +51,25 @@ class Envelope:
 
 
 def loads(text: str | bytes) -> dict[str, Any]:
-    """A JSON object, or BadPayload (also for nesting deeper than anything Feishu sends)."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise BadPayload("body is not JSON") from exc
+    """A JSON object, or BadPayload (the shared parser: UTF-8, bounded depth, no lone surrogates)."""
+    data = parse_json(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if not isinstance(data, dict):
         raise BadPayload("body is not a JSON object")
-    if _depth(data) > MAX_DEPTH:
-        raise BadPayload("body is nested too deeply")
     return data
 
 
-def _depth(value: Any) -> int:
-    depth, level = 0, [value]
-    while level:
-        depth += 1
-        if depth > MAX_DEPTH:
-            return depth
-        nxt: list[Any] = []
-        for v in level:
-            if isinstance(v, dict):
-                nxt.extend(v.values())
-            elif isinstance(v, list):
-                nxt.extend(v)
-        level = nxt
-    return depth
-
-
 def _str(value: Any, what: str, *, required: bool = True) -> str:
+    """An id as Feishu writes them (`ou_…`, `oc_…`, `om_…`, hex event ids): never anything else."""
     if value is None and not required:
         return ""
-    if not isinstance(value, str) or (required and not value) or len(value) > MAX_ID:
-        raise BadPayload(f"{what} must be a string of 1 to {MAX_ID} characters")
+    if not isinstance(value, str) or ((required or value) and not ID.fullmatch(value)):
+        raise BadPayload(f"{what} must be an id of 1 to {MAX_ID} letters, digits, _ and -")
+    return value
+
+
+def _event_type(value: Any) -> str:
+    if not isinstance(value, str) or not EVENT_TYPE.fullmatch(value):
+        raise BadPayload("header.event_type must be a name like im.message.receive_v1")
     return value
 
 
@@ -98,7 +87,7 @@ def envelope(data: Mapping[str, Any]) -> Envelope:
     token = header.get("token")
     return Envelope(
         event_id=_str(header.get("event_id"), "header.event_id"),
-        event_type=_str(header.get("event_type"), "header.event_type"),
+        event_type=_event_type(header.get("event_type")),
         token=token if isinstance(token, str) else None,
         body=_dict(data.get("event", {}), "event"),
     )
@@ -128,7 +117,7 @@ def parse_message(
     mentions = _mentions(msg.get("mentions"))
     segments, mentioned = _segments(kind, content, message_id, mentions, bot_open_id)
     parent = msg.get("parent_id")
-    reply_to = parent if isinstance(parent, str) and parent and len(parent) <= MAX_ID else None
+    reply_to = parent if isinstance(parent, str) and ID.fullmatch(parent) else None
     context: dict[str, Any] = {"message_id": message_id, "chat_type": chat_type}
     if thread_id:
         context["thread_id"] = thread_id
@@ -171,7 +160,9 @@ def _mentions(value: Any) -> dict[str, _Mention]:
         open_id = ids.get("open_id") if isinstance(ids, dict) else None
         name = m.get("name")
         out[m["key"]] = _Mention(
-            m["key"], open_id if isinstance(open_id, str) else "", name if isinstance(name, str) else ""
+            m["key"],
+            open_id if isinstance(open_id, str) and ID.fullmatch(open_id) else "",
+            name[:MAX_ID] if isinstance(name, str) else "",
         )
     return out
 
@@ -187,7 +178,7 @@ def _segments(
         return [Unsupported(kind, "content is not an object")], False
 
     def res(tag: str, key: Any) -> str | None:
-        return f"{message_id}:{tag}:{key}" if isinstance(key, str) and key and len(key) <= MAX_ID else None
+        return f"{message_id}:{tag}:{key}" if isinstance(key, str) and ID.fullmatch(key) else None
 
     name = body.get("file_name") if isinstance(body.get("file_name"), str) else None
     duration = body.get("duration")
@@ -277,12 +268,12 @@ def _post(
                     mentioned = after_bot = True
                 elif m is not None:
                     out.append(Mention(m.open_id, m.name))
-                elif oid.startswith("ou_") and len(oid) <= MAX_ID:
+                elif oid.startswith("ou_") and ID.fullmatch(oid):
                     name = node.get("user_name")
                     out.append(Mention(oid, name if isinstance(name, str) else ""))
-            elif tag == "img" and isinstance(node.get("image_key"), str) and len(node["image_key"]) <= MAX_ID:
+            elif tag == "img" and isinstance(node.get("image_key"), str) and ID.fullmatch(node["image_key"]):
                 out.append(Image(file_id=f"{message_id}:image:{node['image_key']}"))
-            elif tag == "media" and isinstance(node.get("file_key"), str) and len(node["file_key"]) <= MAX_ID:
+            elif tag == "media" and isinstance(node.get("file_key"), str) and ID.fullmatch(node["file_key"]):
                 out.append(Video(file_id=f"{message_id}:file:{node['file_key']}", mime="video/mp4"))
         out.append(Text("\n"))
     merged = _merge(out)

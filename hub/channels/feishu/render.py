@@ -10,6 +10,7 @@ part replies to the message that asked; a reply in a thread stays in the thread.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import struct
@@ -18,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
-import aiohttp
 from lark_oapi.api.im.v1 import (
     CreateMessageRequest,
     CreateMessageRequestBody,
@@ -28,8 +28,10 @@ from lark_oapi.api.im.v1 import (
 
 from hub.channels.base import split_text
 from hub.channels.feishu.api import FeishuApi
+from hub.channels.feishu.parse import ID
 from hub.channels.wechat_outbound import MB, MediaPreparer, Part, send_parts
 from hub.events import Audio, ChatRef, File, Image, Mention, Message, Text, Video
+from hub.fetch import Fetcher
 from hub.storage.media import MediaStore
 
 TEXT_MAX = 30 * 1024  # bytes of one text: the request limit is 150 KB after JSON escaping
@@ -56,7 +58,10 @@ def render(message: Message) -> list[Part]:
         if isinstance(seg, Text):
             buf.append(seg.text)
         elif isinstance(seg, Mention):
-            buf.append(f'<at user_id="{seg.user_id}">{seg.name}</at> ' if seg.user_id else f"@{seg.name} ")
+            if seg.user_id and ID.fullmatch(seg.user_id):
+                buf.append(f'<at user_id="{seg.user_id}">{html.escape(seg.name)}</at> ')
+            else:
+                buf.append(f"@{seg.name} ")
         elif isinstance(seg, Image | Audio | Video | File):
             flush()
             kind = {Image: "image", Audio: "voice", Video: "video", File: "file"}[type(seg)]
@@ -80,14 +85,10 @@ def cover_png() -> bytes:
 
 
 class _Uploads:
-    """What MediaPreparer needs of a platform API: `http` and `upload(kind, ...)`."""
+    """What MediaPreparer needs of a platform API: `upload(kind, data, filename, mime)`."""
 
     def __init__(self, api: FeishuApi) -> None:
         self._api = api
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        return self._api.http
 
     async def upload(self, kind: str, data: bytes, filename: str, mime: str) -> str:
         if kind == "image":
@@ -109,10 +110,16 @@ def reply_target(target: ChatRef, quote: str | None, context: Mapping[str, Any] 
 
 
 class FeishuSender:
-    def __init__(self, api: FeishuApi, media: MediaStore, public_url: str | None) -> None:
+    def __init__(self, api: FeishuApi, media: MediaStore, public_url: str | None, fetcher: Fetcher) -> None:
         self._api = api
+        # MediaPreparer is typed for the WeChat API; it uses only `upload`, which _Uploads has.
         self._media = MediaPreparer(
-            cast(Any, _Uploads(api)), media, public_url, limits=LIMITS, voice_formats=frozenset({"opus"})
+            cast(Any, _Uploads(api)),
+            media,
+            public_url,
+            limits=LIMITS,
+            voice_formats=frozenset({"opus"}),
+            fetcher=fetcher,
         )
         self._cover: str | None = None
         self._sent: OrderedDict[str, None] = OrderedDict()
