@@ -453,9 +453,13 @@ def bot_mention(key: str = "@_user_1") -> dict[str, Any]:
 
 def encrypt(plaintext: str, key: str = ENCRYPT_KEY) -> str:
     """What Feishu puts in `encrypt`: base64(IV + AES-256-CBC(SHA-256(key), PKCS#7))."""
+    return encrypt_bytes(plaintext.encode(), key)
+
+
+def encrypt_bytes(plaintext: bytes, key: str = ENCRYPT_KEY) -> str:
     iv = os.urandom(16)
     padder = padding.PKCS7(128).padder()
-    data = padder.update(plaintext.encode()) + padder.finalize()
+    data = padder.update(plaintext) + padder.finalize()
     enc = Cipher(algorithms.AES(hashlib.sha256(key.encode()).digest()), modes.CBC(iv)).encryptor()
     return base64.b64encode(iv + enc.update(data) + enc.finalize()).decode()
 
