@@ -141,12 +141,19 @@ async def test_a_forged_or_missing_signature_is_refused_and_never_processed(hub:
     assert (await post_event(hub.url, body, signed(body, "another key")))[0] == 403
     assert (await post_event(hub.url, body))[0] == 401
     assert (await post_event(hub.url, body + b" ", signed(body)))[0] == 403  # the signature covers the body
-    # A plaintext event where an encrypt_key is set is not one Feishu would send.
+    # A plaintext event needs the signature as much as an encrypted one.
     plain = json.dumps(event).encode()
-    assert (await post_event(hub.url, plain, signed(plain)))[0] == 403
+    assert (await post_event(hub.url, plain))[0] == 401
+    assert (await post_event(hub.url, plain, signed(plain, "another key")))[0] == 403
     await asyncio.sleep(0.3)
     assert await hub.hub.inbox.get("feishu", event["header"]["event_id"]) is None
     assert fs.messages() == []
+
+
+async def test_a_signed_plaintext_event_is_taken(hub: RunningHub, fs: FakeFeishu) -> None:
+    plain = json.dumps(message_event("/help")).encode()
+    assert (await post_event(hub.url, plain, signed(plain)))[0] == 200
+    await fs.wait_for(lambda: len(fs.messages()) == 1)
 
 
 async def test_one_event_id_delivered_three_times_gives_one_reply(hub: RunningHub, fs: FakeFeishu) -> None:

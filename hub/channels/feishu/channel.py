@@ -160,14 +160,13 @@ class FeishuChannel(Channel):
             # Checked before anything in the body is looked at.
             self._crypto.verify(request.headers, body)
         data = loads(body)
-        if "encrypt" in data:
+        encrypted = "encrypt" in data
+        if encrypted:
             if self._crypto is None:
                 raise BadPayload("an encrypted event, but no encrypt_key is configured")
             data = loads(self._crypto.decrypt(data["encrypt"]))
-        elif self._crypto is not None:
-            raise VerificationFailed("an encrypt_key is configured: events must come encrypted", 403)
         if data.get("type") == "url_verification":
-            return self._challenge(data)
+            return self._challenge(data, keyed=self._crypto is not None and (encrypted or signed))
         if self._crypto is not None and not signed:
             raise VerificationFailed("missing X-Lark-Signature", 401)
         env = envelope(data)
@@ -183,16 +182,16 @@ class FeishuChannel(Channel):
         )
         return web.json_response({})
 
-    def _challenge(self, data: Mapping[str, Any]) -> web.Response:
-        """The URL check: unsigned, so its token must be right (or it decrypted with our key)."""
+    def _challenge(self, data: Mapping[str, Any], *, keyed: bool) -> web.Response:
+        """The URL check: unsigned, so its token must be right (or it came under our key: `keyed`)."""
         challenge = data.get("challenge")
         if not isinstance(challenge, str) or not challenge or len(challenge) > 256:
             raise BadPayload("url_verification without a challenge")
         if self._token is not None:
             if not token_matches(data.get("token"), self._token):
                 raise VerificationFailed("wrong verification token", 403)
-        elif self._crypto is None:
-            raise VerificationFailed("no verification_token or encrypt_key is configured", 403)
+        elif not keyed:
+            raise VerificationFailed("no verification token to check, and not under the encrypt_key", 403)
         return web.json_response({"challenge": challenge})
 
     async def _take(self, env: Envelope) -> bool | None:
