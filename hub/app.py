@@ -217,6 +217,17 @@ def build_app(
             release_waiting=outbox.release_waiting,
             windows=qq_windows,
         )
+    if settings.feishu.enabled:
+        from hub.channels.feishu import FeishuChannel
+
+        channels["feishu"] = FeishuChannel(
+            settings.feishu,
+            ingress=dispatcher,
+            media=media,
+            db=db,
+            public_url=settings.http.public_url,
+            fetcher=fetcher,
+        )
     for ch in extra_channels:
         channels[ch.name] = ch
 

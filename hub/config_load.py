@@ -29,7 +29,7 @@ _GONE = object()
 NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
 
 # Channels this version builds; a section of another is accepted, enabling it is a mistake.
-BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom", "qq"}
+BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom", "feishu", "qq"}
 
 # A web user names itself (the page picks its session id), so it is never an admin by name.
 WEB_ADMIN_HINT = "web users are never admins by name: set [web] token_is_admin = true instead"
@@ -160,6 +160,10 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
                 problems.append((f"{name}.{key}", "required when the channel is enabled"))
     if s.telegram.enabled and s.telegram.mode == "webhook" and s.telegram.secret_token is None:
         problems.append(("telegram.secret_token", "required in webhook mode (else anyone can post updates)"))
+    if s.feishu.enabled and s.feishu.mode == "webhook" and not (s.feishu.verification_token or s.feishu.encrypt_key):
+        problems.append(
+            ("feishu.encrypt_key", "webhook mode needs encrypt_key or verification_token (else anyone can post events)")
+        )
     if s.wechat.enabled and s.wechat.encoding_aes_key is not None:
         if len(s.wechat.encoding_aes_key.get_secret_value()) != 43:
             problems.append(("wechat.encoding_aes_key", "must be 43 characters"))
@@ -372,6 +376,8 @@ def _describe(s: Settings) -> list[str]:
                 extra = f" ({s.telegram.mode})"
             elif name == "wechat":
                 extra = f" (reply_mode {s.wechat.reply_mode})"
+            elif name == "feishu":
+                extra = f" ({s.feishu.mode}{', streaming cards' if s.feishu.streaming else ''})"
             elif name == "web" and s.web.token is not None:
                 extra = " (token required)"
             lines.append(f"channel: {name}{extra}")

@@ -176,6 +176,7 @@ class FeishuSettings(ChannelSettings):
     verification_token: SecretStr | None = None
     encrypt_key: SecretStr | None = None
     mode: Literal["websocket", "webhook"] = "websocket"
+    streaming: bool = True
 
 
 class QQSettings(ChannelSettings):

@@ -230,9 +230,21 @@ def test_enabled_channel_without_credentials_is_a_mistake(tmp_path: Path) -> Non
 
 
 def test_enabling_a_channel_this_version_lacks_is_a_mistake(tmp_path: Path) -> None:
+    done = check_config(tmp_path, "[onebot]\nenabled = true\n")
+    assert done.returncode == 2
+    assert list(mistakes(done)) == ["onebot.enabled"]
+
+
+def test_feishu_is_available_and_checked(tmp_path: Path) -> None:
     done = check_config(tmp_path, "[feishu]\nenabled = true\n")
     assert done.returncode == 2
-    assert list(mistakes(done)) == ["feishu.enabled"]
+    assert set(mistakes(done)) == {"feishu.app_id", "feishu.app_secret"}
+    # A webhook that checks nothing would take events from anyone.
+    done = check_config(tmp_path, "[feishu]\nenabled = true\napp_id = 'cli_a'\napp_secret = 's'\nmode = 'webhook'\n")
+    assert done.returncode == 2 and list(mistakes(done)) == ["feishu.encrypt_key"]
+    done = check_config(tmp_path, "[feishu]\nenabled = true\napp_id = 'cli_a'\napp_secret = 's'\n")
+    assert done.returncode == 0, done.stderr
+    assert "channel: feishu (websocket, streaming cards)" in done.stdout
 
 
 @pytest.mark.parametrize(

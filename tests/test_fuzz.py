@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fake_feishu import APP_ID as FS_APP_ID
+from fake_feishu import APP_SECRET as FS_APP_SECRET
+from fake_feishu import ENCRYPT_KEY as FS_KEY
+from fake_feishu import bot_mention, encrypt_bytes, signed
+from fake_feishu import message_event as feishu_event
 from fake_telegram import SECRET as TG_SECRET
 from fake_telegram import TOKEN as TG_TOKEN
 from fake_telegram import message_update
@@ -73,6 +78,14 @@ agent_id = "{AGENT_ID}"
 secret = "{CORP_SECRET}"
 token = "{WECOM_TOKEN}"
 encoding_aes_key = "{WECOM_AES}"
+api_base = "{CLOSED_PORT}"
+
+[feishu]
+enabled = true
+app_id = "{FS_APP_ID}"
+app_secret = "{FS_APP_SECRET}"
+encrypt_key = "{FS_KEY}"
+mode = "webhook"
 api_base = "{CLOSED_PORT}"
 """,
     "wechat_safe": f"""
@@ -178,6 +191,23 @@ def sign_wecom_post(payload: bytes, rng: random.Random) -> Wire:
     return Wire("POST", _target("/webhooks/wecom", q), [], _envelope(CORP_ID, encrypted))
 
 
+def sign_feishu(payload: bytes, rng: random.Random) -> Wire:
+    body = json.dumps({"encrypt": encrypt_bytes(payload, FS_KEY)}).encode()
+    return Wire("POST", "/webhooks/feishu", list((k.encode(), v.encode()) for k, v in signed(body).items()), body)
+
+
+def feishu_samples() -> list[bytes]:
+    """A private text, a group @mention, an image, a post, and the URL check."""
+    events = [
+        feishu_event("hello there"),
+        feishu_event("@_user_1 /help", chat_type="group", mentions=[bot_mention()]),
+        feishu_event(message_type="image", content={"image_key": "img_v2_041b28e3-5680-48c2-9af2-497ace79333g"}),
+        feishu_event(message_type="post", content={"title": "t", "content": [[{"tag": "text", "text": "rich"}]]}),
+        {"challenge": "ajls384kdjx98XX", "token": "v-token-123", "type": "url_verification"},
+    ]
+    return [json.dumps(e, ensure_ascii=False).encode() for e in events]
+
+
 def _xml(fields: dict[str, str]) -> bytes:
     inner = "".join(f"<{k}><![CDATA[{v}]]></{k}>" if not v.isdigit() else f"<{k}>{v}</{k}>" for k, v in fields.items())
     return f"<xml>{inner}</xml>".encode()
@@ -231,6 +261,7 @@ PATHS: list[InboundPath] = [
     InboundPath("wechat safe POST", "wechat_safe", "xml", wechat_samples(ACCOUNT, OPENID), sign_wechat_safe),
     InboundPath("wecom GET", "main", "text", [b"1288432023552776189"], sign_wecom_get),
     InboundPath("wecom POST", "main", "xml", wechat_samples(CORP_ID, "ChenJiaShun", AGENT_ID), sign_wecom_post),
+    InboundPath("feishu webhook", "main", "json", feishu_samples(), sign_feishu),
 ]
 
 CONTENT_TYPES = [
