@@ -15,6 +15,9 @@ ChatKind = Literal["private", "group"]
 MediaKind = Literal["image", "video", "audio", "file"]
 
 
+CHAT_REF_MAX = 200
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRef:
     """Where a message lives: `"<channel>:<kind>:<chat_id>[#<thread_id>]"`."""
@@ -43,6 +46,9 @@ class ChatRef:
             thread_id = thread_id or None
         if not rest:
             raise ValueError(f"not a chat reference: {text!r} (empty chat id)")
+        if len(text) > CHAT_REF_MAX or not text.isprintable():
+            # Stored in 255-character columns and written into logs: bounded and printable.
+            raise ValueError(f"not a chat reference: longer than {CHAT_REF_MAX} characters or not printable")
         return cls(channel, kind, rest, thread_id)  # type: ignore[arg-type]
 
 

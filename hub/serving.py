@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
 
 from hub.settings import Settings
 
@@ -31,14 +32,14 @@ class StartError(Exception):
     """A start-up failure with a one-line explanation for the operator (no traceback)."""
 
 
-def lock_data_dir(data_dir: Path) -> IO[str]:
-    """Hold an OS lock on `<data_dir>/hub.lock` for the life of the process.
+def lock_data_dir(data_dir: Path, path: Path | None = None) -> IO[str]:
+    """Hold an OS lock on `<data_dir>/hub.lock` (or `path`) for the life of the process.
 
     The kernel drops a `flock` when its holder dies, kill -9 included, so a stale lock file
     never blocks a restart: the file's existence means nothing, only the lock does.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / "hub.lock"
+    path = path or data_dir / "hub.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+", encoding="utf-8")  # held open for the life of the process
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,10 +106,10 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
     """
     from hub.app import build_app
 
-    lock: IO[str] | None = None
+    locks: list[IO[str]] = []
     try:
         if inherited is None and settings.database_url.startswith("sqlite"):
-            lock = lock_data_dir(settings.data_dir)
+            locks = sqlite_locks(settings)
         sock = inherited if inherited is not None else bind(settings.http.host, settings.http.port)
     except StartError as exc:
         print(f"hub: {exc}", file=sys.stderr)
@@ -144,8 +145,24 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
             return 1
         return 0
     finally:
-        if lock is not None:
-            lock.close()
+        for held in locks:
+            held.close()
+
+
+def sqlite_locks(settings: Settings) -> list[IO[str]]:
+    """The data_dir's lock and, for a database file outside it, one beside that file too: two
+    hubs with their own data_dirs on one SQLite file would both take back every lease."""
+    locks = [lock_data_dir(settings.data_dir)]
+    database = make_url(settings.database_url).database
+    if database and database != ":memory:":
+        db_file = Path(database).resolve()
+        if db_file.parent != settings.data_dir.resolve():
+            try:
+                locks.append(lock_data_dir(db_file.parent, db_file.with_name(db_file.name + ".lock")))
+            except StartError:
+                locks[0].close()
+                raise StartError(f"another hub is running on the database {db_file}") from None
+    return locks
 
 
 async def start_placeholder(sock: socket.socket) -> web.AppRunner:

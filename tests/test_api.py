@@ -134,6 +134,9 @@ BAD = [
     # WeChat's customer-service API has no file message, and without public_url no link either.
     ({"to": f"wechat:private:{OPENID}", "media": [{"type": "file", "url": "https://x/a.pdf"}]}, "media.0", "cannot"),
     ({"to": "telegram:private:1", "text": "x", "extra": 1}, "extra", "unknown field"),
+    # Longer than the 255-character columns, or with a NUL: 400, never a database error.
+    ({"to": "telegram:private:" + "1" * 300, "text": "x"}, "to", "longer than"),
+    ({"to": "telegram:private:1\u0000", "text": "x"}, "to", "printable"),
     ([1, 2], None, "JSON object"),
 ]
 

@@ -93,3 +93,18 @@ async def test_while_starting_every_path_answers_503() -> None:
             resp = await client.get(path)
             assert resp.status == 503
             assert (await resp.json())["status"] == "starting"
+
+
+async def test_two_data_dirs_on_one_sqlite_file_cannot_both_run(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shared' / 'hub.db'}"
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = HubProcess(["-m", "hub", "run"], {"HUB_HTTP__PORT": "0", "HUB_DATABASE__URL": db}, tmp_path / "a")
+    await first.start()
+    try:
+        done = run_to_exit(tmp_path / "b", {"HUB_HTTP__PORT": "0", "HUB_DATABASE__URL": db})
+        assert done.returncode == 1
+        assert "another hub is running on the database" in done.stderr
+    finally:
+        first.kill()

@@ -285,3 +285,22 @@ async def test_old_handled_rows_are_pruned_and_the_dedupe_window_kept(db: Databa
                 assert await prune(db, retention_days=5) is None
             finally:
                 await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": 0x7072756E65})
+
+
+async def test_database_errors_never_carry_the_statement_parameters(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from hub.storage.db import Database
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v TEXT NOT NULL UNIQUE)"))
+            await conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": "a whole private message"})
+        with pytest.raises(Exception) as caught:
+            async with db.engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": "a whole private message"})
+        assert "UNIQUE" in str(caught.value)
+        assert "a whole private message" not in str(caught.value)
+    finally:
+        await db.close()

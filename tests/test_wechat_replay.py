@@ -290,3 +290,22 @@ def test_check_config_warns_that_plain_mode_is_forgeable(tmp_path: Path) -> None
     assert "configuration is valid" in done.stdout
     safe = check_config(tmp_path, WECHAT + f"encoding_aes_key = '{AES_KEY}'\n")
     assert (safe.returncode, safe.stderr) == (0, "")
+
+
+async def test_a_url_check_signature_cannot_carry_a_forged_post(
+    tmp_path: Path, api: FakeWeChatApi, model: FakeOpenAI
+) -> None:
+    # The admin console's URL check signs (token, timestamp, nonce) exactly like a plain-mode
+    # POST: the captured check URL must not let a forged message in afterwards.
+    async with running_hub(plain_settings(tmp_path, api, model)) as h:
+        params, _ = plain.request("")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{h.url}/webhooks/wechat", params={**params, "echostr": "4242"}) as resp:
+                assert (resp.status, await resp.text()) == (200, "4242")
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            async with http.get(f"{h.url}/webhooks/wechat", params={**params, "echostr": "<script>"}) as resp:
+                assert resp.status == 400
+        answer = await plain.post_raw(h.url, params, text_xml("forged", "9001"))
+        assert answer.status == 403
+        async with h.hub.db.engine.connect() as conn:
+            assert (await conn.execute(select(inbox))).first() is None

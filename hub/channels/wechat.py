@@ -31,7 +31,7 @@ from hub.channels.wechat_api import WeChatApi
 from hub.channels.wechat_inbound import CallbackCrypto, Inbound, open_envelope, parse_inbound
 from hub.channels.wechat_outbound import MB, MediaPreparer, render, send_parts
 from hub.channels.wechat_passive import HELD_TEXT_MAX, PassiveReplies
-from hub.errors import ConfigError, SendError
+from hub.errors import BadPayload, ConfigError, SendError
 from hub.events import ChatRef, Message, segment_to_dict
 from hub.fetch import Fetcher
 from hub.settings import WechatSettings
@@ -171,7 +171,14 @@ class WechatChannel(Channel):
         """The URL check of the admin console: echo `echostr` when the signature is right."""
         q = request.query
         self._crypto.check(q.get("signature"), q.get("timestamp", ""), q.get("nonce", ""))
-        return web.Response(text=q.get("echostr", ""), content_type="text/plain")
+        echostr = q.get("echostr", "")
+        if len(echostr) > 128 or not echostr.isascii() or not echostr.isalnum():
+            raise BadPayload("echostr must be up to 128 letters and digits")
+        if self._replay is not None:
+            # The URL check signs the same (token, timestamp, nonce) as a plain-mode POST: the
+            # pair is spent here, so a captured check URL cannot carry a forged message.
+            await self._replay.check(q.get("timestamp", ""), q.get("nonce", ""), b"GET " + echostr.encode())
+        return web.Response(text=echostr, content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"})
 
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()

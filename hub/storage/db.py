@@ -50,7 +50,8 @@ class Database:
             kwargs.update(pool_size=20, max_overflow=40)
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # Statement parameters are messages and tokens: never in an error's text (and so a log).
+        self.engine: AsyncEngine = create_async_engine(url, hide_parameters=True, **kwargs)
         if self.is_sqlite:
             sa_event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.writer = BatchWriter(self.engine)
