@@ -27,7 +27,7 @@ DEFAULT_CONFIG = Path("config/hub.toml")
 NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
 
 # Channels this version builds; a section of another is accepted, enabling it is a mistake.
-BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom"}
+BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom", "onebot"}
 
 REQUIRED_WHEN_ENABLED: dict[str, tuple[str, ...]] = {
     "telegram": ("token",),

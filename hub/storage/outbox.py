@@ -215,6 +215,19 @@ class OutboxRepo:
                 )
             )
 
+    async def make_due(self, target_prefixes: Sequence[str]) -> int:
+        """Pending messages to targets starting with one of the prefixes are due now; how many."""
+        if not target_prefixes:
+            return 0
+        match = or_(*(outbox.c.target.startswith(p, autoescape=True) for p in target_prefixes))
+        async with self._db.engine.begin() as conn:
+            result = await conn.execute(
+                update(outbox)
+                .where(outbox.c.status == "pending", outbox.c.next_attempt_at > utcnow(), match)
+                .values(next_attempt_at=utcnow())
+            )
+        return int(result.rowcount or 0)
+
     async def mark_failed(self, item_id: int, *, attempts: int, error: str) -> None:
         async with self._db.engine.begin() as conn:
             await conn.execute(
