@@ -179,8 +179,8 @@ class OneBotChannel(Channel):
             if mid is not None:
                 self.sent.add(self_id, mid)
                 ids.append(mid)
-            log.info("event=onebot_out self_id=%s action=%s parts=%s", self_id, action, describe(part))
-            if on_progress is not None:
+            log.debug("event=onebot_out self_id=%s action=%s parts=%s", self_id, action, describe(part))
+            if on_progress is not None and n + 1 < len(parts):  # after the last part: marked sent
                 await on_progress(n + 1)
         return SendResult(tuple(ids))
 
