@@ -4,6 +4,7 @@ signed HTTP events; the replies come back as actions, through the right account.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,44 @@ async def _until(check: Any, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+async def test_a_returning_account_gets_its_waiting_messages_at_once(hub: RunningHub, fake: FakeOneBot) -> None:
+    target = ChatRef("onebot", "group", f"{BOT}/30002")
+    other = ChatRef("onebot", "group", f"{BOT2}/30002")
+    for chat in (target, other):
+        await hub.hub.outbox.put(NewMessage(target=chat, message=Message.of(f"to {chat.chat_id}")))
+
+    async def both_tried() -> bool:
+        rows = await outbox_rows(hub)
+        return len(rows) == 2 and all(r.attempts >= 1 for r in rows)
+
+    await _until(both_tried)
+    # Far into the backoff: only the account's return can make them due now.
+    repo = hub.hub.outbox_repo
+    for row in await outbox_rows(hub):
+        await repo.mark_retry(row.id, attempts=row.attempts, next_at=row.created_at + timedelta(hours=1), error="x")
+    await fake.connect(hub.url, BOT)
+    (sent,) = await fake.wait_sends(1)
+    assert (sent.self_id, sent.params["group_id"], plain_text(sent)) == (BOT, 30002, f"to {BOT}/30002")
+    rows = {r.target: r.status for r in await outbox_rows(hub)}
+    assert rows[str(other)] == "pending"  # the other account's message still waits for it
+
+
+async def test_answers_that_refuse_a_send_fail_it_or_retry_it(hub: RunningHub, fake: FakeOneBot) -> None:
+    await fake.connect(hub.url, BOT)
+    fake.fail_next = [1400]  # bad request: final
+    await hub.hub.outbox.put(NewMessage(target=ChatRef("onebot", "private", f"{BOT}/1"), message=Message.of("a")))
+    await _until(lambda_rows_status(hub, ["failed"]))
+    fake.fail_next = [100]  # the implementation could not send right now: retried
+    await hub.hub.outbox.put(NewMessage(target=ChatRef("onebot", "private", f"{BOT}/2"), message=Message.of("b")))
+    await _until(lambda_rows_status(hub, ["failed", "sent"]))
+    (failed, sent) = await outbox_rows(hub)
+    assert "retcode=1400" in failed.last_error and sent.attempts == 1
+
+
+def lambda_rows_status(h: RunningHub, statuses: list[str]) -> Any:
+    async def check() -> bool:
+        return [r.status for r in await outbox_rows(h)] == statuses
+
+    return check
