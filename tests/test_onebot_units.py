@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from fake_onebot import at, group_message, private_message, reply, text
 
 from hub.channels.onebot.actions import check_answer, send_action
+from hub.channels.onebot.connections import Connection
 from hub.channels.onebot.cqcode import escape, parse_cq, parse_message, to_cq, unescape
 from hub.channels.onebot.parse import Ignored, load_json, parse_event
 from hub.errors import BadPayload, SendError
@@ -153,3 +155,33 @@ def test_send_actions_by_chat_kind() -> None:
     )
     with pytest.raises(SendError):
         send_action(ChatRef("onebot", "private", "33"), msg)
+
+
+class _InstantWs:
+    """A socket whose answer arrives while the frame is still being sent."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.conn: Connection | None = None
+        self.answer = answer
+
+    async def send_str(self, frame: str) -> None:
+        echo = json.loads(frame)["echo"]
+        if self.answer and self.conn is not None:
+            self.conn.answer({"status": "ok", "retcode": 0, "data": {"message_id": 1}, "echo": echo})
+
+
+async def test_an_answer_that_comes_at_once_is_not_missed_and_waiters_are_cleaned_up() -> None:
+    ws = _InstantWs()
+    conn = Connection("1", ws)  # type: ignore[arg-type]
+    ws.conn = conn
+    answer = await conn.call("send_private_msg", {}, wait_s=5)
+    assert answer["data"] == {"message_id": 1}
+    ws.answer = False
+    with pytest.raises(SendError) as err:
+        await conn.call("send_private_msg", {}, wait_s=0.01)
+    assert err.value.retryable and "no answer" in str(err.value)
+    assert conn._waiters == {}
+    assert not conn.answer({"echo": "other:1"})
+    conn.fail_all()
+    with pytest.raises(SendError):
+        await conn.call("send_private_msg", {}, wait_s=5)

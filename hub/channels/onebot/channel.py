@@ -115,14 +115,14 @@ class OneBotChannel(Channel):
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         check_token(request, self._token)
         self_id = number_id(request.headers.get("X-Self-ID"), "X-Self-ID header")
-        role = request.headers.get("X-Client-Role", "Universal").strip().lower()
-        ws = web.WebSocketResponse(max_msg_size=self._max_frame, heartbeat=30.0)
+        # NapCat, Lagrange and LLOneBot dial one Universal socket: events in, actions out.
+        role = request.headers.get("X-Client-Role", "Universal")[:16]
+        ws = web.WebSocketResponse(max_msg_size=self._max_frame, heartbeat=30.0, timeout=3.0)
         await ws.prepare(request)
         conn = Connection(self_id, ws)
-        if role != "event":  # an Event-only socket takes no actions
-            await self.connections.attach(conn)
+        self.connections.attach(conn)
         log.info("event=onebot_connected self_id=%s role=%s", self_id, role)
-        if self._on_connect is not None and role != "event":
+        if self._on_connect is not None:
             try:
                 await self._on_connect(self_id)
             except Exception:

@@ -77,6 +77,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._conns: dict[str, Connection] = {}
+        self._closing: set[asyncio.Task[bool]] = set()
 
     def __contains__(self, self_id: str) -> bool:
         conn = self._conns.get(self_id)
@@ -90,14 +91,19 @@ class Registry:
     def accounts(self) -> list[str]:
         return sorted(self._conns)
 
-    async def attach(self, conn: Connection) -> None:
-        """Make `conn` the account's connection; an older one is closed (taken over)."""
+    def attach(self, conn: Connection) -> None:
+        """Make `conn` the account's connection; an older one is closed (taken over).
+
+        The close runs on its own: a dead peer would hold it for the close handshake's timeout.
+        """
         old = self._conns.get(conn.self_id)
         self._conns[conn.self_id] = conn
         if old is not None and old is not conn:
             log.info("event=onebot_takeover self_id=%s", conn.self_id)
             old.fail_all()
-            await old.ws.close(code=4000, message=b"replaced by a new connection")
+            task = asyncio.create_task(old.ws.close(code=4000, message=b"replaced by a new connection"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def detach(self, conn: Connection) -> None:
         conn.fail_all()
@@ -109,4 +115,4 @@ class Registry:
         self._conns.clear()
         for conn in conns:
             conn.fail_all()
-            await conn.ws.close(code=1001, message=b"hub shutting down")
+        await asyncio.gather(*(c.ws.close(code=1001, message=b"hub shutting down") for c in conns))
