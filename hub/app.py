@@ -194,6 +194,7 @@ def build_app(
             public_url=settings.http.public_url,
             max_frame_bytes=settings.http.max_body_bytes,
             on_connect=onebot_back,
+            recent_sent=lambda: outbox_repo.recent_sent_ids("onebot:", 20000),
         )
     for ch in extra_channels:
         channels[ch.name] = ch

@@ -264,3 +264,21 @@ def lambda_rows_status(h: RunningHub, statuses: list[str]) -> Any:
         return [r.status for r in await outbox_rows(h)] == statuses
 
     return check
+
+
+async def test_a_reply_to_what_the_bot_sent_before_a_restart_still_addresses_it(
+    tmp_path: Path, fake: FakeOneBot, model: FakeOpenAI
+) -> None:
+    settings = settings_for(tmp_path, fake, model, api=False)
+    group = ChatRef("onebot", "group", f"{BOT}/30003")
+    async with running_hub(settings) as h:
+        await fake.connect(h.url, BOT)
+        await h.hub.outbox.put(NewMessage(target=group, message=Message.of("your video is ready")))
+        (sent,) = await fake.wait_sends(1)
+        await _until(lambda_rows_status(h, ["sent"]))
+    await fake.drop(BOT)
+    async with running_hub(settings) as h:
+        await fake.connect(h.url, BOT)
+        await fake.push(BOT, group_message(BOT, 30003, USER, [reply(sent.message_id), text("thanks!")], 1101))
+        await fake.wait_sends(2)
+        assert plain_text(fake.sends()[-1]) == "re: Bob: thanks!"

@@ -245,6 +245,18 @@ class OutboxRepo:
             q = select(func.count()).where(outbox.c.status == "failed", outbox.c.created_at >= since)
             return int((await conn.execute(q)).scalar() or 0)
 
+    async def recent_sent_ids(self, target_prefix: str, limit: int) -> list[tuple[ChatRef, list[str]]]:
+        """The platform ids of the newest `limit` messages sent to targets with this prefix, newest first."""
+        q = (
+            select(outbox.c.target, outbox.c.sent_ids)
+            .where(outbox.c.status == "sent", outbox.c.target.startswith(target_prefix, autoescape=True))
+            .order_by(outbox.c.id.desc())
+            .limit(limit)
+        )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [(ChatRef.parse(r.target), [str(i) for i in r.sent_ids]) for r in rows if isinstance(r.sent_ids, list)]
+
     async def all_rows(self) -> list[dict[str, Any]]:
         """Every row, oldest first: for tests and `/admin` listings."""
         async with self._db.engine.connect() as conn:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -56,6 +56,7 @@ class OneBotChannel(Channel):
         max_frame_bytes: int = MB,
         action_timeout_s: float = 30.0,
         on_connect: Callable[[str], Awaitable[None]] | None = None,
+        recent_sent: Callable[[], Awaitable[Sequence[tuple[ChatRef, Sequence[str]]]]] | None = None,
     ) -> None:
         self._ingress = ingress
         self._token = settings.access_token.get_secret_value() if settings.access_token else None
@@ -65,6 +66,7 @@ class OneBotChannel(Channel):
         self._max_frame = max_frame_bytes
         self._timeout = action_timeout_s
         self._on_connect = on_connect
+        self._recent_sent = recent_sent
         self.connections = Registry()
         self.sent = SentIds()
 
@@ -74,6 +76,12 @@ class OneBotChannel(Channel):
     async def start(self) -> None:
         if self._api is not None:
             await self._api.start()
+        if self._recent_sent is not None:
+            # A reply to what the bot sent before a restart still addresses it.
+            for target, ids in reversed(await self._recent_sent()):
+                self_id = target.chat_id.partition("/")[0]
+                for mid in ids:
+                    self.sent.add(self_id, mid)
 
     async def stop(self) -> None:
         # Open sockets would hold the server's shutdown; the implementations reconnect.

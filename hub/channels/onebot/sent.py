@@ -1,7 +1,8 @@
 """The message ids the bot sent, per account: a reply to one of them addresses the bot.
 
-Kept in memory, bounded (the newest `per_account` ids of each self_id): a reply to an older
-message of the bot, or one sent before a restart, needs an @mention instead.
+Kept in memory, bounded (the newest `per_account` ids of each self_id), filled at start from
+the outbox's sent rows and then by every send's answer: a reply to an older message of the
+bot, or to one another hub process sent, needs an @mention instead.
 """
 
 from __future__ import annotations
