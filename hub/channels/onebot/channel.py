@@ -104,19 +104,26 @@ class OneBotChannel(Channel):
         header_id = request.headers.get("X-Self-ID")
         if header_id is not None and header_id.strip() != str(payload.get("self_id")):
             raise BadPayload("X-Self-ID does not match the event's self_id")
-        new = await self._ingest(payload)
-        log.info("event=onebot_in via=http new=%s ms=%.1f", new, (time.perf_counter() - started) * 1000)
+        await self._ingest(payload, "http", started)
         return web.Response(status=204)
 
-    async def _ingest(self, payload: dict[str, Any]) -> bool | None:
-        """Store a message event; None when the event is not one for the router."""
+    async def _ingest(self, payload: dict[str, Any], via: str, started: float) -> None:
+        """Store a message event (deduplicated); other events are recognised and let go."""
         parsed = parse_event(payload, self.sent)
         if isinstance(parsed, Ignored):
             if parsed.self_id and parsed.own_message_id:
                 self.sent.add(parsed.self_id, parsed.own_message_id)
-            log.debug("event=onebot_ignored reason=%s", parsed.reason)
-            return None
-        return await self._ingress.submit(parsed)
+            log.debug("event=onebot_ignored via=%s reason=%s", via, parsed.reason)
+            return
+        new = await self._ingress.submit(parsed)
+        log.info(
+            "event=onebot_in via=%s id=%s chat=%s new=%s ms=%.1f",
+            via,
+            parsed.id,
+            parsed.chat,
+            new,
+            (time.perf_counter() - started) * 1000,
+        )
 
     # --- in: the reverse WebSocket ----------------------------------------------------------
 
@@ -155,9 +162,7 @@ class OneBotChannel(Channel):
                 return
             if str(payload.get("self_id")) != conn.self_id:
                 raise BadPayload("an event of another account on this socket")
-            new = await self._ingest(payload)
-            if new is not None:
-                log.info("event=onebot_in via=ws self_id=%s new=%s", conn.self_id, new)
+            await self._ingest(payload, "ws", time.perf_counter())
         except HubError as exc:  # bad frames are dropped, the socket stays
             log.info("event=onebot_bad_frame self_id=%s reason=%s", conn.self_id, exc)
         except Exception:
