@@ -12,19 +12,21 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from hub.access import AccessControl
+from hub.api import DeliveryApi
 from hub.channels.base import Channel
 from hub.channels.web import WebChannel
 from hub.delivery import Outbox
 from hub.events import Event
+from hub.fetch import Fetcher, policy_from_settings
 from hub.http import ServerRoutes, error_middleware
-from hub.inbound import Dispatcher, EventReplier, LiveSink
+from hub.inbound import Dispatcher, EventReplier, LiveSink, tell_unhandled
 from hub.job_delivery import JobDelivery
 from hub.job_images import ImageJobs
 from hub.jobs import JobService
@@ -43,6 +45,7 @@ from hub.skills.persona import ChatCommands
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
 from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
 from hub.storage.db import Database
+from hub.storage.deliveries import DeliveryRepo
 from hub.storage.inbox import InboxRepo
 from hub.storage.jobs import JobRepo
 from hub.storage.media import MediaStore
@@ -50,6 +53,7 @@ from hub.storage.memory import MemoryRepo
 from hub.storage.migrate import migrate
 from hub.storage.outbox import OutboxRepo
 from hub.storage.personas import PersonaRepo
+from hub.storage.retention import prune
 from hub.storage.web_events import WebEventRepo
 
 if TYPE_CHECKING:
@@ -102,10 +106,12 @@ def build_app(
     extra_channels: Sequence[Channel] = (),
     lease_s: float = 30.0,
     recovery_interval_s: float = 10.0,
+    qq_windows: Mapping[str, float] | None = None,
 ) -> web.Application:
     """Build the whole hub as an aiohttp application; nothing runs until it is started.
 
-    `extra_channels` lets a test (or an embedding program) add channels of its own.
+    `extra_channels` lets a test (or an embedding program) add channels of its own;
+    `qq_windows` shortens QQ's reply windows (seconds by chat kind) for tests.
     """
     holder = instance_id()
     metrics = Metrics()
@@ -120,6 +126,9 @@ def build_app(
     web_events = WebEventRepo(db)
     people = People(users, settings.admins)
     channels: dict[str, Channel] = {}
+    # Media URLs the channels download (delivery-API media); providers' results have their own.
+    fetch_policy = policy_from_settings(settings)
+    fetcher = Fetcher(fetch_policy)
     outbox = Outbox(outbox_repo, media, channels, chats, metrics)
 
     router = Router(
@@ -140,12 +149,17 @@ def build_app(
         metrics,
         recover_all_at_start=db.is_sqlite,
         recovery_interval_s=recovery_interval_s,
+        tell_unhandled=lambda event: tell_unhandled(outbox, event),
     )
 
     # --- channels: each platform module is imported only when enabled ---------------------
     if settings.web.enabled:
         channels["web"] = WebChannel(
-            settings.web, events=web_events, media=media, submit_and_wait=dispatcher.submit_and_wait
+            settings.web,
+            events=web_events,
+            media=media,
+            submit_and_wait=dispatcher.submit_and_wait,
+            http=settings.http,
         )
     if settings.telegram.enabled:
         from hub.channels.telegram import TelegramChannel
@@ -157,14 +171,17 @@ def build_app(
             chats=chats,
             db=db,
             public_url=settings.http.public_url,
+            fetcher=fetcher,
         )
     if settings.wechat.enabled or settings.wecom.enabled:
         from hub.channels.wechat import PersonaGreeting
 
         greeting = PersonaGreeting(chats, PersonaRepo(db))
         if settings.wechat.enabled:
+            from hub.channels.replay import WINDOW_S
             from hub.channels.wechat import WechatChannel
             from hub.storage.held import HeldReplyRepo
+            from hub.storage.nonces import NonceRepo
 
             channels["wechat"] = WechatChannel(
                 settings.wechat,
@@ -172,14 +189,34 @@ def build_app(
                 media=media,
                 public_url=settings.http.public_url,
                 held=HeldReplyRepo(db),
+                nonces=NonceRepo(db, keep_s=2 * WINDOW_S),
                 greeting=greeting,
+                fetcher=fetcher,
             )
         if settings.wecom.enabled:
             from hub.channels.wecom import WecomChannel
 
             channels["wecom"] = WecomChannel(
-                settings.wecom, ingress=dispatcher, media=media, public_url=settings.http.public_url, greeting=greeting
+                settings.wecom,
+                ingress=dispatcher,
+                media=media,
+                public_url=settings.http.public_url,
+                greeting=greeting,
+                fetcher=fetcher,
             )
+    if settings.qq.enabled:
+        from hub.channels.qq.channel import QQChannel
+        from hub.storage.reply_slots import ReplySlotRepo
+
+        channels["qq"] = QQChannel(
+            settings.qq,
+            ingress=dispatcher,
+            media=media,
+            public_url=settings.http.public_url,
+            slots=ReplySlotRepo(db),
+            release_waiting=outbox.release_waiting,
+            windows=qq_windows,
+        )
     if settings.onebot.enabled:
         from hub.channels.onebot import OneBotChannel
 
@@ -202,7 +239,7 @@ def build_app(
     # --- long jobs: providers only for the [providers.*] sections that are set ---------------
     job_providers, image_provider = _generation_providers(settings)
     job_repo = JobRepo(db, holder, lease_s)
-    job_delivery = JobDelivery(job_repo, outbox, media)
+    job_delivery = JobDelivery(job_repo, outbox, media, fetch_policy=fetch_policy)
     jobs = JobService(
         job_repo,
         job_delivery,
@@ -267,6 +304,7 @@ def build_app(
         outbox=outbox,
         args=admin_args,
         model_names=[m.name for m in settings.models],
+        allow_unauthenticated=settings.wechat.allow_admin_in_plain_mode,
         model_changed=model_choice.forget if model_choice is not None else None,
         ops=AdminOps(
             args=admin_args,
@@ -313,13 +351,40 @@ def build_app(
 
     app = web.Application(client_max_size=settings.http.max_body_bytes, middlewares=[error_middleware])
     app[HUB_KEY] = hub
-    server = ServerRoutes(db=db, metrics=metrics, media=media, inbox=inbox, outbox=outbox_repo, channels=channels)
+    server = ServerRoutes(
+        db=db,
+        metrics=metrics,
+        media=media,
+        inbox=inbox,
+        outbox=outbox_repo,
+        channels=channels,
+        metrics_token=settings.http.metrics_token or (settings.web.token if _web_token_required(settings) else None),
+    )
     app.add_routes(server.routes())
+    api = DeliveryApi(
+        settings.api,
+        outbox=outbox,
+        deliveries=DeliveryRepo(db),
+        media=media,
+        channels=channels,
+        metrics=metrics,
+        public_url=settings.http.public_url,
+    )
+    app.add_routes(api.routes())
     for ch in channels.values():
         app.add_routes(ch.routes())
     app.cleanup_ctx.append(_lifecycle)
+
+    async def close_fetcher(_: web.Application) -> None:
+        await fetcher.close()  # after the lifecycle's end: the channels have stopped sending
+
+    app.on_cleanup.append(close_fetcher)
     app.on_shutdown.append(_stop_input)
     return app
+
+
+def _web_token_required(settings: Settings) -> bool:
+    return settings.web.enabled and settings.http.is_public
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -369,12 +434,13 @@ async def _stop_input(app: web.Application) -> None:
 
 
 async def _housekeeping(hub: Hub) -> None:
-    """Expire stored media and old web messages, hourly."""
+    """Expire stored media, old web messages and handled rows, hourly."""
     while True:
         try:
             removed = await hub.media.expire()
             await hub.web_events.expire()
             await hub.access.housekeeping()
+            await prune(hub.db, hub.settings.database.retention_days)
             if removed:
                 log.info("event=media_expired count=%d", removed)
         except Exception:

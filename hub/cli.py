@@ -1,20 +1,16 @@
-"""`hub run`, `hub check-config`, `hub migrate`, `hub admin add|remove` (and `python -m hub`)."""
+"""`hub run`, `hub check-config`, `hub send`, `hub migrate`, `hub admin add|remove` (and `python -m hub`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 
-from hub.config_load import describe, load_settings
+from hub.config_load import WEB_ADMIN_HINT, config_warnings, describe, load_settings
 from hub.errors import ConfigError
+from hub.redact import safe_text
 from hub.settings import Settings
-
-log = logging.getLogger("hub.cli")
 
 
 def _load(path: str | None) -> Settings | None:
@@ -22,7 +18,8 @@ def _load(path: str | None) -> Settings | None:
         return load_settings(path)
     except ConfigError as exc:
         for key, msg in exc.problems:
-            print(f"{key}: {msg}", file=sys.stderr)
+            # A mistake may quote the value: a URL is shown without its password or query.
+            print(safe_text(f"{key}: {msg}"), file=sys.stderr)
         return None
 
 
@@ -30,6 +27,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings is None:
         return 2
+    for key, msg in config_warnings(settings):
+        print(f"warning: {key}: {msg}", file=sys.stderr)
     for line in describe(settings):
         print(line)
     print("configuration is valid")
@@ -41,50 +40,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     from hub.logs import setup_logging
+    from hub.serving import serve
 
+    workers: int = args.workers
+    if workers < 1:
+        print("workers: must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1:
+        from hub.workers import sqlite_refusal, supervise
+
+        refusal = sqlite_refusal(settings, workers)
+        if refusal is not None:
+            print(refusal, file=sys.stderr)
+            return 2
+        setup_logging(settings.log_level)
+        argv = ["--config", args.config] if args.config else []
+        return asyncio.run(supervise(settings, workers, argv))
     setup_logging(settings.log_level)
     try:
+        if args.listen_fd is not None:
+            import socket
+
+            return asyncio.run(serve(settings, inherited=socket.socket(fileno=args.listen_fd)))
         return asyncio.run(serve(settings))
     except KeyboardInterrupt:
         return 0
-
-
-async def serve(settings: Settings) -> int:
-    from aiohttp import web
-
-    from hub.app import build_app
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=3.0, access_log=None)
-    try:
-        await runner.setup()
-        site = web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True)
-        await site.start()
-    except Exception as exc:
-        log.exception("event=start_failed")
-        print(f"hub: could not start: {exc}", file=sys.stderr)
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
-        return 1
-    port = settings.http.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
-    host = settings.http.host
-    shown = f"[{host}]" if ":" in host else host
-    print(f"Hub listening on http://{shown}:{port}/", flush=True)
-    await stop.wait()
-    log.info("event=stopping")
-    try:
-        await asyncio.wait_for(runner.cleanup(), timeout=9.0)
-    except TimeoutError:
-        log.error("event=stop_timeout")
-        return 1
-    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -118,6 +98,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
     user: str = args.user
     if ":" not in user or user.startswith(":") or user.endswith(":"):
         print(f"user: {user!r}: expected <channel>:<user_id>, e.g. telegram:12345", file=sys.stderr)
+        return 2
+    if args.action == "add" and user.startswith("web:"):
+        print(f"user: {user!r}: the web page chooses its own session id; {WEB_ADMIN_HINT}", file=sys.stderr)
         return 2
 
     async def run() -> None:
@@ -180,6 +163,18 @@ def cmd_telegram(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    if not args.text and not args.media:
+        print("hub send: give --text, --media or both", file=sys.stderr)
+        return 2
+    from hub.send import run
+
+    return run(settings, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hub", description="A self-hosted messaging-bot hub.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,13 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="TOML file (default: $HUB_CONFIG, else config/hub.toml if it exists)")
         return p
 
-    with_config(sub.add_parser("run", help="start the hub")).set_defaults(func=cmd_run)
+    run = with_config(sub.add_parser("run", help="start the hub"))
+    run.add_argument("--workers", type=int, default=1, help="worker processes sharing one socket (>1 needs PostgreSQL)")
+    # A worker of `--workers N` inherits the parent's listening socket.
+    run.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.set_defaults(func=cmd_run)
     with_config(sub.add_parser("check-config", help="validate the configuration")).set_defaults(func=cmd_check_config)
     with_config(sub.add_parser("migrate", help="apply database migrations")).set_defaults(func=cmd_migrate)
     admin = with_config(sub.add_parser("admin", help="add or remove an admin"))
     admin.add_argument("action", choices=["add", "remove"])
     admin.add_argument("user", help="<channel>:<user_id>, e.g. telegram:12345")
     admin.set_defaults(func=cmd_admin)
+    send = with_config(sub.add_parser("send", help="send a message through the running hub's delivery API"))
+    send.add_argument("--url", help="the hub's address (default: from [http] host and port)")
+    send.add_argument("--to", required=True, metavar="CHATREF", help="e.g. telegram:group:-100123")
+    send.add_argument("--text", help="the message text")
+    send.add_argument("--media", nargs="+", metavar="PATH_OR_URL", help="files to upload or http(s) URLs")
+    send.add_argument("--key", help="an Idempotency-Key: sending again with it sends nothing twice")
+    send.add_argument("--wait", action="store_true", help="wait for the outcome: exit 0 sent, 1 failed, 3 waiting")
+    send.add_argument("--timeout", type=float, default=60.0, help="with --wait: seconds before exit 4 (still queued)")
+    send.set_defaults(func=cmd_send)
     telegram = sub.add_parser("telegram", help="register or remove the Telegram webhook")
     tg_sub = telegram.add_subparsers(dest="action", required=True)
     set_hook = with_config(tg_sub.add_parser("set-webhook", help="register <BASE>/webhooks/telegram with Telegram"))

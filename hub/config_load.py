@@ -7,27 +7,32 @@ mistake as `(dotted.key, what is wrong)`; `describe` says what would run.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import tomllib
 from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any, get_args, get_origin
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from hub.errors import ConfigError
 from hub.events import ChatRef
+from hub.redact import safe_text, safe_url
 from hub.settings import CHANNEL_NAMES, Settings
 
 DEFAULT_CONFIG = Path("config/hub.toml")
+_GONE = object()
 # Variables of the hub's own tooling that carry the prefix but are not configuration.
 NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
 
 # Channels this version builds; a section of another is accepted, enabling it is a mistake.
-BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom", "onebot"}
+BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom", "qq", "onebot"}
+
+# A web user names itself (the page picks its session id), so it is never an admin by name.
+WEB_ADMIN_HINT = "web users are never admins by name: set [web] token_is_admin = true instead"
 
 REQUIRED_WHEN_ENABLED: dict[str, tuple[str, ...]] = {
     "telegram": ("token",),
@@ -87,7 +92,10 @@ def _check_env_vars(
             if fields is None:
                 break  # a dict or list value: any sub-key is the value's business
             if part not in fields:
-                problems.append((var, "no such configuration key"))
+                # Suggest the variable's own spelling: HUB_HTTP__PROT → HUB_HTTP__PORT.
+                close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.7)
+                near = f" (did you mean {var[: len(var) - len(part)]}{close[0].upper()}?)" if close else ""
+                problems.append((var, "no such configuration key" + near))
                 bad.add(var)
                 break
             annotation = fields[part].annotation
@@ -108,6 +116,25 @@ def _is_structured(annotation: Any) -> bool:
         return True
     origins = {get_origin(annotation), *(get_origin(a) for a in get_args(annotation))}
     return bool(origins & {list, dict, set, tuple})
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    """The keys a section takes, for the section at `loc` (list positions skipped)."""
+    model: Any = Settings
+    for part in loc:
+        if part.isdigit():
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        model = _section_type(fields[part].annotation)
+    fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.7)
+    return f" (did you mean `{near[0]}`?)" if near else ""
 
 
 def _section_type(annotation: Any) -> Any:
@@ -139,8 +166,15 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     if s.wecom.enabled and s.wecom.encoding_aes_key is not None:
         if len(s.wecom.encoding_aes_key.get_secret_value()) != 43:
             problems.append(("wecom.encoding_aes_key", "must be 43 characters"))
-    if s.web.enabled and not s.http.is_loopback and s.web.token is None:
-        problems.append(("web.token", f"required when [http] host ({s.http.host}) is not a loopback address"))
+    if s.web.enabled and s.http.is_public and s.web.token is None:
+        where = (
+            f"[http] host ({s.http.host}) is not a loopback address"
+            if not s.http.is_loopback
+            else f"[http] public_url ({s.http.public_url}) names a host that is not a loopback address"
+        )
+        problems.append(("web.token", f"required when {where}"))
+    if s.web.token_is_admin and s.web.token is None:
+        problems.append(("web.token_is_admin", "needs [web] token (a request carrying it acts as an admin)"))
     names = [m.name for m in s.models]
     for i, m in enumerate(s.models):
         if names.count(m.name) > 1:
@@ -167,6 +201,8 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     for i, item in enumerate(s.admins):
         if ":" not in item:
             problems.append((f"admins.{i}", f"{item!r}: expected <channel>:<user_id>, e.g. telegram:12345"))
+        elif item.startswith("web:"):
+            problems.append((f"admins.{i}", f"{item!r}: the web page chooses its own session id; {WEB_ADMIN_HINT}"))
     if s.providers.hunyuan and (s.providers.hunyuan.api_key is None):
         problems.append(("providers.hunyuan.api_key", "required"))
     return problems
@@ -246,7 +282,7 @@ def _validation_problems(exc: ValidationError, hub_env: Mapping[str, str]) -> li
         key = ".".join(loc) or "config"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(loc[-1], _known_keys(loc[:-1]))
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
         var = "HUB_" + "__".join(loc).upper()
@@ -257,19 +293,29 @@ def _validation_problems(exc: ValidationError, hub_env: Mapping[str, str]) -> li
 
 
 def _without_faults(exc: ValidationError, data: dict[str, Any], hub_env: Mapping[str, str]) -> Settings | None:
-    """Settings with every faulty value left out (defaults instead), or None when that fails."""
+    """Settings with every faulty value left out (defaults instead), or None when that fails.
+
+    A value that is missing cannot be left out: the entry holding it (a `[[models]]` item, a
+    section) goes instead, a level further up each round, so the checks that need whole
+    settings still run and every mistake is named in one round.
+    """
     data = copy.deepcopy(data)
     env = dict(hub_env)
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        _drop(data, loc)
-        var = "HUB_" + "__".join(loc).upper()
-        for k in [k for k in env if k.upper() == var or var.startswith(k.upper() + "__")]:
-            del env[k]
-    try:
-        return _validate(data, env)
-    except (ValidationError, ConfigError):
-        return None
+    for _ in range(4):
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            _drop(data, loc[:-1] if err["type"] == "missing" else loc)
+            var = "HUB_" + "__".join(loc).upper()
+            for k in [k for k in env if k.upper() == var or var.startswith(k.upper() + "__")]:
+                del env[k]
+        data = _sweep(data)
+        try:
+            return _validate(data, env)
+        except ValidationError as again:
+            exc = again
+        except ConfigError:
+            return None
+    return None
 
 
 def _drop(data: Any, loc: list[str]) -> None:
@@ -280,8 +326,20 @@ def _drop(data: Any, loc: list[str]) -> None:
             data = data[int(part)]
         else:
             return
-    if isinstance(data, dict) and loc:
+    if not loc:
+        return
+    if isinstance(data, dict):
         data.pop(loc[-1], None)
+    elif isinstance(data, list) and loc[-1].isdigit() and int(loc[-1]) < len(data):
+        data[int(loc[-1])] = _GONE  # removed after the round, so the other positions hold
+
+
+def _sweep(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _sweep(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_sweep(v) for v in data if v is not _GONE]
+    return data
 
 
 def _first_per_key(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -296,11 +354,15 @@ def _first_per_key(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def describe(s: Settings) -> list[str]:
-    """What would run, for `hub check-config`: never a secret."""
+    """What would run, for `hub check-config`: never a secret (every URL masked, hub/redact.py)."""
+    return [safe_text(line) for line in _describe(s)]
+
+
+def _describe(s: Settings) -> list[str]:
     lines = [f"http: listening on {s.http.host}:{s.http.port}"]
     if s.http.public_url:
         lines.append(f"http: public URL {s.http.public_url}")
-    lines.append(f"database: {_mask_url(s.database_url)}")
+    lines.append(f"database: {safe_url(s.database_url)}")
     lines.append(f"data_dir: {s.data_dir}")
     for name in CHANNEL_NAMES:
         section = getattr(s, name)
@@ -332,9 +394,16 @@ def describe(s: Settings) -> list[str]:
     return lines
 
 
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return url.replace(parts.netloc, netloc)
-    return url
+def config_warnings(s: Settings) -> list[tuple[str, str]]:
+    """Valid but risky choices, as (key, message): `hub check-config` prints them, still exit 0."""
+    out: list[tuple[str, str]] = []
+    if s.wechat.enabled and s.wechat.encoding_aes_key is None:
+        out.append(
+            (
+                "wechat.encoding_aes_key",
+                "not set: plain-mode signatures do not cover the body, "
+                "so a leaked callback URL lets anyone forge messages",
+            )
+        )
+    return out
+

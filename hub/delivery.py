@@ -13,15 +13,19 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from hub.channels.base import Channel
-from hub.errors import SendError
+from hub.errors import AwaitingUser, SendError
 from hub.events import Audio, File, Image, Message, Video
 from hub.metrics import Metrics
+from hub.redact import safe_text
 from hub.storage.chats import ChatRepo
 from hub.storage.db import utcnow
 from hub.storage.media import MediaStore
 from hub.storage.outbox import NewMessage, OutboxItem, OutboxRepo
 
 log = logging.getLogger("hub.delivery")
+
+# How long a "sent" mark waits at most between tries while the database refuses it.
+MARK_SENT_BACKOFF_CAP_S = 5.0
 
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
@@ -59,6 +63,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self._inflight: set[int] = set()
+        self._busy: set[str] = set()  # targets with a send under way in this process
         self._sends: set[asyncio.Task[None]] = set()
 
     # --- queueing -------------------------------------------------------------------------
@@ -69,6 +74,17 @@ class Outbox:
         item_id = await self.repo.enqueue(msg)
         self._wake.set()
         return item_id
+
+    async def release_waiting(self, target: str) -> list[int]:
+        """The chat wrote again: send what waited for that (status `waiting`) now."""
+        ids = await self.repo.release_waiting(target)
+        if ids:
+            self._wake.set()
+        return ids
+
+    def wake(self) -> None:
+        """Claim now: something was queued behind the worker's back (with a job's change)."""
+        self._wake.set()
 
     async def record_sent(self, msg: NewMessage) -> int:
         """Record a message that went out directly (a live stream), so nothing resends it."""
@@ -81,7 +97,7 @@ class Outbox:
         segments = []
         for seg in msg.message.segments:
             if isinstance(seg, Image | Video | Audio | File) and seg.data is not None:
-                stored = await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)
+                stored = await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)
                 seg = dataclasses.replace(seg, data=None, path=str(stored.path), size=stored.size)
             segments.append(seg)
         return dataclasses.replace(msg, message=Message(tuple(segments)))
@@ -129,8 +145,14 @@ class Outbox:
                     await asyncio.sleep(1)
                     continue
             for target, group in _by_target(items).items():
+                if target in self._busy or any(i.id in self._inflight for i in group):
+                    # Only after this process's own lease ran out while it kept sending (the
+                    # database was away): the lease is left to expire rather than send twice.
+                    log.warning("event=outbox_claim_skipped target=%s ids=%s", target, [i.id for i in group])
+                    continue
                 self._inflight.update(i.id for i in group)
-                task = asyncio.create_task(self._send_group(group), name=f"send:{target}")
+                self._busy.add(target)
+                task = asyncio.create_task(self._send_group(target, group), name=f"send:{target}")
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
             if len(items) >= free > 0:
@@ -148,7 +170,7 @@ class Outbox:
             except Exception:
                 log.exception("event=outbox_renew_failed")
 
-    async def _send_group(self, group: list[OutboxItem]) -> None:
+    async def _send_group(self, target: str, group: list[OutboxItem]) -> None:
         """Send one chat's items in order; a failure defers the rest behind it."""
         try:
             async with self._slots:
@@ -163,9 +185,14 @@ class Outbox:
                                 error="waiting for an earlier message",
                             )
                         break
+        except Exception:
+            # The database failed a retry or failure mark: the leases left run out and the
+            # rows are claimed again; the worker itself goes on.
+            log.exception("event=outbox_group_failed target=%s ids=%s", target, [i.id for i in group])
         finally:
             for item in group:
                 self._inflight.discard(item.id)
+            self._busy.discard(target)
             self._wake.set()
 
     async def _send_one(self, item: OutboxItem) -> bool:
@@ -177,7 +204,10 @@ class Outbox:
                 raise SendError(f"channel {item.target.channel} is not enabled", retryable=True, retry_after=60)
 
             async def on_progress(n: int) -> None:
-                await self.repo.set_progress(item.id, n)
+                try:
+                    await self.repo.set_progress(item.id, n)
+                except Exception as exc:  # the parts went out: a lost count only risks resending them
+                    log.warning("event=outbox_progress_failed outbox_id=%d error=%r", item.id, exc)
 
             # The one window DESIGN.md allows: dying inside this await may send twice.
             result = await channel.send(
@@ -192,7 +222,7 @@ class Outbox:
             raise
         except Exception as exc:
             return await self._failed(item, attempts, exc)
-        await self.repo.mark_sent(item.id, list(result.message_ids))
+        await self._record_sent(item, list(result.message_ids))
         self._metrics.replies_out.labels(item.target.channel).inc()
         log.info(
             "event=sent outbox_id=%d target=%s attempts=%d ms=%.1f",
@@ -203,17 +233,39 @@ class Outbox:
         )
         return True
 
+    async def _record_sent(self, item: OutboxItem, sent_ids: list[str]) -> None:
+        """Mark the message sent, trying until it commits: a lost "sent" would send it again."""
+        tries = 0
+        while True:
+            try:
+                await self.repo.mark_sent(item.id, sent_ids)
+                return
+            except Exception as exc:
+                tries += 1
+                delay = backoff_delay(tries, base=0.1, cap=MARK_SENT_BACKOFF_CAP_S)
+                log.warning(
+                    "event=mark_sent_retry outbox_id=%d tries=%d delay_s=%.2f error=%r", item.id, tries, delay, exc
+                )
+                await asyncio.sleep(delay)
+
     async def _failed(self, item: OutboxItem, attempts: int, exc: Exception) -> bool:
+        if isinstance(exc, AwaitingUser):
+            # Not a failure: the platform takes it as the answer to the chat's next message.
+            await self.repo.mark_waiting(item.id, error=str(exc))
+            log.info("event=send_waiting outbox_id=%d target=%s reason=%r", item.id, item.target, str(exc))
+            return True  # parked out of line: the chat's later messages need not wait behind it
         if isinstance(exc, SendError):
             retryable, retry_after, final_chat = exc.retryable, exc.retry_after, exc.final_for_chat
         else:
             # Network errors, timeouts, a platform's garbled answer: worth another try.
             retryable, retry_after, final_chat = True, None, False
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = safe_text(f"{type(exc).__name__}: {exc}")  # stored in the outbox: no tokens, no queries
         final = not retryable or attempts >= self.max_attempts
         self._metrics.send_failures.labels(item.target.channel, "yes" if final else "no").inc()
         if final:
-            await self.repo.mark_failed(item.id, attempts=attempts, error=reason)
+            if not await self.repo.mark_failed(item.id, attempts=attempts, error=reason):
+                log.warning("event=outbox_lease_lost outbox_id=%d", item.id)
+                return False
             if final_chat:
                 await self._chats.mark_unreachable(str(item.target), reason)
             log.warning(
@@ -225,9 +277,11 @@ class Outbox:
             )
             return False
         delay = retry_after if retry_after is not None else backoff_delay(attempts)
-        await self.repo.mark_retry(
+        if not await self.repo.mark_retry(
             item.id, attempts=attempts, next_at=utcnow() + timedelta(seconds=delay), error=reason
-        )
+        ):
+            log.warning("event=outbox_lease_lost outbox_id=%d", item.id)
+            return False
         log.info(
             "event=send_retry outbox_id=%d target=%s attempts=%d delay_s=%.1f error=%r",
             item.id,

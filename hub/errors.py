@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hub.redact import safe_text
+
 
 class HubError(Exception):
     """Base of every error the hub raises on purpose."""
@@ -45,7 +47,8 @@ class SendError(HubError):
         self.retryable = retryable
         self.retry_after = retry_after
         self.final_for_chat = final_for_chat
-        super().__init__(reason)
+        # The reason is logged and stored (the outbox's error column): never a token or a query.
+        super().__init__(safe_text(reason))
 
 
 class ProviderError(HubError):
@@ -53,4 +56,12 @@ class ProviderError(HubError):
 
     def __init__(self, reason: str, *, retryable: bool = False) -> None:
         self.retryable = retryable
-        super().__init__(reason)
+        super().__init__(safe_text(reason))
+
+
+class AwaitingUser(SendError):
+    """The platform only answers: this message waits (outbox status `waiting`) until the chat
+    writes again, then goes out as the answer to that message. Never a failure, never dropped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retryable=True)

@@ -161,6 +161,9 @@ class Event:
     # What the platform needs to reply later (QQ msg_id, WeChat passive, ...); JSON-able.
     context: Mapping[str, Any] = field(default_factory=dict)
     raw: Any = field(default=None, repr=False, compare=False)
+    # The platform's signature did not cover the body (WeChat plain mode): whoever saw one
+    # signed URL could have written it. Skills that change the hub refuse such messages.
+    body_unauthenticated: bool = False
 
     @property
     def addressed(self) -> bool:
@@ -235,6 +238,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         "reply_to_bot": event.reply_to_bot,
         "received_at": event.received_at.isoformat(),
         "context": dict(event.context),
+        "body_unauthenticated": event.body_unauthenticated,
     }
 
 
@@ -254,4 +258,5 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
         reply_to_bot=bool(d.get("reply_to_bot")),
         received_at=received,
         context=dict(d.get("context") or {}),
+        body_unauthenticated=bool(d.get("body_unauthenticated")),
     )

@@ -6,10 +6,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pyexpat import ExpatError
 
 from aiohttp import web
+from pydantic import SecretStr
 from sqlalchemy import text
 
+from hub.auth import bearer_matches
 from hub.channels.base import Channel
 from hub.errors import BadPayload, VerificationFailed
 from hub.inbound import IngressClosed
@@ -43,7 +46,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             reason = "no such path" if exc.status == 404 else exc.reason
             return web.json_response({"error": reason}, status=exc.status, headers=_allow(exc))
         raise
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError, ExpatError) as exc:
+        # A parser a handler called directly rather than through hub.channels.payload.
         log.info("event=bad_payload path=%s reason=%r", request.path, exc)
         return web.json_response({"error": "malformed request body"}, status=400)
 
@@ -63,7 +67,9 @@ class ServerRoutes:
         inbox: InboxRepo,
         outbox: OutboxRepo,
         channels: Mapping[str, Channel],
+        metrics_token: SecretStr | None = None,
     ) -> None:
+        self._metrics_token = metrics_token
         self._db = db
         self._metrics = metrics
         self._media = media
@@ -96,6 +102,10 @@ class ServerRoutes:
         return web.json_response(body, status=200 if db_ok else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self._metrics_token is not None and not bearer_matches(
+            request.headers.get("Authorization"), self._metrics_token
+        ):
+            return web.json_response({"error": "missing or wrong token"}, status=401)
         try:
             self._metrics.inbox_backlog.set(await self._inbox.backlog())
             self._metrics.outbox_backlog.set(await self._outbox.backlog())
@@ -107,10 +117,30 @@ class ServerRoutes:
         stored = await self._media.get(request.match_info["media_id"])
         if stored is None:
             return web.json_response({"error": "no such media (it may have expired)"}, status=404)
-        headers = {"Cache-Control": "private, max-age=86400"}
-        if stored.mime:
-            headers["Content-Type"] = stored.mime
-        if stored.name:
-            safe = "".join(c for c in stored.name if c.isprintable() and c not in '"\\')
-            headers["Content-Disposition"] = f'inline; filename="{safe}"'
+        # Served from the hub's own origin, where the page keeps its token: only what the skill
+        # asked for (an image, a video, a sound) is shown inline, nothing is sniffed, and even
+        # that runs sandboxed, so a provider answering HTML gets no script on this origin.
+        headers = {
+            "Cache-Control": "private, max-age=86400",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox",
+        }
+        safe = "".join(c for c in stored.name or "" if c.isprintable() and c not in '"\\;')
+        mime = inline_type(stored.kind, stored.mime)
+        if mime is not None:
+            headers["Content-Type"] = mime
+            headers["Content-Disposition"] = f'inline; filename="{safe}"' if safe else "inline"
+        else:
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Disposition"] = f'attachment; filename="{safe}"' if safe else "attachment"
         return web.FileResponse(stored.path, headers=headers)
+
+
+def inline_type(kind: str | None, mime: str | None) -> str | None:
+    """The type to show stored media inline as: only of the kind asked for; else None."""
+    if kind not in ("image", "video", "audio") or not mime:
+        return None
+    mime = mime.split(";")[0].strip().lower()
+    ok = mime.startswith(f"{kind}/") and mime.isascii() and mime.isprintable() and " " not in mime
+    # SVG is an image that can carry script.
+    return mime if ok and mime != "image/svg+xml" else None

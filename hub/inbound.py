@@ -16,20 +16,29 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hub.channels.base import Channel, LiveStream
-from hub.delivery import Outbox
+from hub.delivery import Outbox, backoff_delay
 from hub.errors import HubError
 from hub.events import Event, Message
 from hub.metrics import Metrics
 from hub.skills.base import Replier, ReplyStream
-from hub.storage.db import utcnow
-from hub.storage.inbox import InboxRepo
+from hub.storage.db import is_transient, utcnow
+from hub.storage.inbox import InboxRepo, InboxRow
 from hub.storage.outbox import NewMessage
 
 log = logging.getLogger("hub.inbound")
 
+# Tries of one event before it counts as poison: marked failed and its sender told.
+MAX_ATTEMPTS = 5
+UNHANDLED_TEXT = "I could not handle that message"
+RETRY_CAP_S = 2.0
+
 
 class IngressClosed(HubError):
     """The hub is shutting down and takes no new events: answer 503 so the platform retries."""
+
+
+class StorageRefused(HubError):
+    """A reply of an event that will be handled again is not queued."""
 
 
 class LiveSink(Protocol):
@@ -68,6 +77,8 @@ class Dispatcher:
         recover_all_at_start: bool,
         recovery_interval_s: float = 10.0,
         max_active: int = 128,
+        tell_unhandled: Callable[[Event], Awaitable[None]] | None = None,
+        retry_budget_s: float = 30.0,
     ) -> None:
         self._inbox = inbox
         self._handle = handle
@@ -75,6 +86,10 @@ class Dispatcher:
         self._metrics = metrics
         self._recover_all = recover_all_at_start
         self._recovery_interval = recovery_interval_s
+        self._tell_unhandled = tell_unhandled
+        # How long a lane keeps trying one event while the database refuses it; the chat's
+        # later events wait behind it, so their order holds through a short outage.
+        self._retry_budget = retry_budget_s
         self._lanes: dict[str, _Lane] = {}
         self._inflight: set[int] = set()
         self._accepting = False
@@ -127,6 +142,10 @@ class Dispatcher:
                 try:
                     async with self._active:
                         await self._handle_one(work)
+                except Exception:
+                    # Marking it done failed (the database is busy or full): the lane goes on,
+                    # and the row, no longer renewed, is taken again by recovery.
+                    log.exception("event=lane_item_failed id=%s row=%d", work.event.id, work.row_id)
                 finally:
                     lane.queue.popleft()
                     if work.done is not None and not work.done.done():
@@ -137,23 +156,62 @@ class Dispatcher:
                 del self._lanes[key]
 
     async def _handle_one(self, work: _Work) -> None:
-        error: str | None = None
+        """Handle one event, again while the database refuses writes (within the retry budget),
+        then mark it done. Past the budget it stays pending and recovery takes it later."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_budget
+        tries = 0
         try:
-            await self._handle(work.event, self._make_replier(work.event, work.live))
-        except asyncio.CancelledError:
-            # Shutting down: leave the row pending, it is handled after restart.
-            self._inflight.discard(work.row_id)
-            raise
-        except Exception as exc:  # the router already catches skill errors; this is a bug guard
-            log.exception("event=handle_failed id=%s", work.event.id)
-            error = repr(exc)
-        self._metrics.handling.labels(work.event.channel).observe(
-            max(0.0, (utcnow() - work.event.received_at).total_seconds())
-        )
-        try:
-            await self._inbox.mark_done(work.row_id, error)
+            while True:
+                finished, error = await self._attempt(work)
+                if finished:
+                    break
+                tries += 1
+                if loop.time() >= deadline:
+                    log.warning("event=handle_deferred id=%s tries=%d", work.event.id, tries)
+                    return
+                await asyncio.sleep(backoff_delay(tries, base=0.1, cap=RETRY_CAP_S))
+            self._metrics.handling.labels(work.event.channel).observe(
+                max(0.0, (utcnow() - work.event.received_at).total_seconds())
+            )
+            await self._mark_done(work, error, deadline)
         finally:
             self._inflight.discard(work.row_id)
+
+    async def _attempt(self, work: _Work) -> tuple[bool, str | None]:
+        """One handling: (finished, the error of a bug); not finished when storage refused."""
+        replier = self._make_replier(work.event, work.live)
+        try:
+            await self._handle(work.event, replier)
+        except asyncio.CancelledError:
+            # Shutting down: leave the row pending, it is handled after restart.
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("event=handle_storage_failed id=%s error=%r", work.event.id, exc)
+                return False, None
+            # The router already catches skill errors; this is a bug guard.
+            log.exception("event=handle_failed id=%s", work.event.id)
+            return True, repr(exc)
+        if getattr(replier, "lost_reply", False):
+            # A reply could not be stored (the router apologised, or the skill caught it):
+            # handled again, its keyed replies queue nothing twice.
+            return False, None
+        return True, None
+
+    async def _mark_done(self, work: _Work, error: str | None, deadline: float) -> None:
+        """Mark handled, trying again while within the budget: handling it twice costs more."""
+        tries = 0
+        while True:
+            try:
+                await self._inbox.mark_done(work.row_id, error)
+                return
+            except Exception as exc:
+                tries += 1
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                log.warning("event=mark_done_retry id=%s tries=%d error=%r", work.event.id, tries, exc)
+                await asyncio.sleep(backoff_delay(tries, base=0.1, cap=RETRY_CAP_S))
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -172,11 +230,28 @@ class Dispatcher:
             rows = await self._inbox.claim_stalled(200, take_all=take_all)
             rows = [r for r in rows if r.id not in self._inflight]
             for row in rows:
+                if row.attempts >= MAX_ATTEMPTS:
+                    await self._give_up(row)
+                    continue
                 log.info("event=recovered id=%s channel=%s attempts=%d", row.event.id, row.event.channel, row.attempts)
                 self._enqueue(_Work(row.id, row.event))
             total += len(rows)
             if len(rows) < 200:
                 return total
+
+    async def _give_up(self, row: InboxRow) -> None:
+        """A poison event: tried MAX_ATTEMPTS times without finishing. Tell its sender, once."""
+        log.error(
+            "event=inbox_gave_up id=%s channel=%s chat=%s attempts=%d",
+            row.event.id,
+            row.event.channel,
+            row.event.chat,
+            row.attempts,
+        )
+        # The notice first: it is keyed, so a crash before the mark below queues it only once.
+        if self._tell_unhandled is not None:
+            await self._tell_unhandled(row.event)
+        await self._inbox.mark_done(row.id, f"gave up after {row.attempts} attempts")
 
     async def _recovery_loop(self) -> None:
         while True:
@@ -214,6 +289,19 @@ class Dispatcher:
         return len(self._inflight)
 
 
+async def tell_unhandled(outbox: Outbox, event: Event) -> None:
+    """Tell the sender their event was given up; its key makes a second telling a no-op."""
+    await outbox.put(
+        NewMessage(
+            target=event.chat,
+            message=Message.of(UNHANDLED_TEXT),
+            quote=event.id,
+            context=event.context,
+            idempotency_key=f"{event.channel}:{event.id}:unhandled",
+        )
+    )
+
+
 # --- how a skill's replies leave -------------------------------------------------------------
 
 
@@ -230,6 +318,19 @@ class EventReplier:
         self._channel = channel
         self._live = live
         self._n = 0
+        # Set when a reply could not be stored: the event is then handled again, not done.
+        self.lost_reply = False
+
+    async def store_reply(self, new: NewMessage, *, sent: bool = False) -> None:
+        if self.lost_reply:
+            # An earlier reply is lost and the event will be handled again: queue nothing now
+            # (an apology for the failure would go out beside the real answer).
+            raise StorageRefused("an earlier reply of this event was not stored")
+        try:
+            await (self._outbox.record_sent(new) if sent else self._outbox.put(new))
+        except Exception:
+            self.lost_reply = True
+            raise
 
     def new_message(self, message: Message, *, quote: bool = True) -> NewMessage:
         self._n += 1
@@ -249,9 +350,9 @@ class EventReplier:
             except (ConnectionError, RuntimeError):
                 pass  # the page went away: deliver through the outbox instead
             else:
-                await self._outbox.record_sent(new)
+                await self.store_reply(new, sent=True)
                 return
-        await self._outbox.put(new)
+        await self.store_reply(new)
 
     def stream(self) -> ReplyStream:
         return _Stream(self, self._outbox, self._channel, self._live)
@@ -313,7 +414,7 @@ class _Stream:
             return
         new = self._replier.new_message(Message.of(text))
         if self._live is not None and not self._live_broken and self._live.open:
-            await self._outbox.record_sent(new)
+            await self._replier.store_reply(new, sent=True)
             return
         if self._edit is not None and not self._edit_failed:
             try:
@@ -321,7 +422,7 @@ class _Stream:
             except Exception as exc:
                 log.info("event=stream_finish_failed chat=%s error=%r", self._replier.event.chat, exc)
             else:
-                await self._outbox.record_sent(new)
+                await self._replier.store_reply(new, sent=True)
                 return
         # Not streamed, or cut off half-way: the whole reply goes through the outbox.
-        await self._outbox.put(new)
+        await self._replier.store_reply(new)

@@ -15,12 +15,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from hub.delivery import Outbox
 from hub.errors import ProviderError
 from hub.events import Audio, Image, Message, Video
+from hub.fetch import Fetcher, FetchPolicy, FetchTooLarge
 from hub.providers.generation import download
+from hub.redact import safe_text
 from hub.storage.db import utcnow
 from hub.storage.jobs import ACTIVE, DELIVERED, FAILED, SUCCEEDED, TIMED_OUT, Job, JobRepo
 from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
@@ -32,6 +32,7 @@ log = logging.getLogger("hub.jobs")
 # The skill behind each kind of job, and what its result is.
 SKILL_MEDIA: dict[str, type[Video] | type[Audio] | type[Image]] = {"video": Video, "music": Audio, "image": Image}
 MEDIA_DEFAULTS = {"video": ("mp4", "video/mp4"), "music": ("mp3", "audio/mpeg"), "image": ("png", "image/png")}
+SKILL_KIND = {"video": "video", "music": "audio", "image": "image"}
 NOUN = {"video": "video", "music": "music", "image": "image"}
 MAX_DELIVERY_ATTEMPTS = 8
 BACKOFF_CAP_S = 300.0
@@ -41,22 +42,26 @@ class JobDelivery:
     """Results into the chat, notices to the owner, retries for later; owns the download session."""
 
     def __init__(
-        self, repo: JobRepo, outbox: Outbox, media: MediaStore, *, max_download_bytes: int = 512 * 1024 * 1024
+        self,
+        repo: JobRepo,
+        outbox: Outbox,
+        media: MediaStore,
+        *,
+        max_download_bytes: int = 512 * 1024 * 1024,
+        fetch_policy: FetchPolicy | None = None,
     ) -> None:
         self._repo = repo
         self._outbox = outbox
         self._media = media
         self.max_download_bytes = max_download_bytes
-        self._http: aiohttp.ClientSession | None = None
+        # Results come from URLs the provider names: only public addresses, or those configured.
+        self._fetcher = Fetcher(fetch_policy or FetchPolicy())
 
     async def open(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
+        pass  # the fetcher opens its session on first use
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self._fetcher.close()
 
     async def deliver(self, job: Job) -> None:
         """Fetch the result into the media store, queue it for the chat, mark it delivered."""
@@ -65,7 +70,7 @@ class JobDelivery:
         if not path or not await asyncio.to_thread(Path(path).exists):
             try:
                 stored = await self.fetch(job, str(result.get("url") or ""))
-            except MediaTooLarge as exc:
+            except (MediaTooLarge, FetchTooLarge) as exc:
                 await self.finish_badly(job, FAILED, f"the result is larger than {exc.limit // (1024 * 1024)} MB")
                 return
             except ProviderError as exc:
@@ -77,13 +82,21 @@ class JobDelivery:
             result.update(path=str(stored.path), name=stored.name, mime=stored.mime, size=stored.size)
             if not await self._repo.change(job.id, [SUCCEEDED], release=False, result=result):
                 return
-        await self._put_result(job, result)
-        if await self._repo.change(job.id, [SUCCEEDED], state=DELIVERED, finished_at=utcnow(), next_poll_at=None):
+        # The result is queued with the state change: /jobs never says "succeeded" beside it.
+        if await self._repo.change(
+            job.id,
+            [SUCCEEDED],
+            notice=self._result_message(job, result),
+            state=DELIVERED,
+            finished_at=utcnow(),
+            next_poll_at=None,
+        ):
+            self._outbox.wake()
             log.info(
                 "event=job_delivered job=%s skill=%s chat=%s size=%s", job.id, job.skill, job.chat, result.get("size")
             )
 
-    async def _put_result(self, job: Job, result: Mapping[str, Any]) -> None:
+    def _result_message(self, job: Job, result: Mapping[str, Any]) -> NewMessage:
         segment = SKILL_MEDIA[job.skill](
             path=str(result["path"]),
             name=result.get("name"),
@@ -91,59 +104,78 @@ class JobDelivery:
             size=result.get("size"),
             caption=job.prompt,
         )
-        await self._outbox.put(
-            NewMessage(
-                target=job.chat,
-                message=Message((segment,)),
-                quote=job.quote,
-                context=job.context,
-                origin="job",
-                idempotency_key=job.key("result"),
-            )
+        return NewMessage(
+            target=job.chat,
+            message=Message((segment,)),
+            quote=job.quote,
+            context=job.context,
+            origin="job",
+            idempotency_key=job.key("result"),
         )
+
+    async def waiting(self, jobs: list[Job]) -> set[str]:
+        """Jobs whose result (or final notice) is parked in the outbox as `waiting`."""
+        keys = {job.key(what): job.id for job in jobs for what in ("result", FAILED, TIMED_OUT)}
+        statuses = await self._outbox.repo.statuses(list(keys))
+        return {keys[k] for k, status in statuses.items() if status == "waiting"}
 
     async def fetch(self, job: Job, url: str) -> StoredMedia:
         """Download a result into the media store, up to `max_download_bytes`."""
         if not url:
             raise ProviderError("the provider gave no result URL", retryable=False)
-        assert self._http is not None
         ext, default_mime = MEDIA_DEFAULTS[job.skill]
-        async with download(self._http, url) as (ctype, chunks):
+        async with download(self._fetcher, url, max_bytes=self.max_download_bytes) as (ctype, chunks):
             mime = (ctype or "").split(";")[0].strip() or default_mime
             if mime in ("application/octet-stream", "binary/octet-stream"):
                 mime = default_mime
             return await self._media.save_stream(
-                chunks, max_bytes=self.max_download_bytes, name=f"{job.skill}-{job.id}.{ext}", mime=mime
+                chunks,
+                max_bytes=self.max_download_bytes,
+                name=f"{job.skill}-{job.id}.{ext}",
+                mime=mime,
+                kind=SKILL_KIND[job.skill],
             )
 
-    async def notify(self, job: Job, what: str, text: str) -> None:
-        await self._outbox.put(
-            NewMessage(
-                target=job.chat,
-                message=Message.of(text),
-                quote=job.quote,
-                context=job.context,
-                origin="job",
-                idempotency_key=job.key(what),
-            )
+    def notice(self, job: Job, what: str, text: str) -> NewMessage:
+        """A message about the job, keyed by it: queued with the change of state it tells of."""
+        return NewMessage(
+            target=job.chat,
+            message=Message.of(text),
+            quote=job.quote,
+            context=job.context,
+            origin="job",
+            idempotency_key=job.key(what),
         )
 
+    async def notify(self, job: Job, what: str, text: str) -> None:
+        await self._outbox.put(self.notice(job, what, text))
+
+    async def change_and_tell(self, job: Job, expect: Any, notice: NewMessage | None, **values: Any) -> bool:
+        """A fenced change of state and its notice, in one transaction; False if not ours."""
+        ok = await self._repo.change(job.id, expect, notice=notice, **values)
+        if ok and notice is not None:
+            self._outbox.wake()
+        return ok
+
     async def finish_badly(self, job: Job, state: str, reason: str, *, tell: bool = True) -> None:
-        """End a job as failed or timed_out, telling its owner (the notice first: it is keyed)."""
+        """End a job as failed or timed_out, telling its owner in the same transaction."""
+        reason = safe_text(reason)  # a provider's message may carry a signed URL
         noun = NOUN.get(job.skill, job.skill)
+        notice: NewMessage | None = None
         if tell:
             if state == TIMED_OUT:
                 text = f"Sorry, your {noun} {job.ref} timed out: {reason}."
             else:
                 text = f"Sorry, your {noun} {job.ref} failed: {reason}"
-            await self.notify(job, state, text)
-        if await self._repo.change(
-            job.id, ACTIVE, state=state, error=reason[:2000], finished_at=utcnow(), next_poll_at=None
+            notice = self.notice(job, state, text)
+        if await self.change_and_tell(
+            job, ACTIVE, notice, state=state, error=reason[:2000], finished_at=utcnow(), next_poll_at=None
         ):
             log.info("event=job_%s job=%s reason=%r", state, job.id, reason)
 
     async def back_off(self, job: Job, base_s: float, error: str) -> None:
         """A transient error: try again later, longer each time, without changing state."""
+        error = safe_text(error)
         attempts = job.attempts + 1
         # From the provider's interval (at least a second), doubling, capped, jittered.
         delay = min(BACKOFF_CAP_S, max(base_s, 1.0) * 2 ** (attempts - 1)) * random.uniform(0.75, 1.0)

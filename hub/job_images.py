@@ -183,7 +183,7 @@ class ImageJobs:
         if image.data is not None:
             if len(image.data) > limit:
                 raise MediaTooLarge(limit)
-            return await self._media.save_bytes(image.data, name=name, mime=image.mime)
+            return await self._media.save_bytes(image.data, name=name, mime=image.mime, kind="image")
         return await self._delivery.fetch(job, image.url or "")
 
 

@@ -192,6 +192,10 @@ class JobService:
     async def counts(self) -> dict[str, int]:
         return await self.repo.counts()
 
+    async def waiting_for_user(self, jobs: builtins.list[Job]) -> set[str]:
+        """The ids of these jobs whose result waits in the outbox for the user's next message."""
+        return await self._delivery.waiting(jobs)
+
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job still in flight; returns it as it is now (None: no such job)."""
         parsed = parse_job_id(job_id)
@@ -410,13 +414,14 @@ class JobService:
         elif poll.status == "failed":
             await self._delivery.finish_badly(job, FAILED, poll.error or "the provider gave no reason")
         elif poll.status == "running":
+            notice = None
             if not job.progress_noted:
-                await self._delivery.notify(
-                    job, "progress", f"{job.ref} has started: your {NOUN[job.skill]} is being made now."
-                )
-            await self.repo.change(
-                job.id,
+                text = f"{job.ref} has started: your {NOUN[job.skill]} is being made now."
+                notice = self._delivery.notice(job, "progress", text)
+            await self._delivery.change_and_tell(
+                job,
                 [SUBMITTED, RUNNING],
+                notice,
                 state=RUNNING,
                 progress_noted=True,
                 attempts=0,

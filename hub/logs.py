@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from hub.redact import safe_text
+
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -16,7 +18,9 @@ class _Formatter(logging.Formatter):
         if record.exc_info:
             # One line per event: fold the traceback.
             line += " exc=" + repr(self.formatException(record.exc_info))
-        return line
+        # Whatever a message or a traceback carries (aiohttp puts the whole URL in its errors,
+        # Telegram the bot token in its paths): URLs are logged without queries and tokens.
+        return safe_text(line)
 
 
 def setup_logging(level: str = "info") -> None:
@@ -27,3 +31,8 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     for noisy in ("aiohttp.access", "sqlalchemy", "alembic", "apscheduler", "httpx", "openai", "aiogram"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Statements with their parameters (whole messages) are logged at DEBUG by aiosqlite and at
+    # INFO by SQLAlchemy's engine: never, even at log_level = "debug".
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    for engine in ("sqlalchemy.engine", "sqlalchemy.pool"):
+        logging.getLogger(engine).setLevel(logging.WARNING)

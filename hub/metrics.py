@@ -30,6 +30,9 @@ class Metrics:
         self.inbox_backlog = Gauge("hub_inbox_backlog", "Inbox events not yet handled", registry=r)
         self.outbox_backlog = Gauge("hub_outbox_backlog", "Outbox messages not yet sent", registry=r)
         self.jobs = Gauge("hub_jobs", "Jobs by state", ["state"], registry=r)
+        self.api_messages = Counter(
+            "hub_api_messages", "Delivery API requests by answer (queued, invalid, ...)", ["status"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from hub.events import Event
 from hub.skills.base import CommandObject, Context, Replier, Skill, SkillInfo
 from hub.storage.chats import ChatSettings
+from hub.storage.db import is_transient
 
 log = logging.getLogger("hub.router")
 
@@ -142,7 +143,8 @@ class Router:
         else:
             info = self._skills.get(command.name)
         chat = await self._chat_settings(str(event.chat))
-        is_admin = await self._is_admin(user)
+        # The web channel marks a request that carried the web token under `token_is_admin`.
+        is_admin = (event.channel == "web" and event.context.get("web_admin") is True) or await self._is_admin(user)
         # Refusals (unknown command, not an admin, switched off) run inside the middlewares
         # too, so the access policy speaks first to someone it keeps out; they carry no skill
         # name, so nothing counts them as a use.
@@ -179,7 +181,9 @@ class Router:
             handler = _bind(mw, handler)
         try:
             await handler(event, ctx)
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the database refused: the event is handled again, no apology
             log.exception(
                 "event=skill_failed id=%s channel=%s chat=%s skill=%s", event.id, event.channel, event.chat, ctx.skill
             )

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from hub.fetch import parse_allow
 
 CHANNEL_NAMES = ("web", "telegram", "wechat", "wecom", "feishu", "qq", "onebot")
 
@@ -36,11 +38,31 @@ def _check_url(value: str | None, *, path_allowed: bool = True) -> str | None:
     return value.rstrip("/")
 
 
+def _fetch_allow_entry(value: str) -> str:
+    parse_allow(value)  # the one parser of these entries, so the fetcher reads them alike
+    return value
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = None
     max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # Hostnames or CIDRs fetched from even when private (hub/fetch.py); each entry checked alone.
+    fetch_allow: list[Annotated[str, AfterValidator(_fetch_allow_entry)]] = Field(default_factory=list)
+    metrics_token: SecretStr | None = None
 
     @field_validator("public_url")
     @classmethod
@@ -56,9 +78,19 @@ class HttpSettings(Section):
         except ValueError:
             return False
 
+    @property
+    def is_public(self) -> bool:
+        """Reachable from beyond this machine: bound past loopback, or named by a public URL."""
+        if not self.is_loopback:
+            return True
+        return self.public_url is not None and not is_loopback_host(urlsplit(self.public_url).hostname)
+
 
 class DatabaseSettings(Section):
     url: str | None = None
+    # Handled inbox rows, sent outbox rows, delivered web events and audit rows older than this
+    # are pruned (the inbox never sooner than 7 days: it is the dedupe window).
+    retention_days: int = Field(30, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -74,6 +106,8 @@ class CommandsSettings(Section):
 
 class ApiSettings(Section):
     token: SecretStr | None = None
+    rate_per_minute: int = Field(60, ge=1, le=100_000)
+    max_media_mb: int = Field(50, ge=1, le=2048)
 
 
 class ChannelSettings(Section):
@@ -89,6 +123,7 @@ class ChannelSettings(Section):
 class WebSettings(Section):
     enabled: bool = True
     token: SecretStr | None = None
+    token_is_admin: bool = False
 
 
 class TelegramSettings(ChannelSettings):
@@ -123,6 +158,8 @@ class WechatSettings(ChannelSettings):
     token: SecretStr | None = None
     encoding_aes_key: SecretStr | None = None
     reply_mode: Literal["push", "passive"] = "push"
+    # Plain mode's signature does not cover the body: /admin over it only when this is true.
+    allow_admin_in_plain_mode: bool = False
 
 
 class WecomSettings(ChannelSettings):

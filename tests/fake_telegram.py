@@ -314,8 +314,11 @@ class FakeTelegram:
         if key not in self._texts:
             return error(400, "Bad Request: message to edit not found")
         if self._texts[key] == p.get("text"):
-            return error(400, "Bad Request: message is not modified: specified new message content and reply "
-                         "markup are exactly the same as a current content and reply markup of the message")
+            return error(
+                400,
+                "Bad Request: message is not modified: specified new message content and reply "
+                "markup are exactly the same as a current content and reply markup of the message",
+            )
         self._texts[key] = p.get("text", "")
         return {
             "message_id": key[1],
@@ -355,8 +358,11 @@ class FakeTelegram:
 
     async def _m_getUpdates(self, p: dict[str, Any], f: dict[str, Upload]) -> Any:
         if self.webhook:
-            return error(409, "Conflict: can't use getUpdates method while webhook is active; "
-                         "use deleteWebhook to delete the webhook first")
+            return error(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
         offset = int(p.get("offset") or 0)
         if offset:
             # Like Telegram: asking from an offset confirms every update before it.
@@ -448,12 +454,28 @@ def mention_entity(text: str, mention: str) -> dict[str, Any]:
     }
 
 
-VOICE = {"file_id": "AwADBAADbXXXXXXXXXXXGBdhD2l6_XX", "file_unique_id": "AgADbXXX", "duration": 5,
-         "mime_type": "audio/ogg", "file_size": 23000}
-DOCUMENT = {"file_id": "AwADBAADbXXXXXXXXXXXGBdhD2l6_XX", "file_unique_id": "AgADbXXX",
-            "file_name": "Testfile.pdf", "mime_type": "application/pdf", "file_size": 536392}
-AUDIO = {"file_id": "AwADBAADbXXXXXXXXXXXGBdhD2l6_XX", "file_unique_id": "AgADbXXX", "duration": 243,
-         "mime_type": "audio/mpeg", "file_size": 3897500, "title": "Test music file"}
+VOICE = {
+    "file_id": "AwADBAADbXXXXXXXXXXXGBdhD2l6_XX",
+    "file_unique_id": "AgADbXXX",
+    "duration": 5,
+    "mime_type": "audio/ogg",
+    "file_size": 23000,
+}
+DOCUMENT = {
+    "file_id": "AwADBAADbXXXXXXXXXXXGBdhD2l6_XX",
+    "file_unique_id": "AgADbXXX",
+    "file_name": "Testfile.pdf",
+    "mime_type": "application/pdf",
+    "file_size": 536392,
+}
+AUDIO = {
+    "file_id": "AwADBAADbXXXXXXXXXXXGBdhD2l6_XX",
+    "file_unique_id": "AgADbXXX",
+    "duration": 243,
+    "mime_type": "audio/mpeg",
+    "file_size": 3897500,
+    "title": "Test music file",
+}
 
 
 # --- driving a hub ---------------------------------------------------------------------------------
@@ -462,16 +484,15 @@ SECRET = "test-secret_token-42"
 
 
 def telegram_toml(api_base: str, *, mode: str = "webhook", public_url: str | None = None, extra: str = "") -> str:
-    http = f'[http]\npublic_url = "{public_url}"\n' if public_url else ""
+    # A public URL puts the web chat on the internet: it then needs its token.
+    http = f'[http]\npublic_url = "{public_url}"\n[web]\ntoken = "test-web-token"\n' if public_url else ""
     return (
-        f"{http}[telegram]\nenabled = true\ntoken = \"{TOKEN}\"\nsecret_token = \"{SECRET}\"\n"
+        f'{http}[telegram]\nenabled = true\ntoken = "{TOKEN}"\nsecret_token = "{SECRET}"\n'
         f'mode = "{mode}"\napi_base = "{api_base}"\n{extra}'
     )
 
 
-async def post_update(
-    url: str, update: Any, *, secret: str | None = SECRET, raw: bytes | None = None
-) -> int:
+async def post_update(url: str, update: Any, *, secret: str | None = SECRET, raw: bytes | None = None) -> int:
     """POST one update to the hub's webhook, as Telegram does; returns the status."""
     import aiohttp
 

@@ -259,10 +259,13 @@ async def sse_items(resp: aiohttp.ClientResponse, *, until_done: int = 1, timeou
     return items
 
 
-async def web_chat(url: str, session: str, text: str, **extra: Any) -> list[Any]:
+async def web_chat(
+    url: str, session: str, text: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+) -> list[Any]:
     """POST to the web chat and return its SSE items up to [DONE]."""
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/web/chat", json={"session": session, "text": text, **extra}) as resp:
+        body = {"session": session, "text": text, **extra}
+        async with http.post(f"{url}/api/web/chat", json=body, headers=headers) as resp:
             assert resp.status == 200, await resp.text()
             return await sse_items(resp)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from harness import pg_database
 from sqlalchemy import update
-from test_admin import VIDEO, WebEnv, started
+from test_admin import TOKEN_ADMIN, VIDEO, WebEnv, started
 
 from hub.access import AccessControl, TokenBuckets, describe_wait, next_utc_midnight
 from hub.events import ChatRef, Event, Message, Text, User
@@ -343,7 +343,6 @@ async def test_the_web_chat_stays_open_under_a_global_policy(allowlisted: WebEnv
 
 async def test_access_web_can_close_the_web_chat_too(tmp_path: Path) -> None:
     toml = """
-admins = ["web:admin1"]
 [access.web]
 private = "allowlist"
 allow = ["web:friend"]
@@ -351,6 +350,8 @@ allow = ["web:friend"]
     async with started(tmp_path, toml) as env:
         assert "allowlist" in await env.web("someone", "/help")
         assert "Commands:" in await env.web("friend", "/help")
+    # An admin (by the web token) passes the allowlist.
+    async with started(tmp_path, toml + TOKEN_ADMIN) as env:
         assert "Commands:" in await env.web("admin1", "/help")
 
 
@@ -386,11 +387,10 @@ rate_per_minute = 2
 
 async def test_configured_quota_applies_to_users_and_not_to_admins(tmp_path: Path) -> None:
     toml = f"""
-admins = ["web:admin1"]
 {VIDEO}
 [quotas]
 video = 1
-"""
+{TOKEN_ADMIN}"""
     async with started(tmp_path, toml) as env:
         assert "queued as #" in (await env.video("u1", "one [never]"))[0]
         refused = (await env.video("u1", "two [never]"))[0]
@@ -399,4 +399,4 @@ video = 1
         for n in range(3):
             assert "queued as #" in (await env.video("admin1", f"mine {n} [never]"))[0]
         # Only one job was made for u1.
-        assert len(await env.hub.jobs.list(owner="web:u1")) == 1
+        assert len(await env.hub.jobs.list(owner=env.user("u1"))) == 1

@@ -26,6 +26,7 @@ from harness import FakeServer, RunningHub, eventually, make_settings, running_h
 
 from hub.cli import main as cli_main
 from hub.events import ChatRef, Event, Message, Text, User
+from hub.skills.admin import PRIVATE_NOTE
 from hub.storage.jobs import Job
 
 REFUSAL = "Sorry, that command is for the bot's admins only."
@@ -57,6 +58,18 @@ POLICY = """
 [access]
 private = "pairing"
 """
+
+# A web user is whoever names the session, so web admin rights come from the web token.
+WEB_TOKEN = "web-admin-token"
+WEB_AUTH = {"Authorization": f"Bearer {WEB_TOKEN}"}
+TOKEN_ADMIN = f"""
+[web]
+token = "{WEB_TOKEN}"
+token_is_admin = true
+"""
+# An admin by the configuration, on the tests' own platform.
+OWNER = "fake:owner"
+WEB_ADMIN_HUB = f'admins = ["{OWNER}"]\n{MODELS}{VIDEO}{POLICY}{TOKEN_ADMIN}'
 
 
 class Env:
@@ -189,7 +202,9 @@ class _Names(dict[str, str]):
 
 
 class WebEnv(Env):
-    """People use the web chat; groups and strangers are on the tests' own platform."""
+    """The admin uses the web chat, an admin by carrying the web token (`token_is_admin`);
+    everyone else, groups and strangers are on the tests' own platform (with the token every
+    web user would be an admin)."""
 
     channel = "web"
 
@@ -199,10 +214,10 @@ class WebEnv(Env):
         self._ids = itertools.count(1)
 
     def user(self, name: str) -> str:
-        return f"web:{name}"
+        return f"web:{name}" if name == self.admin_name else f"fake:{name}"
 
     def private(self, name: str) -> str:
-        return f"web:private:{name}"
+        return f"web:private:{name}" if name == self.admin_name else f"fake:private:{name}"
 
     def group(self, name: str) -> str:
         return f"fake:group:{name}"
@@ -214,10 +229,15 @@ class WebEnv(Env):
         return f"fake:private:{name}"
 
     async def say(self, name: str, text: str) -> str:
-        return await self.web(name, text)
+        if name == self.admin_name:
+            return await self.web(name, text)
+        # Let in before, as the pairing policy would after an admin's approval.
+        await self.hub.users.set(self.user(name), allowed=True)
+        return await self.fake(name, text)
 
     async def web(self, session: str, text: str) -> str:
-        return text_of(await web_chat(self.h.url, session, text))
+        """Over the web chat, with the web token (ignored by a hub that has none)."""
+        return text_of(await web_chat(self.h.url, session, text, headers=WEB_AUTH))
 
     async def say_in(self, group: str, name: str, text: str) -> str:
         return await self.fake(name, text, chat=group, group=True)
@@ -316,7 +336,7 @@ class TelegramEnv(Env):
 async def web_messages(url: str, session: str, n: int = 1) -> list[str]:
     """The later messages a web session receives on its event stream."""
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}/api/web/events", params={"session": session}) as resp:
+        async with http.get(f"{url}/api/web/events", params={"session": session}, headers=WEB_AUTH) as resp:
             items = await sse_items(resp, until_done=n, timeout=10)
     return [i["content"] for i in items if isinstance(i, dict) and "content" in i]
 
@@ -359,7 +379,7 @@ async def started_telegram(tmp_path: Path, toml: str) -> AsyncIterator[TelegramE
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[WebEnv]:
-    async with started(tmp_path, f'admins = ["web:admin1"]\n{MODELS}{VIDEO}{POLICY}') as e:
+    async with started(tmp_path, WEB_ADMIN_HUB) as e:
         yield e
 
 
@@ -367,7 +387,7 @@ async def env(tmp_path: Path) -> AsyncIterator[WebEnv]:
 async def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
     """The same hub over the web chat, or over Telegram."""
     if request.param == "web":
-        async with started(tmp_path, f'admins = ["web:admin1"]\n{MODELS}{VIDEO}{POLICY}') as e:
+        async with started(tmp_path, WEB_ADMIN_HUB) as e:
             yield e
         return
     admin = "telegram:700001"  # the first person a TelegramEnv names is its admin
@@ -659,7 +679,7 @@ async def test_admin_answers_are_audited_with_who_where_what_when(env: WebEnv) -
     "args,says",
     [
         ("ban telegramm:1", "there is no channel 'telegramm'"),
-        ("ban web:admin1", "admins cannot be banned"),
+        (f"ban {OWNER}", "admins cannot be banned"),
         ("quota web:x video lots", "'lots' is not a number"),
         ("quota web:x dance 3", "No skill 'dance'"),
         ("skill off video nowhere", "is not a chat"),
@@ -680,7 +700,7 @@ async def test_bad_input_gets_a_reason_and_the_usage_and_changes_nothing(env: We
     assert says in answer, answer
     entry = await env.last_audit()
     assert entry.actor == "web:admin1" and entry.outcome == "invalid"
-    assert not (await env.hub.users.get("web:admin1")).banned
+    assert not (await env.hub.users.get(OWNER)).banned
     assert await env.hub.kv.get("default_model") is None
     assert await env.hub.personas.get("Mei") is None
 
@@ -702,6 +722,7 @@ async def test_a_broadcast_handled_again_after_a_crash_sends_nothing_twice(env: 
         channel="web",
         chat=ChatRef("web", "private", "admin1"),
         sender=User("web", "admin1"),
+        context={"web_admin": True},  # what the web chat sets for a request carrying the token
         message=Message((Text("/admin broadcast fake:group:g1,fake:group:g2 Once only"),)),
     )
 
@@ -729,22 +750,25 @@ async def test_a_broadcast_handled_again_after_a_crash_sends_nothing_twice(env: 
 
 
 async def test_an_admin_added_from_the_command_line_may_use_admin(env: WebEnv, tmp_path: Path) -> None:
-    assert await env.web("boss", "/admin status") == REFUSAL
+    assert await env.say("boss", "/admin status") == REFUSAL
     config = str(tmp_path / "hub.toml")
-    assert await asyncio.to_thread(cli_main, ["admin", "add", "web:boss", "--config", config]) == 0
+    assert await asyncio.to_thread(cli_main, ["admin", "add", "fake:boss", "--config", config]) == 0
     env.hub.people.invalidate()
-    assert "Channels:" in await env.web("boss", "/admin status")
-    assert await asyncio.to_thread(cli_main, ["admin", "remove", "web:boss", "--config", config]) == 0
+    assert "Channels:" in await env.say("boss", "/admin status")
+    assert await asyncio.to_thread(cli_main, ["admin", "remove", "fake:boss", "--config", config]) == 0
     env.hub.people.invalidate()
-    assert await env.web("boss", "/admin status") == REFUSAL
+    assert await env.say("boss", "/admin status") == REFUSAL
+    # A web user names itself: never an admin by name.
+    assert await asyncio.to_thread(cli_main, ["admin", "add", "web:boss", "--config", config]) == 2
 
 
 async def test_who_shows_standing_usage_and_jobs(env: WebEnv) -> None:
-    await env.admin("/admin quota web:maker video 3")
+    maker = env.user("maker")
+    await env.admin(f"/admin quota {maker} video 3")
     values = await _a_running_job(env)
-    await env.admin("/admin ban web:maker")
-    answer = await env.admin("/admin who web:maker")
-    assert "web:maker: banned" in answer
+    await env.admin(f"/admin ban {maker}")
+    answer = await env.admin(f"/admin who {maker}")
+    assert f"{maker}: banned" in answer
     assert "video 1/3" in answer and "image 0/∞" in answer
     assert f"#{values['job']} video" in answer
     assert "Last 7 days: video 1" in answer
@@ -759,3 +783,31 @@ async def test_status_counts_channels_backlogs_jobs_and_recent_failures(env: Web
     assert "Backlog: inbox " in answer and ", outbox " in answer
     assert "failed 1" in answer and "running 1" in answer
     assert "Failures in the last hour: 0 sends, 0 events, 1 jobs" in answer
+
+
+# --- answers that name people stay out of groups ---------------------------------------------------
+
+
+async def test_who_and_audit_asked_in_a_telegram_group_answer_the_admin_privately(tmp_path: Path) -> None:
+    admin = "telegram:700001"
+    async with started_telegram(tmp_path, f'admins = ["{admin}"]\n{MODELS}{VIDEO}{POLICY}') as t:
+        assert t.user(t.admin_name) == admin
+        group, private = t.group("team"), t.private(t.admin_name)
+        for text, says in ((f"/admin who {admin}", f"{admin}: admin"), ("/admin audit 3", "audit entries")):
+            await t.say_in("team", t.admin_name, text)
+            assert [m for m in t.sent_to(private) if says in m]  # sent once say_in returns
+            assert says not in "\n".join(t.sent_to(group))
+        assert t.sent_to(group) == [PRIVATE_NOTE] * 2
+        # Through the outbox like any reply.
+        rows = [r for r in await t.rows() if r["target"] == private]
+        assert len(rows) == 2 and all(r["status"] == "sent" for r in rows)
+
+
+async def test_who_and_audit_asked_in_a_group_elsewhere_say_ask_me_privately(env: WebEnv) -> None:
+    await env.hub.users.set(OWNER, allowed=True)
+    for text in (f"/admin who {OWNER}", "/admin audit"):
+        answer = await env.fake("owner", text, chat="g1", group=True)
+        assert "ask me in a private chat" in answer
+        assert "audit entries" not in answer and f"{OWNER}: admin" not in answer
+    # Asked privately, it answers.
+    assert f"{OWNER}: admin" in await env.fake("owner", f"/admin who {OWNER}")

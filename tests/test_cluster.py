@@ -40,6 +40,12 @@ async def test_two_hubs_share_one_postgresql(tmp_path: Path) -> None:
                 quotes = [c.json["quote"] for c in platform.calls("/send")]
                 assert sorted(quotes) == sorted(ev["id"] for ev in events)
                 assert await a.hub.outbox_repo.backlog() == 0
+                # Per chat, the platform got the replies in the order they were queued, though
+                # both hubs were sending (its message ids count up in order of arrival).
+                rows = await a.hub.outbox_repo.all_rows()
+                for chat in {r["target"] for r in rows}:
+                    arrived = [int(r["sent_ids"][0]) for r in rows if r["target"] == chat]
+                    assert arrived == sorted(arrived), chat
                 assert await a.hub.inbox.backlog() == 0
     finally:
         await platform.stop()

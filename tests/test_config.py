@@ -217,7 +217,7 @@ def test_check_config_accepts_the_example(tmp_path: Path) -> None:
 def test_unknown_key_is_a_mistake(tmp_path: Path) -> None:
     done = check_config(tmp_path, "[http]\nprot = 9000\n")
     assert done.returncode == 2
-    assert mistakes(done) == {"http.prot": "unknown key"}
+    assert mistakes(done) == {"http.prot": "unknown key (did you mean `port`?)"}
     assert done.stdout == ""
 
 
@@ -323,3 +323,23 @@ def test_an_env_reference_may_name_a_hub_prefixed_variable(tmp_path: Path) -> No
     cfg.write_text('[web]\ntoken = "env:HUB_WEB_SECRET"\n', encoding="utf-8")
     settings = load_settings(cfg, env={"HUB_WEB_SECRET": "s3cret"})
     assert settings.web.token is not None and settings.web.token.get_secret_value() == "s3cret"
+
+
+def test_check_config_names_every_mistake_in_one_round(tmp_path: Path) -> None:
+    # A [[models]] entry missing its required keys used to hide every check that needs whole
+    # settings (web.token here) until it was fixed.
+    done = check_config(tmp_path, '[http]\nhost = "0.0.0.0"\n[[models]]\nname = "x"\n')
+    assert done.returncode == 2
+    found = mistakes(done)
+    assert {"models.0.base_url", "models.0.model", "web.token"} <= set(found), found
+
+
+def test_check_config_suggests_the_nearest_key(tmp_path: Path) -> None:
+    done = check_config(tmp_path, 'log_levle = "debug"\n[telegram]\nenabld = true\n', HUB_HTTP__PROT="9000")
+    assert done.returncode == 2
+    found = mistakes(done)
+    assert found["log_levle"] == "unknown key (did you mean `log_level`?)"
+    assert found["telegram.enabld"] == "unknown key (did you mean `enabled`?)"
+    assert found["HUB_HTTP__PROT"] == "no such configuration key (did you mean HUB_HTTP__PORT?)"
+    # Far from any key: no guess.
+    assert check_config(tmp_path, "zzzqqq = 1\n").stderr.strip() == "zzzqqq: unknown key"

@@ -18,6 +18,7 @@ from sqlalchemy import update
 from hub.app import _generation_providers
 from hub.delivery import Outbox
 from hub.events import ChatRef
+from hub.fetch import policy_from_settings
 from hub.job_delivery import JobDelivery
 from hub.job_images import ImageJobs
 from hub.jobs import JobRequest, JobService
@@ -41,7 +42,7 @@ def make_service(db: Database, settings: Settings, holder: str) -> JobService:
     media = MediaStore(db, settings.media_dir)
     outbox = Outbox(OutboxRepo(db, holder), media, {}, ChatRepo(db), metrics)
     repo = JobRepo(db, holder, 30)
-    delivery = JobDelivery(repo, outbox, media)
+    delivery = JobDelivery(repo, outbox, media, fetch_policy=policy_from_settings(settings))
     return JobService(repo, delivery, ImageJobs(repo, delivery, media, images), metrics, providers=providers)
 
 

@@ -147,7 +147,7 @@ async def test_outbound_media_go_as_segments_with_a_link_or_base64(
 ) -> None:
     settings = settings_for(tmp_path, fake, model)
     if public:
-        settings = make_settings(tmp_path, '[http]\npublic_url = "https://hub.example.com"\n' + _toml_of(fake, model))
+        settings = make_settings(tmp_path, _PUBLIC + _toml_of(fake, model))
     async with running_hub(settings) as h:
         stored = await h.hub.media.save_bytes(b"\x89PNG fake", name="cat.png", mime="image/png")
         target = ChatRef("onebot", "group", f"{BOT}/777")
@@ -209,3 +209,7 @@ def test_onebot_can_be_enabled(tmp_path: Path) -> None:
     assert '"t"' not in done.stdout and "secret" not in done.stdout
     bad = check_config(tmp_path, '[onebot]\nenabled = true\napi_base = "http://127.0.0.1:3000/path"\n')
     assert bad.returncode == 2 and "onebot.api_base" in bad.stderr
+
+
+# A public address needs the web token (check-config), though these tests never use the page.
+_PUBLIC = '[http]\npublic_url = "https://hub.example.com"\n\n[web]\ntoken = "web-token-for-public-url"\n'

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from harness import pg_database
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from hub.events import ChatRef, Event, Message, User
 from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
@@ -17,7 +17,11 @@ from hub.storage.db import Database, utcnow
 from hub.storage.inbox import InboxRepo
 from hub.storage.media import MediaStore, MediaTooLarge
 from hub.storage.migrate import HEAD, current_revision, migrate
+from hub.storage.models import audit as audit_t
+from hub.storage.models import inbox as inbox_t
+from hub.storage.models import outbox as outbox_t
 from hub.storage.outbox import NewMessage, OutboxRepo
+from hub.storage.retention import prune
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -104,9 +108,11 @@ async def test_outbox_idempotency_key_and_claims(db: Database) -> None:
 
 
 async def test_outbox_claims_do_not_overlap_between_holders(db: Database) -> None:
-    target = ChatRef("fake", "private", "p")
+    # One chat per message: a chat being sent to is not claimed again (see the test below).
     repos = [OutboxRepo(db, f"h{i}") for i in range(4)]
-    await asyncio.gather(*(repos[0].enqueue(NewMessage(target, Message.of(str(i)))) for i in range(200)))
+    await asyncio.gather(
+        *(repos[0].enqueue(NewMessage(ChatRef("fake", "private", f"p{i}"), Message.of(str(i)))) for i in range(200))
+    )
     claimed = await asyncio.gather(*(r.claim_due(30) for r in repos for _ in range(3)))
     ids = [i.id for batch in claimed for i in batch]
     assert len(ids) == len(set(ids))
@@ -163,3 +169,119 @@ async def test_outbox_release_all_makes_a_dead_runs_claims_available_at_once(db:
     assert await restarted.claim_due(10) == []  # still leased by the dead run
     await restarted.release_all()
     assert [i.message.text for i in await restarted.claim_due(10)] == ["x"]
+
+
+async def test_outbox_updates_are_fenced_on_the_holder(db: Database) -> None:
+    slow = OutboxRepo(db, "slow", lease_s=0.2)
+    fast = OutboxRepo(db, "fast", lease_s=30)
+    target = ChatRef("fake", "private", "p")
+    await slow.enqueue(NewMessage(target, Message.of("a")))
+    (mine,) = await slow.claim_due(10)
+    await asyncio.sleep(0.3)  # slow stalls past its lease; fast takes the message over
+    (theirs,) = await fast.claim_due(10)
+    assert theirs.id == mine.id
+    # The process that lost its lease changes nothing any more.
+    assert await slow.mark_retry(mine.id, attempts=1, next_at=utcnow(), error="late") is False
+    assert await slow.mark_failed(mine.id, attempts=9, error="late") is False
+    await slow.set_progress(mine.id, 3)
+    await slow.renew([mine.id])
+    await slow.mark_sent(mine.id, ["late"])
+    (row,) = await fast.all_rows()
+    assert (row["holder"], row["status"], row["progress"], row["last_error"]) == ("fast", "pending", 0, None)
+    await fast.mark_sent(theirs.id, ["m1"])
+    (row,) = await fast.all_rows()
+    assert (row["status"], row["sent_ids"]) == ("sent", ["m1"])
+
+
+async def test_outbox_claims_keep_one_sender_and_the_order_per_chat(db: Database) -> None:
+    a, b = OutboxRepo(db, "a"), OutboxRepo(db, "b")
+    p, q = ChatRef("fake", "private", "p"), ChatRef("fake", "private", "q")
+    for body in ("p1", "p2"):
+        await a.enqueue(NewMessage(p, Message.of(body)))
+    first = await a.claim_due(1)
+    assert [i.message.text for i in first] == ["p1"]
+    await a.enqueue(NewMessage(q, Message.of("q1")))
+    # p has a message being sent: neither this process nor another claims p's next one.
+    assert [i.message.text for i in await b.claim_due(10)] == ["q1"]
+    assert await a.claim_due(10) == []
+    # p1 failed and waits for its retry: p2 waits behind it rather than overtake it.
+    await a.mark_retry(first[0].id, attempts=1, next_at=utcnow() + timedelta(hours=1), error="500")
+    assert await b.claim_due(10) == []
+    await a.enqueue(NewMessage(ChatRef("fake", "private", "r"), Message.of("r1")))
+    assert [i.message.text for i in await b.claim_due(10)] == ["r1"]
+
+
+@pytest.mark.parametrize("skew_h", [-1, 1])
+async def test_leases_are_timed_by_the_database_clock(
+    db: Database, monkeypatch: pytest.MonkeyPatch, skew_h: int
+) -> None:
+    """A host whose clock is an hour off neither loses its lease at once nor steals a live one."""
+    steady_in, steady_out = InboxRepo(db, "steady"), OutboxRepo(db, "steady")
+    skewed_in, skewed_out = InboxRepo(db, "skewed"), OutboxRepo(db, "skewed")
+    real = utcnow
+
+    def skewed() -> datetime:
+        return real() + timedelta(hours=skew_h)
+
+    target = ChatRef("fake", "private", "p")
+    if skew_h < 0:
+        # The skewed host takes leases: they must not be over before they start.
+        for module in ("hub.storage.inbox", "hub.storage.outbox", "hub.storage.db"):
+            monkeypatch.setattr(f"{module}.utcnow", skewed, raising=False)
+        await skewed_in.store(_event(1))
+        await skewed_out.enqueue(NewMessage(target, Message.of("x")))
+        assert len(await skewed_out.claim_due(10)) == 1
+        monkeypatch.undo()
+        assert await steady_in.claim_stalled() == []
+        assert await steady_out.claim_due(10) == []
+    else:
+        # The skewed host checks leases: a live one is not expired to it.
+        await steady_in.store(_event(1))
+        await steady_out.enqueue(NewMessage(target, Message.of("x")))
+        assert len(await steady_out.claim_due(10)) == 1
+        for module in ("hub.storage.inbox", "hub.storage.outbox", "hub.storage.db"):
+            monkeypatch.setattr(f"{module}.utcnow", skewed, raising=False)
+        assert await skewed_in.claim_stalled() == []
+        assert await skewed_out.claim_due(10) == []
+    # The deadline read back is UTC-aware and about a lease from the database's now.
+    (row,) = await steady_out.all_rows()
+    assert row["lease_until"].tzinfo is not None
+    assert timedelta(seconds=20) < row["lease_until"] - real() < timedelta(seconds=31)
+
+
+async def test_old_handled_rows_are_pruned_and_the_dedupe_window_kept(db: Database) -> None:
+    inbox, outbox = InboxRepo(db, "h1"), OutboxRepo(db, "h1")
+    audit = AuditRepo(db)
+    ids: dict[str, int] = {}
+    for i in range(4):
+        await inbox.store(_event(i))
+        ids[str(i)] = await outbox.enqueue(NewMessage(ChatRef("fake", "private", f"p{i}"), Message.of(str(i))))
+    for claimed in await inbox.claim_stalled(take_all=True):
+        if claimed.event.id != "3":
+            await inbox.mark_done(claimed.id)
+    for item in await outbox.claim_due(10):
+        if item.message.text != "3":
+            await outbox.mark_sent(item.id)
+    await audit.record("fake:u1", "admin ban", "ok")
+    days = {"0": 40, "1": 6, "2": 1, "3": 40}
+    async with db.engine.begin() as conn:
+        for key, age in days.items():
+            at = utcnow() - timedelta(days=age)
+            await conn.execute(update(inbox_t).where(inbox_t.c.event_id == key).values(handled_at=at, received_at=at))
+            await conn.execute(update(outbox_t).where(outbox_t.c.id == ids[key]).values(sent_at=at, created_at=at))
+        await conn.execute(update(audit_t).values(at=utcnow() - timedelta(days=40)))
+    counts = await prune(db, retention_days=5)
+    assert counts == {"inbox": 1, "outbox": 2, "web_events": 0, "audit": 1}
+    left = await inbox.claim_stalled(take_all=True)
+    assert [r.event.id for r in left] == ["3"]  # pending: never pruned, whatever its age
+    # Within the 7-day dedupe window the event is still known: a retry stays a duplicate.
+    assert await inbox.store(_event(1)) is None and await inbox.store(_event(2)) is None
+    assert [r["status"] for r in await outbox.all_rows()] == ["sent", "pending"]
+    if not db.is_sqlite:
+        # Another process of the cluster pruning now: this one skips its round.
+        async with db.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": 0x7072756E65})
+            try:
+                assert await prune(db, retention_days=5) is None
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": 0x7072756E65})

@@ -118,14 +118,24 @@ async def test_group_text_needs_a_mention_or_a_reply_to_the_bot(hub: RunningHub,
     by_id = message_update(
         "Hub Test Bot what time is it",
         chat_id=GROUP,
-        entities=[{"type": "text_mention", "offset": 0, "length": 12, "user": {"id": BOT_ID, "is_bot": True,
-                                                                                  "first_name": "Hub Test Bot"}}],
+        entities=[
+            {
+                "type": "text_mention",
+                "offset": 0,
+                "length": 12,
+                "user": {"id": BOT_ID, "is_bot": True, "first_name": "Hub Test Bot"},
+            }
+        ],
     )
     await post_update(hub.url, by_id)
     # So does a reply to one of the bot's own messages.
-    bot_said = {"message_id": 77, "date": 1441645532, "chat": {"id": GROUP, "type": "supergroup", "title": "T"},
-                "from": {"id": BOT_ID, "is_bot": True, "first_name": "Hub Test Bot", "username": BOT_USERNAME},
-                "text": "an earlier answer"}
+    bot_said = {
+        "message_id": 77,
+        "date": 1441645532,
+        "chat": {"id": GROUP, "type": "supergroup", "title": "T"},
+        "from": {"id": BOT_ID, "is_bot": True, "first_name": "Hub Test Bot", "username": BOT_USERNAME},
+        "text": "an earlier answer",
+    }
     replying = message_update("and then?", chat_id=GROUP, reply_to_message=bot_said)
     await post_update(hub.url, replying)
     await tg.wait_for(lambda: len(tg.delivered()) == 3)
@@ -172,12 +182,30 @@ async def test_other_update_types_are_acked_and_ignored(hub: RunningHub, tg: Fak
     edited = message_update("/help")
     edited = {"update_id": edited["update_id"], "edited_message": {**edited["message"], "edit_date": 1441645600}}
     joined = message_update(None, chat_id=GROUP, new_chat_members=[USER])
-    poll = message_update(None, chat_id=GROUP, poll={
-        "id": "1", "question": "?", "options": [{"text": "a", "voter_count": 0}], "total_voter_count": 0,
-        "is_closed": False, "is_anonymous": True, "type": "regular", "allows_multiple_answers": False})
-    member = {"update_id": 99001, "my_chat_member": {
-        "chat": {"id": GROUP, "type": "supergroup", "title": "T"}, "from": USER, "date": 1441645532,
-        "old_chat_member": {"status": "left", "user": USER}, "new_chat_member": {"status": "member", "user": USER}}}
+    poll = message_update(
+        None,
+        chat_id=GROUP,
+        poll={
+            "id": "1",
+            "question": "?",
+            "options": [{"text": "a", "voter_count": 0}],
+            "total_voter_count": 0,
+            "is_closed": False,
+            "is_anonymous": True,
+            "type": "regular",
+            "allows_multiple_answers": False,
+        },
+    )
+    member = {
+        "update_id": 99001,
+        "my_chat_member": {
+            "chat": {"id": GROUP, "type": "supergroup", "title": "T"},
+            "from": USER,
+            "date": 1441645532,
+            "old_chat_member": {"status": "left", "user": USER},
+            "new_chat_member": {"status": "member", "user": USER},
+        },
+    }
     unknown = {"update_id": 99002, "some_future_update": {"x": 1}}
     for update in (edited, joined, poll, member, unknown):
         assert await post_update(hub.url, update) == 200

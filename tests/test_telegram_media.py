@@ -148,7 +148,9 @@ async def test_a_server_refusing_the_size_gets_a_link(hub: RunningHub, tg: FakeT
     await post_update(hub.url, message_update("/media"))
     await all_sent(hub)
     (note,) = tg.delivered()
-    assert note.params["text"].startswith("The file is too large to send on Telegram (0 MB): https://hub.example.org/media/")
+    assert note.params["text"].startswith(
+        "The file is too large to send on Telegram (0 MB): https://hub.example.org/media/"
+    )
 
 
 async def test_inbound_media_become_segments_and_download_on_demand(hub: RunningHub, tg: FakeTelegram) -> None:
@@ -191,8 +193,13 @@ async def test_inbound_media_become_segments_and_download_on_demand(hub: Running
     ]
     d = await payload(doc)
     assert d["message"] == [
-        {"type": "file", "file_id": DOCUMENT["file_id"], "name": "Testfile.pdf", "mime": "application/pdf",
-         "size": 536392}
+        {
+            "type": "file",
+            "file_id": DOCUMENT["file_id"],
+            "name": "Testfile.pdf",
+            "mime": "application/pdf",
+            "size": 536392,
+        }
     ]
 
     tg.add_file("large", PNG, "photos/file_7.jpg")

@@ -38,8 +38,9 @@ async def test_polling_mode_answers_and_confirms_updates(tmp_path: Path, tg: Fak
         assert {c.params["chat_id"] for c in tg.delivered()} == {"1111111", "2222222"}
         assert NO_MODEL in [c.params["text"] for c in tg.delivered()]
         # The next getUpdates confirms both (offset past the last one).
-        await tg.wait_for(lambda: any(c.params.get("offset") == str(second["update_id"] + 1)
-                                      for c in tg.calls("getUpdates")))
+        await tg.wait_for(
+            lambda: any(c.params.get("offset") == str(second["update_id"] + 1) for c in tg.calls("getUpdates"))
+        )
         polls = tg.calls("getUpdates")
         assert polls[0].params["allowed_updates"] == ["message"] and polls[0].params["timeout"] == "25"
         assert await h.hub.inbox.get("telegram", str(first["update_id"])) is not None
@@ -84,4 +85,3 @@ async def test_only_one_process_of_a_cluster_polls(tmp_path: Path, tg: FakeTeleg
                 await tg.wait_for(lambda: len(tg.delivered()) == 2, timeout=15)
                 assert len(tg.calls("getUpdates")) > polls_before
         assert len(tg.delivered()) == 2
-

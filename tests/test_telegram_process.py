@@ -90,7 +90,8 @@ async def test_cli_sets_and_deletes_the_webhook(
     code, _, err = await run_cli(capsys, "telegram", "set-webhook", "--config", str(cfg))
     assert code == 2 and err.startswith("http.public_url:")
     # Telegram refusing the address is a failure at run time.
-    with_public = write_config(tmp_path, '[http]\npublic_url = "https://hub.example.org"\n' + telegram_toml(tg.url))
+    public = '[http]\npublic_url = "https://hub.example.org"\n[web]\ntoken = "t"\n'
+    with_public = write_config(tmp_path, public + telegram_toml(tg.url))
     tg.script("setWebhook", error(400, "Bad Request: bad webhook: Failed to resolve host"))
     code, _, err = await run_cli(capsys, "telegram", "set-webhook", "--config", str(with_public))
     assert code == 1 and "Failed to resolve host" in err

@@ -47,18 +47,30 @@ def mention(text: str, name: str) -> MessageEntity:
         ("ask @OtherBot please", lambda t: [mention(t, "@OtherBot")], ("ask @OtherBot please", False)),
         (
             "Hub Test Bot tell me",
-            lambda t: [MessageEntity(type="text_mention", offset=0, length=12,
-                                     user=User(id=123456789, is_bot=True, first_name="Hub Test Bot"))],
+            lambda t: [
+                MessageEntity(
+                    type="text_mention",
+                    offset=0,
+                    length=12,
+                    user=User(id=123456789, is_bot=True, first_name="Hub Test Bot"),
+                )
+            ],
             ("tell me", True),
         ),
         (
             "Alice tell me",
-            lambda t: [MessageEntity(type="text_mention", offset=0, length=5,
-                                     user=User(id=42, is_bot=False, first_name="Alice"))],
+            lambda t: [
+                MessageEntity(
+                    type="text_mention", offset=0, length=5, user=User(id=42, is_bot=False, first_name="Alice")
+                )
+            ],
             ("Alice tell me", False),
         ),
-        ("/help@HubTestBot", lambda t: [MessageEntity(type="bot_command", offset=0, length=16)],
-         ("/help@HubTestBot", False)),
+        (
+            "/help@HubTestBot",
+            lambda t: [MessageEntity(type="bot_command", offset=0, length=16)],
+            ("/help@HubTestBot", False),
+        ),
     ],
 )
 def test_strip_bot_mentions(text: str, entities: object, expected: tuple[str, bool]) -> None:
@@ -77,8 +89,14 @@ def test_load_update_drops_a_part_it_cannot_read_and_ignores_other_types() -> No
 
 
 def test_event_of_a_group_topic_message_carries_the_thread_and_the_message_id() -> None:
-    raw = message_update("@HubTestBot hi", chat_id=-1001, message_id=55, is_topic_message=True,
-                         message_thread_id=7, entities=[{"type": "mention", "offset": 0, "length": 11}])
+    raw = message_update(
+        "@HubTestBot hi",
+        chat_id=-1001,
+        message_id=55,
+        is_topic_message=True,
+        message_thread_id=7,
+        entities=[{"type": "mention", "offset": 0, "length": 11}],
+    )
     update = load_update(raw)
     assert update is not None
     event = parse_update(update, ME)

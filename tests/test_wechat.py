@@ -44,6 +44,9 @@ def settings_for(
 [http]
 public_url = "{PUBLIC}"
 
+[web]
+token = "test-web-token"
+
 [wechat]
 enabled = true
 app_id = "{APP_ID}"

@@ -76,7 +76,7 @@ async def test_reply_ready_within_the_window_is_the_answer(
     hub: RunningHub, api: FakeWeChatApi, model: FakeOpenAI
 ) -> None:
     model.first_token_delay_s = 1.0
-    answer = await wechat.post(hub.url, text_xml("你好", "p-1"))
+    answer = await wechat.post(hub.url, text_xml("你好", "991"))
     assert answer.status == 200
     assert content(answer) == "re: 你好"
     assert 1.0 <= answer.seconds < 4.5
@@ -93,7 +93,7 @@ async def test_a_late_reply_is_given_with_the_next_message(
     assert passive is not None
     passive.wait_s = 1.0  # the window, shortened for the test
     model.first_token_delay_s = 2.0
-    first = await wechat.post(hub.url, text_xml("first question", "p-2"))
+    first = await wechat.post(hub.url, text_xml("first question", "992"))
     assert (first.status, first.text) == (200, "success")
     assert first.seconds < 1.8
 
@@ -102,7 +102,7 @@ async def test_a_late_reply_is_given_with_the_next_message(
 
     await eventually(held)
     model.first_token_delay_s = 0.0
-    second = await wechat.post(hub.url, text_xml("second question", "p-3"))
+    second = await wechat.post(hub.url, text_xml("second question", "993"))
     text = content(second)
     assert text == f"{EARLIER}\nre: first question\n\n{CURRENT}\nre: second question"
     assert await count(hub, held_replies) == 0
@@ -113,7 +113,7 @@ async def test_retries_within_the_window_get_the_reply_and_it_is_handled_once(
     hub: RunningHub, model: FakeOpenAI
 ) -> None:
     model.first_token_delay_s = 1.5
-    params, body = wechat.request(text_xml("retry me", "p-4"))
+    params, body = wechat.request(text_xml("retry me", "994"))
 
     async def deliver(give_up_after: float | None) -> Answer | None:
         started = time.monotonic()
@@ -140,7 +140,7 @@ async def test_messages_that_get_no_reply_are_answered_at_once(hub: RunningHub) 
     xml = (
         f"<xml><ToUserName>{ACCOUNT}</ToUserName><FromUserName>{OPENID}</FromUserName><CreateTime>1</CreateTime>"
         "<MsgType>location</MsgType><Location_X>1</Location_X><Location_Y>2</Location_Y><Label>x</Label>"
-        "<MsgId>p-5</MsgId></xml>"
+        "<MsgId>995</MsgId></xml>"
     )
     answer = await wechat.post(hub.url, xml)
     assert (answer.status, answer.text) == (200, "success")
@@ -150,20 +150,20 @@ async def test_messages_that_get_no_reply_are_answered_at_once(hub: RunningHub) 
 async def test_media_is_uploaded_when_held_and_given_alone(hub: RunningHub, api: FakeWeChatApi) -> None:
     png = b"\x89PNG\r\n\x1a\n" + b"i" * 300
     # A finished job for this user, while the account can only answer.
-    await hub.hub.outbox.put(NewMessage(target=CHAT, message=Message((Image(data=png, name="cat.png"),)), quote="p-0"))
+    await hub.hub.outbox.put(NewMessage(target=CHAT, message=Message((Image(data=png, name="cat.png"),)), quote="990"))
 
     async def held() -> bool:
         return await count(hub, held_replies) == 1
 
     await eventually(held)
     assert [(u.type, u.data) for u in api.uploads()] == [("image", png)]
-    answer = await wechat.post(hub.url, text_xml("anything new?", "p-6"))
+    answer = await wechat.post(hub.url, text_xml("anything new?", "996"))
     reply = wechat.open_reply(answer.text)
     assert reply["MsgType"] == "image"
     assert reply["Image"]["MediaId"] == "MEDIA-1"
     # The reply to that message waits for the next one.
     assert await count(hub, held_replies) == 1
-    nxt = await wechat.post(hub.url, text_xml("ok", "p-7"))
+    nxt = await wechat.post(hub.url, text_xml("ok", "997"))
     assert content(nxt) == f"{EARLIER}\nre: anything new?\n\n{CURRENT}\nre: ok"
 
 
@@ -182,7 +182,7 @@ async def test_long_replies_come_a_part_per_message(hub: RunningHub) -> None:
     head = f"<xml><ToUserName>{ACCOUNT}</ToUserName><FromUserName>{OPENID}</FromUserName><CreateTime>1</CreateTime>"
     for i in range(8):
         # Messages that get no reply of their own (a location): each answer is the next part.
-        text = content(await wechat.post(hub.url, f"{head}<MsgType>location</MsgType><MsgId>q-{i}</MsgId></xml>"))
+        text = content(await wechat.post(hub.url, f"{head}<MsgType>location</MsgType><MsgId>98{i}</MsgId></xml>"))
         assert len(text.encode()) <= 2048
         got.append(text)
         if not text.endswith(MORE):
@@ -195,7 +195,7 @@ async def test_long_replies_come_a_part_per_message(hub: RunningHub) -> None:
 
 async def test_a_held_reply_survives_a_restart(settings: Settings, api: FakeWeChatApi, model: FakeOpenAI) -> None:
     async with running_hub(settings) as h:
-        await h.hub.outbox.put(NewMessage(target=CHAT, message=Message.of("kept for you"), quote="p-8"))
+        await h.hub.outbox.put(NewMessage(target=CHAT, message=Message.of("kept for you"), quote="998"))
 
         async def held() -> bool:
             return await count(h, held_replies) == 1
@@ -203,7 +203,7 @@ async def test_a_held_reply_survives_a_restart(settings: Settings, api: FakeWeCh
         await eventually(held)
     async with running_hub(settings) as h:
         model.first_token_delay_s = 0.0
-        answer = await wechat.post(h.url, text_xml("back again", "p-9"))
+        answer = await wechat.post(h.url, text_xml("back again", "999"))
         assert content(answer) == f"{EARLIER}\nkept for you\n\n{CURRENT}\nre: back again"
 
 
@@ -213,7 +213,7 @@ async def test_two_waiting_requests_never_give_one_reply_twice(hub: RunningHub, 
     passive.wait_s = 1.0
     model.first_token_delay_s = 0.3
     a, b = await asyncio.gather(
-        wechat.post(hub.url, text_xml("one", "p-10")), wechat.post(hub.url, text_xml("two", "p-11"))
+        wechat.post(hub.url, text_xml("one", "9910")), wechat.post(hub.url, text_xml("two", "9911"))
     )
     texts = [content(x) if x.text != "success" else "" for x in (a, b)]
     joined = "\n".join(texts)
@@ -232,7 +232,7 @@ async def test_a_reply_held_by_another_process_reaches_the_waiting_request(
         async with running_hub(a_settings) as a, running_hub(b_settings) as b:
             await a.hub.outbox.stop()  # only the other process sends (holds) replies
             model.first_token_delay_s = 0.5
-            answer = await wechat.post(a.url, text_xml("across processes", "p-20"))
+            answer = await wechat.post(a.url, text_xml("across processes", "9920"))
             assert content(answer) == "re: across processes"
             assert answer.seconds < 4.5
             assert await count(b, held_replies) == 0
@@ -245,7 +245,7 @@ async def test_the_same_reply_handed_over_twice_is_held_once(
     picture.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 100)
     message = Message.of("look:", Image(path=str(picture)))
     # The outbox hands a reply over again when the process died before marking it sent.
-    await channel(hub).send(CHAT, message, quote="p-30")
-    await channel(hub).send(CHAT, message, quote="p-30")
+    await channel(hub).send(CHAT, message, quote="9930")
+    await channel(hub).send(CHAT, message, quote="9930")
     assert len(api.uploads()) == 2  # uploaded each time: the media ids differ
     assert await count(hub, held_replies) == 2  # the text and the image, once

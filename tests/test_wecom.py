@@ -40,6 +40,9 @@ def settings_for(tmp_path: Path, api: FakeWeChatApi, model: FakeOpenAI | None, e
 [http]
 public_url = "https://hub.example.com"
 
+[web]
+token = "test-web-token"
+
 [wecom]
 enabled = true
 corp_id = "{CORP_ID}"
@@ -140,7 +143,7 @@ async def test_the_answer_comes_within_one_second_while_the_model_takes_ten(
     hub: RunningHub, api: FakeWeChatApi, model: FakeOpenAI
 ) -> None:
     model.first_token_delay_s = 10.0
-    answer = await wecom.post(hub.url, text_xml("slow", "w-1", sender=USER, to=CORP_ID, agent=AGENT_ID))
+    answer = await wecom.post(hub.url, text_xml("slow", "971", sender=USER, to=CORP_ID, agent=AGENT_ID))
     assert answer.status == 200 and answer.seconds < 1.0
     await model.wait_requests(1)
     assert api.sent(SEND) == []
@@ -148,7 +151,7 @@ async def test_the_answer_comes_within_one_second_while_the_model_takes_ten(
 
 
 async def test_messages_for_another_app_are_ignored(hub: RunningHub) -> None:
-    answer = await wecom.post(hub.url, text_xml("hi", "w-2", sender=USER, to=CORP_ID, agent="1000099"))
+    answer = await wecom.post(hub.url, text_xml("hi", "972", sender=USER, to=CORP_ID, agent="1000099"))
     assert answer.status == 200
     assert await inbox_rows(hub) == []
 

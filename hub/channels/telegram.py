@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -23,7 +22,16 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from hub.channels.base import Channel, Ingress, LiveStream, SendResult
-from hub.channels.telegram_parse import CHANNEL, HANDLED_UPDATES, BotIdentity, load_update, parse_update
+from hub.channels.payload import parse_json
+from hub.channels.telegram_parse import (
+    CHANNEL,
+    HANDLED_UPDATES,
+    BotIdentity,
+    check_ids,
+    is_id,
+    load_update,
+    parse_update,
+)
 from hub.channels.telegram_poll import BACKOFF, Poller
 from hub.channels.telegram_render import (
     TelegramSender,
@@ -37,10 +45,11 @@ from hub.channels.telegram_session import JsonSession
 from hub.channels.telegram_stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
 from hub.events import ChatRef, Message
+from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database
-from hub.storage.media import MediaStore, StoredMedia
+from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
 
 log = logging.getLogger("hub.telegram")
 
@@ -76,6 +85,7 @@ class TelegramChannel(Channel):
         chats: ChatRepo,
         db: Database,
         public_url: str | None,
+        fetcher: Fetcher,
         poll_timeout_s: int = 25,
         lock_retry_s: float = 5.0,
     ) -> None:
@@ -84,12 +94,13 @@ class TelegramChannel(Channel):
         self._media = media
         self._chats = chats
         self._public_url = public_url
+        self._fetcher = fetcher
         self.bot = make_bot(settings)
         self.limits = limits_for(settings.upload_limit_mb)
         self._me = BotIdentity(self.bot.id)
         self._secret = settings.secret_token.get_secret_value().encode() if settings.secret_token else None
         self._sender = TelegramSender(
-            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url
+            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url, fetcher=fetcher
         )
         self._poller = (
             Poller(self.bot, self._take, db, timeout_s=poll_timeout_s, lock_retry_s=lock_retry_s)
@@ -178,19 +189,19 @@ class TelegramChannel(Channel):
         given = request.headers.get(SECRET_HEADER)
         if given is None:
             raise VerificationFailed(f"missing {SECRET_HEADER}", 401)
-        if self._secret is None or not hmac.compare_digest(given.encode(), self._secret):
+        # Header bytes that are not UTF-8 arrive as surrogates: encoding them must not fail, so
+        # that any header that is not the secret is a wrong one (403), compared in constant time.
+        if self._secret is None or not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self._secret):
             raise VerificationFailed(f"wrong {SECRET_HEADER}", 403)
-        try:
-            data = json.loads(await request.read())
-        except ValueError as exc:
-            raise BadPayload("body is not JSON") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+        data = parse_json(await request.read())
+        if not isinstance(data, dict) or not is_id(data.get("update_id")):
             raise BadPayload("not a Telegram update (no update_id)")
         try:
             update = load_update(data)
         except ValidationError as exc:
             raise BadPayload(f"not a Telegram update ({exc.error_count()} problems)") from exc
         if update is not None:
+            check_ids(update)
             await self._take(update)
         return web.Response(status=200)
 
@@ -201,6 +212,9 @@ class TelegramChannel(Channel):
             await self._record_migration(str(msg.chat.id), msg.migrate_to_chat_id)
         try:
             event = parse_update(update, self._me)
+        except BadPayload as exc:
+            log.warning("event=telegram_update_refused update_id=%d reason=%s", update.update_id, exc)
+            return
         except Exception:
             # A shape this version does not expect: skip it rather than retry it forever.
             log.exception("event=telegram_parse_failed update_id=%d", update.update_id)
@@ -297,8 +311,14 @@ class TelegramChannel(Channel):
             raise HubError("Telegram gives no download for this file (too large for getFile)")
         limit = max_bytes or max(GET_FILE_MAX, self._sender.upload_limit)
         url = self.bot.session.api.file_url(self.bot.token, file.file_path)
-        chunks = self.bot.session.stream_content(url, timeout=300, raise_for_status=True)
-        return await self._media.save_stream(chunks, max_bytes=limit, name=name, mime=mime)
+        try:
+            # Through the one bounded download, whose errors never carry the URL (it holds the token).
+            async with self._fetcher.open(url, max_bytes=limit, timeout_s=300) as download:
+                return await self._media.save_stream(download.chunks(), max_bytes=limit, name=name, mime=mime)
+        except FetchTooLarge:
+            raise MediaTooLarge(limit) from None
+        except FetchError as exc:
+            raise send_error(exc) from None
 
 
 # --- `hub telegram set-webhook | delete-webhook` ----------------------------------------------

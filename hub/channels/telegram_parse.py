@@ -12,6 +12,7 @@ from aiogram.types import Message as TgMessage
 from aiogram.types import MessageEntity, Update
 from pydantic import ValidationError
 
+from hub.errors import BadPayload
 from hub.events import (
     Audio,
     ChatKind,
@@ -37,6 +38,9 @@ _CHAT_KINDS: dict[str, ChatKind] = {"private": "private", "group": "group", "sup
 _LEADING_PUNCT = re.compile(r"^[\s,:;，：；]+")
 _SPACES = re.compile(r"[ \t]{2,}")
 _CORE_FIELDS = {"message_id", "date", "chat", "from", "sender_chat"}
+# Telegram's ids have at most 52 significant bits; a longer one is not from Telegram (and
+# would not fit the columns that keep it).
+_ID_LIMIT = 1 << 53
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,27 @@ def load_update(data: Mapping[str, Any]) -> Update | None:
         return Update.model_validate({"update_id": data["update_id"], "message": kept})
 
 
+def is_id(value: object) -> bool:
+    """Whether `value` is an integer id as Telegram documents them (bool is not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -_ID_LIMIT < value < _ID_LIMIT
+
+
+def check_ids(update: Update) -> None:
+    """BadPayload unless every id the hub reads by hand is in Telegram's range."""
+    ids: list[int | None] = [update.update_id]
+    msg = update.message
+    if msg is not None:
+        ids += [msg.message_id, msg.chat.id, msg.message_thread_id, msg.migrate_to_chat_id]
+        ids += [u.id for u in (msg.from_user, msg.sender_chat) if u is not None]
+        if msg.reply_to_message is not None:
+            replied = msg.reply_to_message
+            ids += [replied.message_id, replied.from_user.id if replied.from_user else None]
+    if not all(i is None or is_id(i) for i in ids):
+        raise BadPayload("an id out of Telegram's range")
+
+
 def parse_update(update: Update, me: BotIdentity) -> Event | None:
+    check_ids(update)
     msg = update.message
     if msg is None:
         return None

@@ -36,6 +36,7 @@ from aiogram.types import Message as TgMessage
 from hub.channels.base import ChannelLimits, split_text
 from hub.errors import SendError
 from hub.events import Audio, ChatRef, File, Image, Media, Message, Video
+from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.storage.media import MediaStore, MediaTooLarge
 
 log = logging.getLogger("hub.telegram")
@@ -81,6 +82,9 @@ def send_error(exc: BaseException) -> SendError:
     """What the outbox should do about a failed Bot API call."""
     if isinstance(exc, SendError):
         return exc
+    if isinstance(exc, FetchError):
+        # A media URL the hub could not (or would not: a private address) download.
+        return SendError(f"media download: {exc}", retryable=exc.retryable)
     reason = f"{type(exc).__name__}: {_first_line(exc)}"
     if isinstance(exc, TelegramRetryAfter):
         return SendError(reason, retryable=True, retry_after=float(exc.retry_after))
@@ -185,9 +189,12 @@ def reply_of(target: ChatRef, quote: str | None, context: Mapping[str, Any] | No
 class TelegramSender:
     """Sends plans through one Bot; media too large for the upload limit goes as a link."""
 
-    def __init__(self, bot: Bot, media: MediaStore, *, upload_limit_mb: int, public_url: str | None) -> None:
+    def __init__(
+        self, bot: Bot, media: MediaStore, *, upload_limit_mb: int, public_url: str | None, fetcher: Fetcher
+    ) -> None:
         self.bot = bot
         self._media = media
+        self._fetcher = fetcher
         self.upload_limit = upload_limit_mb * MB
         self._public_url = public_url
 
@@ -267,10 +274,12 @@ class TelegramSender:
     async def _upload_from_url(self, common: dict[str, Any], seg: Media, caption: str | None) -> TgMessage:
         assert seg.url is not None
         try:
-            stored = await self._media.save_stream(
-                _download(self.bot, seg.url), max_bytes=self.upload_limit, name=seg.name, mime=seg.mime
-            )
-        except MediaTooLarge:
+            # The one guarded download: a URL leading to a private address is refused here.
+            async with self._fetcher.open(seg.url, max_bytes=self.upload_limit, timeout_s=UPLOAD_TIMEOUT_S) as download:
+                stored = await self._media.save_stream(
+                    download.chunks(), max_bytes=self.upload_limit, name=seg.name, mime=seg.mime, kind=seg.kind
+                )
+        except (MediaTooLarge, FetchTooLarge):
             return await self._send_link(common, seg, caption, None, url=seg.url)
         local = _replace_source(seg, str(stored.path))
         return await self._send_media(
@@ -311,10 +320,14 @@ class TelegramSender:
         media_id = self._media.id_of_path(seg.path) if seg.path else None
         if media_id is None:
             if seg.data is not None:
-                media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)).id
+                media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)).id
             elif seg.path:
                 stored = await self._media.save_stream(
-                    _read_file(seg.path), max_bytes=2**62, name=seg.name or Path(seg.path).name, mime=seg.mime
+                    _read_file(seg.path),
+                    max_bytes=2**62,
+                    name=seg.name or Path(seg.path).name,
+                    mime=seg.mime,
+                    kind=seg.kind,
                 )
                 media_id = stored.id
         return f"{self._public_url}/media/{media_id}" if media_id else None
@@ -358,11 +371,6 @@ def _replace_source(seg: Media, path: str) -> Media:
 
 def _host(url: str) -> str:
     return url.split("://", 1)[-1].split("/", 1)[0]
-
-
-async def _download(bot: Bot, url: str) -> AsyncIterator[bytes]:
-    async for chunk in bot.session.stream_content(url, timeout=UPLOAD_TIMEOUT_S, raise_for_status=True):
-        yield chunk
 
 
 async def _read_file(path: str, chunk: int = 1024 * 1024) -> AsyncIterator[bytes]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import re
@@ -12,12 +11,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from hub.auth import bearer_matches
 from hub.channels.base import Channel, ChannelLimits, SendResult
+from hub.channels.payload import parse_json
 from hub.events import Audio, ChatRef, Event, File, Image, Message, Text, User, Video
-from hub.settings import WebSettings
+from hub.settings import HttpSettings, WebSettings, is_loopback_host
 from hub.storage.media import MediaStore
 from hub.storage.web_events import WebEventRepo
 
@@ -39,15 +41,23 @@ class _SseSink:
     """The live answer to one POST: chunks and media straight onto the response."""
 
     def __init__(
-        self, response: web.StreamResponse, render: Callable[[Message], Awaitable[list[dict[str, Any]]]]
+        self,
+        response: web.StreamResponse,
+        render: Callable[[Message], Awaitable[list[dict[str, Any]]]],
+        request: web.Request | None = None,
     ) -> None:
         self._response = response
+        self._request = request
         self._render = render
         self._open = True
         self._lock = asyncio.Lock()
 
     @property
     def open(self) -> bool:
+        # A reader that went away after the last write (a reload) has not seen the end: the
+        # stream is then finished through the outbox, which reaches the page's event stream.
+        if self._request is not None and (self._request.transport is None or self._request.transport.is_closing()):
+            self._open = False
         return self._open
 
     async def _write(self, data: bytes) -> None:
@@ -81,8 +91,13 @@ class WebChannel(Channel):
         events: WebEventRepo,
         media: MediaStore,
         submit_and_wait: SubmitAndWait,
+        http: HttpSettings | None = None,
     ) -> None:
         self._settings = settings
+        self._http = http or HttpSettings()
+        public = urlsplit(self._http.public_url) if self._http.public_url else None
+        self._public_host = (public.hostname or "").lower() if public else None
+        self._public_origin = _origin_of(public.scheme, public.netloc) if public else None
         self._events = events
         self._media = media
         self._submit_and_wait = submit_and_wait
@@ -104,24 +119,60 @@ class WebChannel(Channel):
     # --- HTTP handlers ------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.StreamResponse:
+        if not self._host_ok(request):
+            return _wrong_host()
         return web.FileResponse(PAGE, headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"})
 
     def _authorized(self, request: web.Request) -> bool:
         if self._settings.token is None:
             return True
-        expected = self._settings.token.get_secret_value()
         # Header only: a token in the URL would end up in access logs and proxies.
-        given = request.headers.get("Authorization", "")
-        given = given[7:] if given.startswith("Bearer ") else ""
-        return hmac.compare_digest(given.encode(), expected.encode())
+        return bearer_matches(request.headers.get("Authorization"), self._settings.token)
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    def _host_ok(self, request: web.Request) -> bool:
+        """Without a token, only the hub's own names reach the page (no DNS rebinding)."""
+        if self._settings.token is not None:
+            return True
+        header = request.headers.get("Host")
+        if header is None:
+            return True  # HTTP/1.0 without Host: no browser, nothing to rebind
+        try:
+            parts = urlsplit(f"//{header}")
+            name, port = (parts.hostname or "").lower(), parts.port
+        except ValueError:
+            return False
+        if name and name == self._public_host:
+            return True
+        sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        bound_host, bound_port = (str(sock[0]).lower(), int(sock[1])) if sock else ("", None)
+        ours = name in (self._http.host.lower(), bound_host) or (self._http.is_loopback and is_loopback_host(name))
+        return ours and (port == bound_port or (port is None and bound_port == 80))
+
+    def _origin_ok(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser's cross-site request
+        origin = origin.strip().lower()
+        host = request.headers.get("Host", "").lower()
+        return origin in (self._public_origin, f"http://{host}", f"https://{host}")
+
+    def _refusal(self, request: web.Request) -> web.StreamResponse | None:
+        """The answer to a request for the page's API that may not go on, else None."""
+        if not self._host_ok(request):
+            return _wrong_host()
         if not self._authorized(request):
             return web.json_response({"error": "missing or wrong token"}, status=401)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response({"error": "body must be JSON"}, status=400)
+        return None
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        if not self._origin_ok(request):
+            return web.json_response({"error": "cross-site request refused"}, status=403)
+        if request.content_type != "application/json":
+            return web.json_response({"error": "body must be application/json"}, status=415)
+        body = parse_json(await request.read())  # BadPayload: 400 from the error middleware
         if not isinstance(body, dict):
             return web.json_response({"error": "body must be a JSON object"}, status=400)
         session, text = body.get("session"), body.get("text")
@@ -140,10 +191,12 @@ class WebChannel(Channel):
             chat=ChatRef("web", "private", session),
             sender=User("web", session, "web user"),
             message=Message((Text(text),)),
+            # Only a request that carried the token gets here when a token is set.
+            context={"web_admin": True} if self._settings.token_is_admin and self._settings.token else {},
         )
         response = _sse_response()
         await response.prepare(request)
-        sink = _SseSink(response, self.render)
+        sink = _SseSink(response, self.render, request)
         keepalive = asyncio.create_task(_keepalive(sink))
         try:
             await self._submit_and_wait(event, sink)
@@ -154,8 +207,9 @@ class WebChannel(Channel):
         return response
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
-            return web.json_response({"error": "missing or wrong token"}, status=401)
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
         session = request.query.get("session", "")
         if not SESSION_RE.match(session):
             return web.json_response({"error": "session must be 1-128 characters of A-Z a-z 0-9 _ . -"}, status=400)
@@ -166,10 +220,11 @@ class WebChannel(Channel):
             await response.write(b": connected\n\n")
             while not self._closing.is_set():
                 waiter.clear()
-                for items in await self._events.take_undelivered(session):
-                    # Claimed rows are lost if this write fails; a closed page is seen at the
-                    # keep-alive first, which runs every few seconds.
-                    await response.write(b"".join(sse(i) for i in items) + sse("[DONE]"))
+                # A page that went away (a reload) leaves its stream waiting here: it must not
+                # take the messages its successor is waiting for.
+                if request.transport is None or request.transport.is_closing():
+                    break
+                await self._deliver(response, await self._events.claim(session))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter.wait(), timeout=KEEPALIVE_S)
                 if not waiter.is_set():
@@ -179,6 +234,15 @@ class WebChannel(Channel):
         finally:
             self._events.release(session, waiter)
         return response
+
+    async def _deliver(self, response: web.StreamResponse, claimed: list[tuple[int, list[dict[str, Any]]]]) -> None:
+        """Write claimed messages; what could not be written is given back for the next stream."""
+        for n, (_row_id, items) in enumerate(claimed):
+            try:
+                await response.write(b"".join(sse(i) for i in items) + sse("[DONE]"))
+            except (ConnectionError, RuntimeError):
+                await self._events.give_back([row_id for row_id, _ in claimed[n:]])
+                raise
 
     # --- sending ------------------------------------------------------------------------
 
@@ -204,12 +268,12 @@ class WebChannel(Channel):
             media_id = self._media.id_of_path(seg.path)
             if media_id is None:
                 stored = await self._media.save_bytes(
-                    await asyncio.to_thread(Path(seg.path).read_bytes), name=seg.name, mime=seg.mime
+                    await asyncio.to_thread(Path(seg.path).read_bytes), name=seg.name, mime=seg.mime, kind=seg.kind
                 )
                 media_id = stored.id
             url = f"/media/{media_id}"
         elif seg.data is not None:
-            url = f"/media/{(await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)).id}"
+            url = f"/media/{(await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)).id}"
         else:
             url = seg.url
         item: dict[str, Any] = {"type": seg.kind, "url": url}
@@ -232,6 +296,19 @@ class WebChannel(Channel):
             return SendResult()
         row_id = await self._events.add(target.chat_id, items)
         return SendResult((str(row_id),))
+
+
+def _origin_of(scheme: str, netloc: str) -> str:
+    """A URL's origin as a browser writes it: the default port left out."""
+    netloc = netloc.lower().rpartition("@")[2]
+    default = {"http": ":80", "https": ":443"}.get(scheme.lower(), "")
+    if default and netloc.endswith(default):
+        netloc = netloc[: -len(default)]
+    return f"{scheme.lower()}://{netloc}"
+
+
+def _wrong_host() -> web.Response:
+    return web.json_response({"error": "this hub does not answer to that host name"}, status=421)
 
 
 def _sse_response() -> web.StreamResponse:

@@ -9,6 +9,9 @@ Out, `reply_mode = "push"` (default): WeChat gets `success` at once, and every r
 through the customer-service API (`/cgi-bin/message/custom/send`), media uploaded first.
 `reply_mode = "passive"`: see wechat_passive.py. A `subscribe` is answered with the greeting
 directly in the HTTP answer, in both modes.
+
+Plain mode's signature does not cover the body: replay.py bounds its timestamp and binds each
+(timestamp, nonce) to one body, and its events are marked `body_unauthenticated`.
 """
 
 from __future__ import annotations
@@ -23,16 +26,19 @@ from typing import Any
 from aiohttp import web
 
 from hub.channels.base import Channel, ChannelLimits, Ingress, SendResult
+from hub.channels.replay import ReplayGuard
 from hub.channels.wechat_api import WeChatApi
 from hub.channels.wechat_inbound import CallbackCrypto, Inbound, open_envelope, parse_inbound
 from hub.channels.wechat_outbound import MB, MediaPreparer, render, send_parts
 from hub.channels.wechat_passive import HELD_TEXT_MAX, PassiveReplies
 from hub.errors import ConfigError, SendError
 from hub.events import ChatRef, Message, segment_to_dict
+from hub.fetch import Fetcher
 from hub.settings import WechatSettings
 from hub.storage.chats import ChatRepo
 from hub.storage.held import HeldReplyRepo
 from hub.storage.media import MediaStore
+from hub.storage.nonces import NonceRepo
 from hub.storage.personas import PersonaRepo
 
 log = logging.getLogger("hub.wechat")
@@ -99,14 +105,22 @@ class WechatChannel(Channel):
         media: MediaStore,
         public_url: str | None,
         held: HeldReplyRepo | None = None,
+        nonces: NonceRepo | None = None,
         greeting: Greeting = plain_welcome,
         passive_wait_s: float = 4.5,
+        fetcher: Fetcher,
     ) -> None:
         if not (settings.app_id and settings.app_secret and settings.token):
             raise ConfigError([("wechat", "app_id, app_secret and token are required")])
         self._ingress = ingress
         aes_key = settings.encoding_aes_key.get_secret_value() if settings.encoding_aes_key else None
         self._crypto = CallbackCrypto(settings.token.get_secret_value(), aes_key, settings.app_id, enterprise=False)
+        self._replay: ReplayGuard | None = None
+        if not self._crypto.safe:
+            if nonces is None:
+                raise ConfigError([("wechat.encoding_aes_key", "plain mode needs the callback-nonces store")])
+            self._replay = ReplayGuard(nonces, self.name)
+            log.warning("event=wechat_plain_mode body_signed=false")
         secret = settings.app_secret.get_secret_value()
         self.api = WeChatApi(
             settings.api_base or DEFAULT_API,
@@ -119,6 +133,7 @@ class WechatChannel(Channel):
             public_url,
             limits={"image": 10 * MB, "voice": 2 * MB, "video": 10 * MB},
             voice_formats=frozenset({"amr", "mp3"}),
+            fetcher=fetcher,
         )
         self.passive: PassiveReplies | None = None
         if settings.reply_mode == "passive":
@@ -161,12 +176,16 @@ class WechatChannel(Channel):
     async def webhook(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         arrived = time.monotonic()
-        xml = open_envelope(self._crypto, await request.read(), request.query)
+        body = await request.read()
+        xml = open_envelope(self._crypto, body, request.query)
         msg = parse_inbound(xml, enterprise=False)
+        if self._replay is not None:
+            # After the signature and the parse, before anything is stored or handled.
+            await self._replay.check(request.query.get("timestamp", ""), request.query.get("nonce", ""), body)
         if msg.kind == "event" and msg.event not in KEPT_EVENTS:
             log.info("event=wechat_ignored kind=event name=%s", msg.event)
             return success()
-        event = msg.to_event(self.name)
+        event = msg.to_event(self.name, body_signed=self._crypto.safe)
         chat = event.chat
         new = await self._ingress.submit(event)
         log.info(

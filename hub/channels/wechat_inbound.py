@@ -1,21 +1,35 @@
 """What WeChat and WeCom post to the hub: signature checks, safe-mode AES, and parsing to segments.
 
-The cryptography and XML parsing are wechatpy's; signatures are compared in constant time.
+The cryptography is wechatpy's, the XML parsing hub.channels.payload's (no DTDs, UTF-8 only);
+signatures are compared in constant time, and every field read has the type the platform
+documents (text, or digits for ids and times), else BadPayload.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Any
 
-import xmltodict
 from wechatpy.utils import WeChatSigner
 
+from hub.channels.payload import parse_xml, text_field
 from hub.errors import BadPayload, VerificationFailed
 from hub.events import Audio, ChatRef, Event, Image, Message, Segment, Text, Unsupported, User, Video
 
 VOICE_MIME = {"amr": "audio/amr", "mp3": "audio/mpeg", "speex": "audio/speex", "silk": "audio/silk"}
+# An OpenID, a WeCom UserID (letters, digits and `_-@.`), an account or corp id: never `:` or
+# `#`, which would change the meaning of the ChatRef they end up in.
+USER_ID = re.compile(r"[A-Za-z0-9_@.\-]{1,128}")
+NAME = re.compile(r"[A-Za-z0-9_]{1,64}")  # MsgType, Event
+MSG_ID = re.compile(r"[0-9]{1,20}")  # a 64-bit integer
+NUMBER = re.compile(r"[0-9]{1,12}")  # CreateTime, AgentID
+# Fields read as plain text when present.
+TEXT_FIELDS = (
+    "Content", "PicUrl", "MediaId", "Format", "Recognition", "Location_X", "Location_Y",
+    "Label", "Title", "Url", "EventKey",
+)  # fmt: skip
 
 
 def signature(*parts: str) -> str:
@@ -54,7 +68,8 @@ class CallbackCrypto:
         if not given:
             raise VerificationFailed("missing signature", 401)
         expected = signature(self.token, *parts)
-        if not hmac.compare_digest(expected.encode(), given.strip().lower().encode()):
+        # surrogatepass: a query holding bytes that are not UTF-8 is a wrong signature, not a crash.
+        if not hmac.compare_digest(expected.encode(), given.strip().lower().encode("utf-8", "surrogatepass")):
             raise VerificationFailed("wrong signature", 403)
 
     def decrypt(self, encrypted: str) -> str:
@@ -78,14 +93,7 @@ class CallbackCrypto:
 
 def xml_fields(body: bytes) -> dict[str, Any]:
     """The children of the `<xml>` root, or BadPayload."""
-    try:
-        doc = xmltodict.parse(body)
-    except Exception as exc:  # expat errors for malformed or hostile XML
-        raise BadPayload(f"body is not XML ({type(exc).__name__})") from None
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if not isinstance(root, dict):
-        raise BadPayload("body has no <xml> root")
-    return root
+    return parse_xml(body)
 
 
 def open_envelope(crypto: CallbackCrypto, body: bytes, query: Any) -> str:
@@ -127,7 +135,7 @@ class Inbound:
         """What deduplicates WeChat's retries: MsgId, or FromUserName + CreateTime for events."""
         return self.msg_id if self.msg_id and self.msg_id != "0" else f"{self.sender}:{self.create_time}"
 
-    def to_event(self, channel: str) -> Event:
+    def to_event(self, channel: str, *, body_signed: bool = True) -> Event:
         """The hub's event for this callback: always a private chat with the sender."""
         return Event(
             id=self.event_id,
@@ -135,42 +143,48 @@ class Inbound:
             chat=ChatRef(channel, "private", self.sender),
             sender=User(channel, self.sender),
             message=self.message,
+            body_unauthenticated=not body_signed,
         )
 
 
 def parse_inbound(xml: str, *, enterprise: bool) -> Inbound:
-    """Parse decrypted callback XML with wechatpy into segments the hub understands."""
-    if enterprise:
-        from wechatpy.enterprise import parse_message
-    else:
-        from wechatpy import parse_message
-    try:
-        msg = parse_message(xml)
-    except Exception as exc:
-        raise BadPayload(f"not a WeChat message ({type(exc).__name__})") from None
-    if msg is None:
+    """Parse decrypted callback XML into segments the hub understands, checking field types."""
+    if not xml:
         raise BadPayload("empty message")
-    raw: dict[str, Any] = msg._data
-    sender = str(raw.get("FromUserName") or "")
-    if not sender:
-        raise BadPayload("message without FromUserName")
-    kind = str(raw.get("MsgType") or "").lower()
+    raw = parse_xml(xml.encode("utf-8", "surrogatepass"))
+    kind = text_field(raw, "MsgType", pattern=NAME, required=True).lower()
+    event = text_field(raw, "Event", pattern=NAME, required=kind == "event").lower()
+    fields = {name: text_field(raw, name) for name in TEXT_FIELDS}
+    # WeCom writes MsgId; some Official Account events write MsgID.
+    msg_id = text_field(raw, "MsgId", pattern=MSG_ID) or text_field(raw, "MsgID", pattern=MSG_ID)
+    if not enterprise and event == "subscribe":
+        event = _subscribe_kind(fields)
     return Inbound(
         kind=kind,
-        event=str(raw.get("Event") or "").lower() if kind == "event" else "",
-        sender=sender,
-        receiver=str(raw.get("ToUserName") or ""),
-        create_time=str(raw.get("CreateTime") or ""),
-        msg_id=str(raw.get("MsgId") or raw.get("MsgID") or ""),
-        agent_id=str(raw.get("AgentID") or ""),
-        message=Message(tuple(_segments(kind, raw))),
+        event=event if kind == "event" else "",
+        sender=text_field(raw, "FromUserName", pattern=USER_ID, required=True),
+        receiver=text_field(raw, "ToUserName", pattern=USER_ID),
+        create_time=text_field(raw, "CreateTime", pattern=NUMBER),
+        msg_id=msg_id,
+        agent_id=text_field(raw, "AgentID", pattern=NUMBER),
+        message=Message(tuple(_segments(kind, {**fields, "Event": event}))),
     )
 
 
-def _segments(kind: str, raw: dict[str, Any]) -> list[Segment]:
+def _subscribe_kind(fields: dict[str, str]) -> str:
+    """A follow by scanning a QR code names its scene in EventKey (read as wechatpy does)."""
+    key = fields["EventKey"]
+    if key.startswith(("scanbarcode|", "scanimage|")):
+        return "subscribe_scan_product"
+    if key.startswith("qrscene_"):
+        fields["EventKey"] = key.removeprefix("qrscene_")
+        return "subscribe_scan"
+    return "subscribe"
+
+
+def _segments(kind: str, raw: dict[str, str]) -> list[Segment]:
     def s(key: str) -> str:
-        value = raw.get(key)
-        return str(value) if value is not None else ""
+        return raw.get(key, "")
 
     match kind:
         case "text":

@@ -23,6 +23,7 @@ from hub.channels.wechat_inbound import CallbackCrypto, Inbound, open_envelope, 
 from hub.channels.wechat_outbound import MB, MediaPreparer, render, send_parts
 from hub.errors import ConfigError, SendError
 from hub.events import ChatRef, Message
+from hub.fetch import Fetcher
 from hub.settings import WecomSettings
 from hub.storage.media import MediaStore
 
@@ -56,6 +57,7 @@ class WecomChannel(Channel):
         media: MediaStore,
         public_url: str | None,
         greeting: Greeting = plain_welcome,
+        fetcher: Fetcher,
     ) -> None:
         if not (settings.corp_id and settings.agent_id and settings.secret and settings.token):
             raise ConfigError([("wecom", "corp_id, agent_id, secret and token are required")])
@@ -74,7 +76,9 @@ class WecomChannel(Channel):
             "/cgi-bin/gettoken",
             {"corpid": settings.corp_id, "corpsecret": settings.secret.get_secret_value()},
         )
-        self._media = MediaPreparer(self.api, media, public_url, limits=MEDIA_LIMITS, voice_formats=frozenset({"amr"}))
+        self._media = MediaPreparer(
+            self.api, media, public_url, limits=MEDIA_LIMITS, voice_formats=frozenset({"amr"}), fetcher=fetcher
+        )
         self._greeting = greeting
 
     def routes(self) -> list[web.RouteDef]:

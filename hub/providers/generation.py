@@ -18,6 +18,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from hub.errors import ProviderError
+from hub.fetch import Fetcher, FetchError, FetchTooLarge
 
 PollStatus = Literal["queued", "running", "completed", "failed"]
 
@@ -151,27 +152,27 @@ async def request_json(
 
 @asynccontextmanager
 async def download(
-    http: aiohttp.ClientSession, url: str, *, timeout_s: float = 600.0, chunk: int = 256 * 1024
+    fetcher: Fetcher, url: str, *, max_bytes: int, timeout_s: float = 600.0
 ) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
-    """Open a result URL: yields its content type and its body as chunks (streamed, not held)."""
-    try:
-        resp = await http.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s, sock_read=60))
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ProviderError(f"download: {type(exc).__name__}: {exc}", retryable=True) from exc
-    try:
-        if resp.status >= 400:
-            body = await resp.read()
-            raise ProviderError(
-                f"download: HTTP {resp.status}: {error_text(body)}", retryable=retryable_status(resp.status)
-            )
+    """Open a result URL through the guarded fetcher: yields its media type and its body as chunks.
 
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for piece in resp.content.iter_chunked(chunk):
-                    yield piece
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise ProviderError(f"download: {type(exc).__name__}: {exc}", retryable=True) from exc
+    A refused address is a final ProviderError; FetchTooLarge passes through for the caller.
+    """
+    try:
+        async with fetcher.open(url, max_bytes=max_bytes, timeout_s=timeout_s) as result:
+            yield result.content_type, _provider_errors(result.chunks())
+    except FetchTooLarge:
+        raise
+    except FetchError as exc:
+        detail = f": {error_text(exc.body)}" if exc.body else ""
+        raise ProviderError(f"download: {exc}{detail}", retryable=exc.retryable) from None
 
-        yield resp.headers.get("Content-Type"), chunks()
-    finally:
-        resp.release()
+
+async def _provider_errors(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for piece in chunks:
+            yield piece
+    except FetchTooLarge:
+        raise
+    except FetchError as exc:
+        raise ProviderError(f"download: {exc}", retryable=exc.retryable) from None

@@ -23,6 +23,18 @@ from hub.storage.outbox import NewMessage
 from hub.storage.personas import PersonaRepo
 
 log = logging.getLogger("hub.admin")
+UNAUTHENTICATED = (
+    "Sorry, /admin is refused here: this WeChat account runs in plain mode, where the signature does "
+    "not cover the message, so anyone who saw one callback URL could send this as you. "
+    "Set [wechat] encoding_aes_key (safe mode) to use /admin over WeChat, "
+    "or allow_admin_in_plain_mode = true to accept the risk."
+)
+# Answers that name people and what they did: never into a group where every member reads them.
+PRIVATE_ANSWERS = frozenset({"who", "audit"})
+# Platforms where a user's private chat with the bot has the user's own id (Telegram).
+PRIVATE_BY_USER_ID = frozenset({"telegram"})
+# Telegram delivers only to someone who has started a chat with the bot: say so.
+PRIVATE_NOTE = "I sent you the answer in a private chat (if it does not arrive, start a chat with me first)."
 
 
 class AdminSkill:
@@ -45,6 +57,7 @@ class AdminSkill:
         args: AdminArgs,
         model_names: Collection[str],
         model_changed: Callable[[], None] | None = None,
+        allow_unauthenticated: bool = False,
     ) -> None:
         self._people = people
         self._users = users
@@ -58,6 +71,8 @@ class AdminSkill:
         self._outbox = outbox
         self._args = args
         self._models = tuple(model_names)
+        # `[wechat] allow_admin_in_plain_mode`: trust bodies no signature covers.
+        self._allow_unauthenticated = allow_unauthenticated
         # Lets the chat skill drop its cached default at once, in this process.
         self._model_changed = model_changed
         subs = [
@@ -114,10 +129,21 @@ class AdminSkill:
             await ctx.reply("Sorry, that command is for the bot's admins only.")
             await self._audit.record(ctx.user, f"admin {name}", "refused", chat=where, detail=rest)
             return
+        if ctx.event.body_unauthenticated and not self._allow_unauthenticated:
+            await ctx.reply(UNAUTHENTICATED)
+            log.warning("event=admin_refused reason=unauthenticated_body actor=%s chat=%s", ctx.user, where)
+            detail = f"{rest} (body not covered by a signature)".strip()
+            await self._audit.record(ctx.user, f"admin {name}"[:64], "refused", chat=where, detail=detail)
+            return
         sub = self.subcommands.get(name)
         if sub is None:
             await ctx.reply(f"Unknown subcommand {name!r}. Send /admin help for the list.")
             await self._audit.record(ctx.user, f"admin {name}"[:64], "invalid", chat=where, detail=rest)
+            return
+        private = name in PRIVATE_ANSWERS and ctx.event.chat.kind == "group"
+        if private and ctx.event.channel not in PRIVATE_BY_USER_ID:
+            await ctx.reply("That answer is only for you: ask me in a private chat.")
+            await self._audit.record(ctx.user, f"admin {name}", "refused", chat=where, detail=f"{rest} (in a group)")
             return
         try:
             answer = await sub.run(ctx, rest)
@@ -130,7 +156,22 @@ class AdminSkill:
             raise  # the router logs it and apologises
         log.info("event=admin action=%s actor=%s chat=%s", name, ctx.user, where)
         await self._audit.record(ctx.user, f"admin {name}", "ok", chat=where, detail=rest)
+        if private:
+            await self._answer_privately(ctx, answer)
+            return
         await ctx.reply(answer)
+
+    async def _answer_privately(self, ctx: Context, answer: str) -> None:
+        """Into the admin's private chat, through the outbox like any reply; a note in the group."""
+        ev = ctx.event
+        await self._outbox.put(
+            NewMessage(
+                target=ChatRef(ev.channel, "private", ev.sender.id),
+                message=Message.of(answer),
+                idempotency_key=f"{ev.channel}:{ev.id}:private",
+            )
+        )
+        await ctx.reply(PRIVATE_NOTE)
 
     async def on_refusal(self, ctx: Context, reason: str) -> None:
         """The router's refusal hook: a non-admin tried an admin command."""

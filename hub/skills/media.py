@@ -23,8 +23,20 @@ NOT_SET_UP = {
 RECENT = 10
 
 
-def queued_text(job: Job) -> str:
+# Platforms that only answer (QQ): a result that comes late waits for the user's next message.
+ANSWER_ONLY = "when it is ready, send me any message to receive it"
+WAITING_FOR_YOU = "waiting for you (send me any message to receive it)"
+
+
+def queued_text(job: Job, *, answer_only: bool = False) -> str:
+    if answer_only:
+        return f"queued as {job.ref} — {USUALLY[job.skill]}. If it is not here by then, {ANSWER_ONLY}."
     return f"queued as {job.ref} — I'll post it here when it's ready, {USUALLY[job.skill]}"
+
+
+def answer_only(ctx: Context) -> bool:
+    """Whether the chat's platform can only answer messages (it said so in the event)."""
+    return bool(ctx.event.context.get("reply_only"))
 
 
 def status_text(job: Job) -> str:
@@ -74,7 +86,7 @@ class MediaSkills:
         if requested.how == "same":
             await ctx.reply(status_text(requested.job))
         else:
-            await ctx.reply(queued_text(requested.job))
+            await ctx.reply(queued_text(requested.job, answer_only=answer_only(ctx)))
 
     async def image(self, ctx: Context) -> None:
         if not await self._check(ctx, "image"):
@@ -91,16 +103,18 @@ class MediaSkills:
         elif outcome.how == "same":
             await ctx.reply(status_text(job))
         else:
-            await ctx.reply(f"This one takes longer: {queued_text(job)}")
+            await ctx.reply(f"This one takes longer: {queued_text(job, answer_only=answer_only(ctx))}")
 
     async def list_jobs(self, ctx: Context) -> None:
         jobs = await self._jobs.list(owner=ctx.user, limit=RECENT)
         if not jobs:
             await ctx.reply("You have no jobs yet. Try /video a piglet singing")
             return
+        waiting = await self._jobs.waiting_for_user(jobs)
         lines = ["Your recent jobs:"]
         for job in jobs:
-            lines.append(f"{job.ref} {job.skill} · {job.state} · {_short(job.prompt)} ({_ago(job.created_at)})")
+            state = WAITING_FOR_YOU if job.id in waiting else job.state
+            lines.append(f"{job.ref} {job.skill} · {state} · {_short(job.prompt)} ({_ago(job.created_at)})")
         await ctx.reply("\n".join(lines))
 
     async def cancel(self, ctx: Context) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import ColumnElement, String, func, literal, text, type_coerce
 from sqlalchemy import event as sa_event
-from sqlalchemy import text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger("hub.storage")
@@ -20,6 +21,16 @@ R = TypeVar("R")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The database refused or could not be reached (busy, disk full, connection lost): worth
+    trying the same work again later, unlike a constraint or a bad statement (a bug)."""
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(exc, sa_exc.IntegrityError | sa_exc.ProgrammingError | sa_exc.DataError):
+        return False
+    return isinstance(exc, sa_exc.DBAPIError)
 
 
 class Database:
@@ -47,6 +58,24 @@ class Database:
     @property
     def dialect(self) -> str:
         return "sqlite" if self.is_sqlite else "postgresql"
+
+    def now(self, after_s: float = 0.0) -> ColumnElement[datetime]:
+        """The database's clock (plus `after_s`), for lease deadlines and their expiry checks.
+
+        Every host of a cluster then agrees on when a lease ends, whatever its own clock says.
+        SQLite gets the text it stores for a naive UTC datetime (six decimals), so stored
+        deadlines compare as text and read back like any other time.
+        """
+        # Imported here: models imports nothing from this module, but keep the engine module light.
+        from hub.storage.models import UTCDateTime
+
+        expr: ColumnElement[Any]
+        if self.is_sqlite:
+            stamp = func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{after_s:+.6f} seconds", type_=String())
+            expr = stamp.concat(literal("000"))
+        else:
+            expr = func.now() + timedelta(seconds=after_s) if after_s else func.now()
+        return type_coerce(expr, UTCDateTime())
 
     def insert(self, table: Any) -> Any:
         """An INSERT that knows ON CONFLICT for this dialect."""

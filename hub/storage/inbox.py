@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -39,8 +38,6 @@ class InboxRepo:
         return result
 
     async def _store_batch(self, conn: AsyncConnection, events: list[Event]) -> Sequence[int | None]:
-        now = utcnow()
-        lease = now + timedelta(seconds=self.lease_s)
         rows: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
         for ev in events:
@@ -58,18 +55,19 @@ class InboxRepo:
                     "status": "pending",
                     "attempts": 0,
                     "holder": self.holder,
-                    "lease_until": lease,
                     "received_at": ev.received_at,
                 }
             )
         stmt = (
             self._db.insert(inbox)
+            # The lease ends by the database's clock, the one every process checks it against.
+            .values(lease_until=self._db.now(self.lease_s))
             .on_conflict_do_nothing(index_elements=["channel", "event_id"])
             .returning(inbox.c.id, inbox.c.channel, inbox.c.event_id)
         )
         new: dict[tuple[str, str], int] = {}
         if len(rows) == 1:
-            for r in await conn.execute(stmt.values(rows[0])):
+            for r in await conn.execute(stmt, rows[0]):
                 new[(r.channel, r.event_id)] = r.id
         else:
             for r in await conn.execute(stmt, rows):
@@ -115,7 +113,7 @@ class InboxRepo:
             await conn.execute(
                 update(inbox)
                 .where(inbox.c.id.in_(mine.scalar_subquery()))
-                .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
+                .values(lease_until=self._db.now(self.lease_s))
             )
 
     async def claim_stalled(self, limit: int = 100, *, take_all: bool = False) -> list[InboxRow]:
@@ -124,17 +122,16 @@ class InboxRepo:
         `take_all` is for a process that knows it is the database's only user (SQLite at
         start): whatever is pending was left by its own previous life.
         """
-        now = utcnow()
         cond = [inbox.c.status == "pending"]
         if not take_all:
-            cond.append(or_(inbox.c.lease_until.is_(None), inbox.c.lease_until < now))
+            cond.append(or_(inbox.c.lease_until.is_(None), inbox.c.lease_until < self._db.now()))
         sub = select(inbox.c.id).where(*cond).order_by(inbox.c.id).limit(limit).with_for_update(skip_locked=True)
         stmt = (
             update(inbox)
             .where(inbox.c.id.in_(sub.scalar_subquery()))
             .values(
                 holder=self.holder,
-                lease_until=now + timedelta(seconds=self.lease_s),
+                lease_until=self._db.now(self.lease_s),
                 attempts=inbox.c.attempts + 1,
             )
             .returning(inbox.c.id, inbox.c.payload, inbox.c.attempts)

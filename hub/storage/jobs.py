@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from hub.events import ChatRef
 from hub.storage.db import Database, utcnow
 from hub.storage.models import jobs
+from hub.storage.outbox import NewMessage, enqueue_in
 
 # queued → submitted → running → succeeded → delivered, or failed / timed_out / cancelled.
 QUEUED, SUBMITTED, RUNNING, SUCCEEDED, DELIVERED = "queued", "submitted", "running", "succeeded", "delivered"
@@ -146,6 +147,9 @@ class Change:
     expect: tuple[str, ...]
     values: Mapping[str, Any]
     release: bool = True
+    # A message queued in the same transaction, only when the change applies: whoever reads
+    # the notice then finds the job already in the state it tells of.
+    notice: NewMessage | None = None
 
 
 class JobRepo:
@@ -186,7 +190,7 @@ class JobRepo:
             "attempts": new.attempts,
             "next_poll_at": now,
             "holder": self.holder if new.hold else None,
-            "lease_until": now + timedelta(seconds=self.lease_s) if new.hold else None,
+            "lease_until": self._db.now(self.lease_s) if new.hold else None,
             "progress_noted": False,
             "retries": 0,
             "created_at": now,
@@ -270,7 +274,8 @@ class JobRepo:
         due = [
             jobs.c.state.in_(ACTIVE),
             jobs.c.next_poll_at <= now,
-            or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
+            # Leases by the database's clock: hosts whose clocks differ still agree on them.
+            or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < self._db.now()),
         ]
         # A read first: an idle tick takes no write lock (SQLite has one writer for everything).
         async with self._db.engine.connect() as conn:
@@ -280,16 +285,28 @@ class JobRepo:
         stmt = (
             update(jobs)
             .where(jobs.c.id.in_(sub.scalar_subquery()))
-            .values(holder=self.holder, lease_until=now + timedelta(seconds=self.lease_s))
+            .values(holder=self.holder, lease_until=self._db.now(self.lease_s))
             .returning(*jobs.c)
         )
         async with self._db.engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
         return sorted((_job(r) for r in rows), key=lambda j: (j.next_poll_at or now, j.id))
 
-    async def change(self, job_id: str, expect: Iterable[str], *, release: bool = True, **values: Any) -> bool:
-        """Apply a fenced update (batched with others); False when the job is no longer ours."""
-        ok: bool = await self._db.writer.submit(self._k_change, Change(job_id, tuple(expect), values, release))
+    async def change(
+        self,
+        job_id: str,
+        expect: Iterable[str],
+        *,
+        release: bool = True,
+        notice: NewMessage | None = None,
+        **values: Any,
+    ) -> bool:
+        """Apply a fenced update (batched with others); False when the job is no longer ours.
+
+        `notice` is queued in the outbox in the same transaction, and only if the update applies.
+        """
+        change = Change(job_id, tuple(expect), values, release, notice)
+        ok: bool = await self._db.writer.submit(self._k_change, change)
         return ok
 
     async def _change_batch(self, conn: AsyncConnection, items: builtins.list[Change]) -> Sequence[bool]:
@@ -302,13 +319,15 @@ class JobRepo:
                 values.update(holder=None, lease_until=None)
             else:
                 # Keeping the job: the change renews the lease too.
-                values.setdefault("lease_until", now + timedelta(seconds=self.lease_s))
+                values.setdefault("lease_until", self._db.now(self.lease_s))
             stmt = (
                 update(jobs)
                 .where(jobs.c.id == c.job_id, jobs.c.holder == self.holder, jobs.c.state.in_(c.expect))
                 .values(**values)
             )
             out[n] = (await conn.execute(stmt)).rowcount > 0
+            if out[n] and c.notice is not None:
+                await enqueue_in(self._db, conn, [(c.notice, False)])
         return [out[n] for n in range(len(items))]
 
     async def renew(self, ids: Sequence[str]) -> None:
@@ -325,7 +344,7 @@ class JobRepo:
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id.in_(mine.scalar_subquery()))
-                .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
+                .values(lease_until=self._db.now(self.lease_s))
             )
 
     async def release(self, ids: Sequence[str] | None = None) -> None:

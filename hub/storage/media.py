@@ -31,6 +31,8 @@ class StoredMedia:
     name: str | None
     mime: str | None
     size: int
+    # What the skill asked for (image, video, audio, file); None for media stored without one.
+    kind: str | None = None
 
 
 class MediaStore:
@@ -44,10 +46,12 @@ class MediaStore:
         media_id = secrets.token_hex(16)  # 128 bits: not guessable
         return media_id, self.directory / media_id
 
-    async def save_bytes(self, data: bytes, *, name: str | None = None, mime: str | None = None) -> StoredMedia:
+    async def save_bytes(
+        self, data: bytes, *, name: str | None = None, mime: str | None = None, kind: str | None = None
+    ) -> StoredMedia:
         media_id, path = self._new_path()
         await asyncio.to_thread(path.write_bytes, data)
-        return await self._record(media_id, path, name, mime, len(data))
+        return await self._record(media_id, path, name, mime, len(data), kind)
 
     async def save_stream(
         self,
@@ -56,6 +60,7 @@ class MediaStore:
         max_bytes: int,
         name: str | None = None,
         mime: str | None = None,
+        kind: str | None = None,
     ) -> StoredMedia:
         """Write chunks to a temporary file, refusing more than `max_bytes`; then record it."""
         media_id, path = self._new_path()
@@ -74,16 +79,20 @@ class MediaStore:
             raise
         fh.close()
         os.replace(tmp, path)
-        return await self._record(media_id, path, name, mime, size)
+        return await self._record(media_id, path, name, mime, size, kind)
 
-    async def _record(self, media_id: str, path: Path, name: str | None, mime: str | None, size: int) -> StoredMedia:
+    async def _record(
+        self, media_id: str, path: Path, name: str | None, mime: str | None, size: int, kind: str | None
+    ) -> StoredMedia:
         if mime is None and name:
             mime = mimetypes.guess_type(name)[0]
         async with self._db.engine.begin() as conn:
             await conn.execute(
-                media.insert().values(id=media_id, path=str(path), name=name, mime=mime, size=size, created_at=utcnow())
+                media.insert().values(
+                    id=media_id, path=str(path), name=name, mime=mime, size=size, kind=kind, created_at=utcnow()
+                )
             )
-        return StoredMedia(media_id, path, name, mime, size)
+        return StoredMedia(media_id, path, name, mime, size, kind)
 
     async def get(self, media_id: str) -> StoredMedia | None:
         if not media_id.isalnum() or len(media_id) > 32:
@@ -92,7 +101,7 @@ class MediaStore:
             r = (await conn.execute(select(media).where(media.c.id == media_id))).first()
         if r is None or not await asyncio.to_thread(Path(r.path).exists):
             return None
-        return StoredMedia(r.id, Path(r.path), r.name, r.mime, r.size)
+        return StoredMedia(r.id, Path(r.path), r.name, r.mime, r.size, r.kind)
 
     def id_of_path(self, path: str) -> str | None:
         """The media id of a file that lives in this store, else None."""

@@ -235,6 +235,8 @@ media = Table(
     Column("mime", String(127)),
     Column("size", BigInteger, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # The kind the skill asked for: only these are served inline (see hub/http.py).
+    Column("kind", String(16)),
 )
 Index("ix_media_created", media.c.created_at)
 
@@ -259,3 +261,33 @@ held_replies = Table(
     Column("created_at", UTCDateTime(), nullable=False),
 )
 Index("ix_held_replies_chat", held_replies.c.chat, held_replies.c.id)
+
+# (timestamp, nonce) of callbacks whose signature does not cover the body (WeChat plain mode),
+# with the body's SHA-256: a replayed signature with another body is refused. Kept for the
+# timestamp window only; the unique key makes the first insert win across processes.
+callback_nonces = Table(
+    "callback_nonces",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("channel", String(32), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("nonce", String(128), nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # timestamp first: pruning by timestamp uses this index too.
+    UniqueConstraint("timestamp", "nonce", "channel", name="uq_callback_nonces"),
+)
+
+
+# Replies an inbound message allows, on platforms that only answer (a count and a deadline
+# per message id): taking one is a conditional UPDATE, so processes never overspend.
+reply_slots = Table(
+    "reply_slots",
+    metadata,
+    Column("msg_id", String(255), primary_key=True),
+    Column("chat", String(255), nullable=False),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("closes_at", UTCDateTime(), nullable=False),
+    Column("used", Integer, nullable=False, server_default="0"),
+)
+Index("ix_reply_slots_chat", reply_slots.c.chat, reply_slots.c.opened_at)

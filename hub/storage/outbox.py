@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.events import ChatRef, Message, message_from_list, message_to_list
 from hub.storage.db import Database, utcnow
 from hub.storage.models import outbox
+
+# The advisory lock that makes outbox claims take turns on PostgreSQL ("outbox" in ASCII).
+_CLAIM_LOCK = 0x6F7574626F78
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,57 @@ def _row_to_item(r: Any) -> OutboxItem:
     )
 
 
+async def enqueue_in(db: Database, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]) -> list[int]:
+    """Insert messages on `conn`, in its transaction: what a job's state change queues with it."""
+    now = utcnow()
+    rows = [
+        {
+            "target": str(m.target),
+            "message": message_to_list(m.message),
+            "quote": m.quote,
+            "context": dict(m.context),
+            "origin": m.origin,
+            "status": "sent" if sent else "pending",
+            "attempts": 0,
+            "progress": 0,
+            "idempotency_key": m.idempotency_key,
+            "created_at": now,
+            "sent_at": now if sent else None,
+        }
+        for m, sent in items
+    ]
+    ids: list[int | None] = [None] * len(rows)
+    keyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is not None]
+    unkeyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
+    # Due by the database's clock, the one claims compare it with.
+    due = db.now()
+    if unkeyed:
+        stmt = db.insert(outbox).values(next_attempt_at=due).returning(outbox.c.id)
+        for i in unkeyed:
+            ids[i] = (await conn.execute(stmt.values(rows[i]))).scalar_one()
+    if keyed:
+        stmt = (
+            db.insert(outbox)
+            .values(next_attempt_at=due)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(outbox.c.id, outbox.c.idempotency_key)
+        )
+        by_key: dict[str, int] = {}
+        batch = [rows[i] for i in keyed]
+        result = await (conn.execute(stmt, batch[0]) if len(batch) == 1 else conn.execute(stmt, batch))
+        for r in result:
+            by_key[r.idempotency_key] = r.id
+        keys: list[str] = [str(rows[i]["idempotency_key"]) for i in keyed]
+        missing = [k for k in keys if k not in by_key]
+        if missing:
+            q = select(outbox.c.id, outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(missing))
+            for r in await conn.execute(q):
+                by_key[r.idempotency_key] = r.id
+        for i, key in zip(keyed, keys, strict=True):
+            ids[i] = by_key[key]
+    return [int(i) for i in ids if i is not None]
+
+
 class OutboxRepo:
     def __init__(self, db: Database, holder: str, lease_s: float = 30.0) -> None:
         self._db = db
@@ -77,60 +131,35 @@ class OutboxRepo:
         return result
 
     async def _enqueue_batch(self, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]) -> Sequence[int]:
-        now = utcnow()
-        rows = [
-            {
-                "target": str(m.target),
-                "message": message_to_list(m.message),
-                "quote": m.quote,
-                "context": dict(m.context),
-                "origin": m.origin,
-                "status": "sent" if sent else "pending",
-                "attempts": 0,
-                "progress": 0,
-                "next_attempt_at": now,
-                "idempotency_key": m.idempotency_key,
-                "created_at": now,
-                "sent_at": now if sent else None,
-            }
-            for m, sent in items
-        ]
-        ids: list[int | None] = [None] * len(rows)
-        keyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is not None]
-        unkeyed = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
-        if unkeyed:
-            stmt = self._db.insert(outbox).returning(outbox.c.id)
-            for i in unkeyed:
-                ids[i] = (await conn.execute(stmt.values(rows[i]))).scalar_one()
-        if keyed:
-            stmt = (
-                self._db.insert(outbox)
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                .returning(outbox.c.id, outbox.c.idempotency_key)
-            )
-            by_key: dict[str, int] = {}
-            batch = [rows[i] for i in keyed]
-            result = await (conn.execute(stmt.values(batch[0])) if len(batch) == 1 else conn.execute(stmt, batch))
-            for r in result:
-                by_key[r.idempotency_key] = r.id
-            keys: list[str] = [str(rows[i]["idempotency_key"]) for i in keyed]
-            missing = [k for k in keys if k not in by_key]
-            if missing:
-                q = select(outbox.c.id, outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(missing))
-                for r in await conn.execute(q):
-                    by_key[r.idempotency_key] = r.id
-            for i, key in zip(keyed, keys, strict=True):
-                ids[i] = by_key[key]
-        return [int(i) for i in ids if i is not None]
+        return await enqueue_in(self._db, conn, items)
 
     async def claim_due(self, limit: int) -> list[OutboxItem]:
-        now = utcnow()
+        """Lease up to `limit` due messages, keeping each chat's messages in order.
+
+        A chat is skipped while any of its messages is leased (being sent) or an earlier one
+        waits for a retry: at most one sender per chat, and nothing overtakes a message.
+        """
+        now = self._db.now()
+        earlier = outbox.alias("earlier")
+        blocked = (
+            select(earlier.c.id)
+            .where(
+                earlier.c.target == outbox.c.target,
+                earlier.c.status == "pending",
+                or_(
+                    earlier.c.lease_until >= now,
+                    and_(earlier.c.id < outbox.c.id, earlier.c.next_attempt_at > now),
+                ),
+            )
+            .exists()
+        )
         sub = (
             select(outbox.c.id)
             .where(
                 outbox.c.status == "pending",
                 outbox.c.next_attempt_at <= now,
                 or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+                ~blocked,
             )
             .order_by(outbox.c.id)
             .limit(limit)
@@ -139,10 +168,14 @@ class OutboxRepo:
         stmt = (
             update(outbox)
             .where(outbox.c.id.in_(sub.scalar_subquery()))
-            .values(holder=self.holder, lease_until=now + timedelta(seconds=self.lease_s))
+            .values(holder=self.holder, lease_until=self._db.now(self.lease_s))
             .returning(*outbox.c)
         )
         async with self._db.engine.begin() as conn:
+            if not self._db.is_sqlite:
+                # Claims take turns over the cluster: a claim running beside another would not
+                # see that one's leases yet and could start a second sender for the same chat.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
             rows = (await conn.execute(stmt)).all()
         items = [_row_to_item(r) for r in rows]
         items.sort(key=lambda i: i.id)
@@ -159,9 +192,19 @@ class OutboxRepo:
 
     async def _sent_batch(self, conn: AsyncConnection, items: list[tuple[int, list[str]]]) -> Sequence[None]:
         # One executemany for the batch: a statement per row costs a driver round trip each.
+        # Fenced: only the holder, or anyone once no live lease is left (the send happened, and
+        # recording it beats sending it again); never over another process's live lease.
         stmt = (
             update(outbox)
-            .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "pending")
+            .where(
+                outbox.c.id == bindparam("b_id"),
+                outbox.c.status == "pending",
+                or_(
+                    outbox.c.holder == self.holder,
+                    outbox.c.holder.is_(None),
+                    outbox.c.lease_until < self._db.now(),
+                ),
+            )
             .values(
                 status="sent",
                 sent_at=utcnow(),
@@ -176,7 +219,7 @@ class OutboxRepo:
     async def set_progress(self, item_id: int, progress: int) -> None:
         """Record how many parts of a split message went out, so a retry skips them."""
         async with self._db.engine.begin() as conn:
-            await conn.execute(update(outbox).where(outbox.c.id == item_id).values(progress=progress))
+            await conn.execute(update(outbox).where(*self._mine(item_id)).values(progress=progress))
 
     async def renew(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -192,7 +235,7 @@ class OutboxRepo:
             await conn.execute(
                 update(outbox)
                 .where(outbox.c.id.in_(mine.scalar_subquery()))
-                .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
+                .values(lease_until=self._db.now(self.lease_s))
             )
 
     async def release_all(self) -> None:
@@ -205,15 +248,21 @@ class OutboxRepo:
                 .values(holder=None, lease_until=None)
             )
 
-    async def mark_retry(self, item_id: int, *, attempts: int, next_at: datetime, error: str) -> None:
+    def _mine(self, item_id: int) -> tuple[Any, ...]:
+        """The fence of every update a sender makes: its row, still pending, still leased to it."""
+        return (outbox.c.id == item_id, outbox.c.status == "pending", outbox.c.holder == self.holder)
+
+    async def mark_retry(self, item_id: int, *, attempts: int, next_at: datetime, error: str) -> bool:
+        """Schedule another try; False when this process no longer holds the message."""
         async with self._db.engine.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 update(outbox)
-                .where(outbox.c.id == item_id)
+                .where(*self._mine(item_id))
                 .values(
                     attempts=attempts, next_attempt_at=next_at, last_error=error[:2000], holder=None, lease_until=None
                 )
             )
+        return result.rowcount > 0
 
     async def make_due(self, target_prefixes: Sequence[str]) -> int:
         """Pending messages to targets starting with one of the prefixes are due now; how many."""
@@ -223,18 +272,51 @@ class OutboxRepo:
         async with self._db.engine.begin() as conn:
             result = await conn.execute(
                 update(outbox)
-                .where(outbox.c.status == "pending", outbox.c.next_attempt_at > utcnow(), match)
-                .values(next_attempt_at=utcnow())
+                .where(outbox.c.status == "pending", outbox.c.next_attempt_at > self._db.now(), match)
+                .values(next_attempt_at=self._db.now())
             )
         return int(result.rowcount or 0)
 
-    async def mark_failed(self, item_id: int, *, attempts: int, error: str) -> None:
+    async def mark_failed(self, item_id: int, *, attempts: int, error: str) -> bool:
+        """Give the message up; False when this process no longer holds it."""
         async with self._db.engine.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 update(outbox)
-                .where(outbox.c.id == item_id)
+                .where(*self._mine(item_id))
                 .values(status="failed", attempts=attempts, last_error=error[:2000], holder=None, lease_until=None)
             )
+        return result.rowcount > 0
+
+    async def mark_waiting(self, item_id: int, *, error: str) -> bool:
+        """Park a message until its chat writes again (`release_waiting`); it keeps its progress.
+        False when this process no longer holds it."""
+        async with self._db.engine.begin() as conn:
+            result = await conn.execute(
+                update(outbox)
+                .where(*self._mine(item_id))
+                .values(status="waiting", last_error=error[:2000], holder=None, lease_until=None)
+            )
+        return result.rowcount > 0
+
+    async def release_waiting(self, target: str) -> list[int]:
+        """The chat wrote again: its waiting messages become due now. One UPDATE, so of two
+        processes releasing the same chat only one gets each row."""
+        stmt = (
+            update(outbox)
+            .where(outbox.c.target == target, outbox.c.status == "waiting")
+            .values(status="pending", next_attempt_at=self._db.now(), holder=None, lease_until=None)
+            .returning(outbox.c.id)
+        )
+        async with self._db.engine.begin() as conn:
+            return sorted(int(r.id) for r in await conn.execute(stmt))
+
+    async def statuses(self, keys: Sequence[str]) -> dict[str, str]:
+        """The status of the messages queued under these idempotency keys (known ones only)."""
+        if not keys:
+            return {}
+        q = select(outbox.c.idempotency_key, outbox.c.status).where(outbox.c.idempotency_key.in_(list(keys)))
+        async with self._db.engine.connect() as conn:
+            return {str(r.idempotency_key): str(r.status) for r in await conn.execute(q)}
 
     async def backlog(self) -> int:
         async with self._db.engine.connect() as conn:

@@ -46,6 +46,17 @@ class WebEventRepo:
 
     async def take_undelivered(self, session: str) -> list[list[dict[str, Any]]]:
         """Claim this session's undelivered messages, oldest first (each goes to one stream)."""
+        return [items for _id, items in await self.claim(session)]
+
+    async def give_back(self, ids: list[int]) -> None:
+        """Messages claimed by a stream that could not write them: undelivered again."""
+        if not ids:
+            return
+        async with self._db.engine.begin() as conn:
+            await conn.execute(update(web_events).where(web_events.c.id.in_(ids)).values(delivered_at=None))
+
+    async def claim(self, session: str) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Like take_undelivered, with each message's row id (for give_back)."""
         async with self._db.engine.begin() as conn:
             ids = [
                 r.id
@@ -66,7 +77,7 @@ class WebEventRepo:
                     .returning(web_events.c.id, web_events.c.payload)
                 )
             ).all()
-        return [r.payload["items"] for r in sorted(rows, key=lambda r: r.id)]
+        return [(int(r.id), r.payload["items"]) for r in sorted(rows, key=lambda r: r.id)]
 
     async def expire(self, keep_hours: int = 48) -> None:
         async with self._db.engine.begin() as conn:

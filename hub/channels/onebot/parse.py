@@ -7,12 +7,12 @@ notices, requests and the bot's own messages are not for the router (`Ignored`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from hub.channels.onebot.cqcode import RawSegment, parse_message, text_of
+from hub.channels.payload import parse_json
 from hub.errors import BadPayload
 from hub.events import (
     Audio,
@@ -45,11 +45,8 @@ class Ignored:
 
 
 def load_json(body: bytes | str) -> dict[str, Any]:
-    """A JSON object, or BadPayload (deep nesting included: json raises RecursionError)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise BadPayload(f"body is not JSON ({type(exc).__name__})") from None
+    """A JSON object (a POST body or a WebSocket frame), or BadPayload."""
+    data = parse_json(body.encode("utf-8", "replace") if isinstance(body, str) else body)
     if not isinstance(data, dict):
         raise BadPayload("body is not a JSON object")
     return data

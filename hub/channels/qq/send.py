@@ -1,0 +1,126 @@
+"""Hub messages out to QQ: parts (text, or media through the files API then msg_type 7), each
+a passive reply with its msg_id and msg_seq.
+
+Media goes by URL: QQ fetches it. The hub's stored media is linked as
+`<public_url>/media/<id>`, so without `[http] public_url` a local file cannot be sent and the
+user gets a text saying so. Media QQ cannot fetch (304082/304083) or cannot show (files) goes
+as a text with its link.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from hub.channels.qq.api import MediaFetchFailed, QQApi, ReplyExpired
+from hub.channels.qq.passive import PassiveReplies
+from hub.channels.wechat_outbound import Part, render
+from hub.errors import AwaitingUser, SendError
+from hub.events import ChatRef, Media, Message
+from hub.storage.media import MediaStore
+
+log = logging.getLogger("hub.qq")
+
+TEXT_BYTES = 4000
+FILE_TYPES = {"image": 1, "video": 2, "voice": 3}
+NOUN = {"image": "image", "video": "video", "voice": "audio", "file": "file"}
+WAITING = "QQ allows no reply now: it waits for the chat's next message"
+EXPIRED_TRIES = 3
+
+
+def base_path(target: ChatRef) -> str:
+    """`/v2/users/<openid>` or `/v2/groups/<group_openid>`."""
+    return f"/v2/users/{target.chat_id}" if target.kind == "private" else f"/v2/groups/{target.chat_id}"
+
+
+class QQSender:
+    def __init__(self, api: QQApi, media: MediaStore, public_url: str | None, passive: PassiveReplies) -> None:
+        self._api = api
+        self._media = media
+        self._public_url = public_url.rstrip("/") if public_url else None
+        self._passive = passive
+
+    async def send(
+        self,
+        target: ChatRef,
+        message: Message,
+        context: Mapping[str, Any] | None,
+        *,
+        progress: int = 0,
+        on_progress: Callable[[int], Awaitable[None]] | None = None,
+    ) -> list[str]:
+        """Send the parts after `progress`; raises AwaitingUser when QQ allows no reply now."""
+        base = base_path(target)
+        ids: list[str] = []
+        for n, part in enumerate(render(message, TEXT_BYTES)):
+            if n < progress:
+                continue
+            body = await self._prepare(base, part)
+            out = await self._reply(target, context, base, body)
+            if isinstance(out.get("id"), str):
+                ids.append(out["id"])
+            log.info("event=qq_sent target=%s part=%d kind=%s msg_seq=%d", target, n, part.kind, body["msg_seq"])
+            if on_progress is not None:
+                await on_progress(n + 1)
+        return ids
+
+    async def _reply(
+        self, target: ChatRef, context: Mapping[str, Any] | None, base: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Post one part as a reply QQ still allows; AwaitingUser when there is none."""
+        for _ in range(EXPIRED_TRIES):
+            slot = await self._passive.take(target, context)
+            if slot is None:
+                break
+            body.update(msg_id=slot.msg_id, msg_seq=slot.seq)
+            try:
+                return await self._api.call(f"{base}/messages", body)
+            except ReplyExpired as exc:
+                # QQ's clock says the window closed: believe it, and try a newer message.
+                log.info("event=qq_reply_expired target=%s error=%r", target, str(exc))
+                await self._passive.close(slot.msg_id)
+        raise AwaitingUser(WAITING)
+
+    async def _prepare(self, base: str, part: Part) -> dict[str, Any]:
+        """A part's message body without msg_id/msg_seq: text, or media uploaded by URL."""
+        if part.media is None:
+            return {"msg_type": 0, "content": part.text}
+        seg = part.media
+        link = await self.link(seg)
+        file_type = FILE_TYPES.get(part.kind)
+        if file_type is None or link is None:
+            return self._link_text(part, link, "cannot be sent here")
+        try:
+            out = await self._api.call(f"{base}/files", {"file_type": file_type, "url": link, "srv_send_msg": False})
+        except MediaFetchFailed as exc:
+            log.info("event=qq_media_fetch_failed kind=%s error=%r", part.kind, str(exc))
+            return self._link_text(part, link, "could not be shown here")
+        file_info = out.get("file_info")
+        if not isinstance(file_info, str) or not file_info:
+            raise SendError(f"{base}/files: answer without file_info", retryable=True)
+        content = part.description.strip() if part.kind == "video" else ""
+        return {"msg_type": 7, "content": content or " ", "media": {"file_info": file_info}}
+
+    def _link_text(self, part: Part, link: str | None, why: str) -> dict[str, Any]:
+        noun = NOUN.get(part.kind, "file")
+        if link:
+            note = f"This {noun} {why}; open it here:\n{link}"
+        else:
+            note = f"This {noun} cannot be sent here: the hub has no public address ([http] public_url) to link it."
+        head = part.description.strip() if part.kind == "video" else ""
+        return {"msg_type": 0, "content": f"{head}\n{note}" if head else note}
+
+    async def link(self, seg: Media) -> str | None:
+        """A URL QQ can fetch the media from: its own, or the hub's `/media/<id>`."""
+        if seg.path is None and seg.data is None:
+            return seg.url
+        if self._public_url is None:
+            return None
+        media_id = self._media.id_of_path(seg.path) if seg.path else None
+        if media_id is None:
+            if seg.data is not None:
+                media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)).id
+            else:
+                return None  # a file outside the media store is not published
+        return f"{self._public_url}/media/{media_id}"
