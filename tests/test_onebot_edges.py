@@ -185,13 +185,13 @@ def _b64(data: bytes) -> str:
     return "base64://" + base64.b64encode(data).decode()
 
 
-def _toml_of(fake: FakeOneBot, model: FakeOpenAI) -> str:
+def _toml_of(fake: FakeOneBot, model: FakeOpenAI, *, api: bool = True) -> str:
     return f"""
 [onebot]
 enabled = true
 access_token = "{TOKEN}"
 secret = "{SECRET}"
-api_base = "{fake.url}"
+{f'api_base = "{fake.url}"' if api else ""}
 
 [[models]]
 name = "fake"
@@ -213,3 +213,23 @@ def test_onebot_can_be_enabled(tmp_path: Path) -> None:
 
 # A public address needs the web token (check-config), though these tests never use the page.
 _PUBLIC = '[http]\npublic_url = "https://hub.example.com"\n\n[web]\ntoken = "web-token-for-public-url"\n'
+
+
+async def test_the_delivery_api_reaches_a_onebot_chat_through_its_account(
+    tmp_path: Path, fake: FakeOneBot, model: FakeOpenAI
+) -> None:
+    settings = make_settings(tmp_path, '[api]\ntoken = "api-token"\n' + _toml_of(fake, model, api=False))
+    async with running_hub(settings) as h:
+        await fake.connect(h.url, BOT)
+        body = {"to": f"onebot:group:{BOT}/30009", "text": "scheduled notice"}
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": "Bearer api-token"}
+            async with http.post(f"{h.url}/api/v1/messages", json=body, headers=headers) as resp:
+                assert resp.status == 202
+        (sent,) = await fake.wait_sends(1)
+        assert (sent.self_id, sent.action, sent.params["group_id"], plain_text(sent)) == (
+            BOT,
+            "send_group_msg",
+            30009,
+            "scheduled notice",
+        )
