@@ -228,6 +228,22 @@ def build_app(
             public_url=settings.http.public_url,
             fetcher=fetcher,
         )
+    if settings.onebot.enabled:
+        from hub.channels.onebot import OneBotChannel
+
+        async def onebot_back(self_id: str) -> None:
+            # What waited for this account's socket goes now, not at its next backoff.
+            await outbox.retry_now([f"onebot:private:{self_id}/", f"onebot:group:{self_id}/"])
+
+        channels["onebot"] = OneBotChannel(
+            settings.onebot,
+            ingress=dispatcher,
+            media=media,
+            public_url=settings.http.public_url,
+            max_frame_bytes=settings.http.max_body_bytes,
+            on_connect=onebot_back,
+            recent_sent=lambda: outbox_repo.recent_sent_ids("onebot:", 20000),
+        )
     for ch in extra_channels:
         channels[ch.name] = ch
 

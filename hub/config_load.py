@@ -29,7 +29,7 @@ _GONE = object()
 NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
 
 # Channels this version builds; a section of another is accepted, enabling it is a mistake.
-BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom", "feishu", "qq"}
+BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom", "feishu", "qq", "onebot"}
 
 # A web user names itself (the page picks its session id), so it is never an admin by name.
 WEB_ADMIN_HINT = "web users are never admins by name: set [web] token_is_admin = true instead"

@@ -102,6 +102,11 @@ class Outbox:
             segments.append(seg)
         return dataclasses.replace(msg, message=Message(tuple(segments)))
 
+    async def retry_now(self, target_prefixes: list[str]) -> None:
+        """Send now what waits for these targets (a channel's connection came back)."""
+        if await self.repo.make_due(target_prefixes):
+            self._wake.set()
+
     # --- the worker -----------------------------------------------------------------------
 
     async def start(self, *, release_all: bool = False) -> None:

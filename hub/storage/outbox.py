@@ -264,6 +264,19 @@ class OutboxRepo:
             )
         return result.rowcount > 0
 
+    async def make_due(self, target_prefixes: Sequence[str]) -> int:
+        """Pending messages to targets starting with one of the prefixes are due now; how many."""
+        if not target_prefixes:
+            return 0
+        match = or_(*(outbox.c.target.startswith(p, autoescape=True) for p in target_prefixes))
+        async with self._db.engine.begin() as conn:
+            result = await conn.execute(
+                update(outbox)
+                .where(outbox.c.status == "pending", outbox.c.next_attempt_at > self._db.now(), match)
+                .values(next_attempt_at=self._db.now())
+            )
+        return int(result.rowcount or 0)
+
     async def mark_failed(self, item_id: int, *, attempts: int, error: str) -> bool:
         """Give the message up; False when this process no longer holds it."""
         async with self._db.engine.begin() as conn:
@@ -313,6 +326,18 @@ class OutboxRepo:
         async with self._db.engine.connect() as conn:
             q = select(func.count()).where(outbox.c.status == "failed", outbox.c.created_at >= since)
             return int((await conn.execute(q)).scalar() or 0)
+
+    async def recent_sent_ids(self, target_prefix: str, limit: int) -> list[tuple[ChatRef, list[str]]]:
+        """The platform ids of the newest `limit` messages sent to targets with this prefix, newest first."""
+        q = (
+            select(outbox.c.target, outbox.c.sent_ids)
+            .where(outbox.c.status == "sent", outbox.c.target.startswith(target_prefix, autoescape=True))
+            .order_by(outbox.c.id.desc())
+            .limit(limit)
+        )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [(ChatRef.parse(r.target), [str(i) for i in r.sent_ids]) for r in rows if isinstance(r.sent_ids, list)]
 
     async def all_rows(self) -> list[dict[str, Any]]:
         """Every row, oldest first: for tests and `/admin` listings."""
