@@ -280,8 +280,12 @@ class DeliveryApi:
             raise Invalid("no file in the upload", "file")
         name = part.filename
         mime = part.headers.get("Content-Type") or mimetypes.guess_type(name or "")[0]
+        major = mime.split("/", 1)[0] if mime else ""
+        kind = major if major in ("image", "video", "audio") else "file"
         try:
-            stored = await self._media.save_stream(_chunks(part), max_bytes=self._max_media, name=name, mime=mime)
+            stored = await self._media.save_stream(
+                _chunks(part), max_bytes=self._max_media, name=name, mime=mime, kind=kind
+            )
         except MediaTooLarge:
             return web.json_response({"error": f"larger than [api] max_media_mb ({self._max_media} bytes)"}, status=413)
         return web.json_response({"media_id": stored.id, "size": stored.size})
@@ -290,6 +294,9 @@ class DeliveryApi:
 async def _chunks(part: BodyPartReader) -> Any:
     while chunk := await part.read_chunk(64 * 1024):
         yield chunk
+    if not part.at_eof():
+        # The body ended before the part's closing boundary: a cut-off upload, not a file.
+        raise Invalid("the upload was cut off before its closing boundary", "file")
 
 
 def _bearer(header: str) -> bytes | None:

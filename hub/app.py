@@ -137,6 +137,7 @@ def build_app(
         chat_settings=chats.get,
         is_admin=people.is_admin,
         is_banned=people.is_banned,
+        trust_unsigned=lambda channel: channel == "wechat" and settings.wechat.allow_admin_in_plain_mode,
     )
 
     def make_replier(event: Event, live: LiveSink | None) -> Replier:

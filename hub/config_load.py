@@ -411,5 +411,15 @@ def config_warnings(s: Settings) -> list[tuple[str, str]]:
                 "so a leaked callback URL lets anyone forge messages",
             )
         )
+    if s.feishu.enabled and s.feishu.mode == "webhook" and s.feishu.encrypt_key is None:
+        out.append(
+            (
+                "feishu.encrypt_key",
+                "not set: webhook bodies are not signed and the verification token travels inside them, "
+                "so anyone who saw one event can forge messages (/admin is refused over it)",
+            )
+        )
+    if s.http.public_url and not s.web.enabled and s.http.metrics_token is None:
+        out.append(("http.metrics_token", "not set: /metrics is open to anyone who reaches public_url"))
     return out
 

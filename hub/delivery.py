@@ -10,7 +10,6 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import timedelta
 
 from hub.channels.base import Channel
 from hub.errors import AwaitingUser, SendError
@@ -18,7 +17,6 @@ from hub.events import Audio, File, Image, Message, Video
 from hub.metrics import Metrics
 from hub.redact import safe_text
 from hub.storage.chats import ChatRepo
-from hub.storage.db import utcnow
 from hub.storage.media import MediaStore
 from hub.storage.outbox import NewMessage, OutboxItem, OutboxRepo
 
@@ -146,9 +144,14 @@ class Outbox:
                     continue
             for target, group in _by_target(items).items():
                 if target in self._busy or any(i.id in self._inflight for i in group):
-                    # Only after this process's own lease ran out while it kept sending (the
-                    # database was away): the lease is left to expire rather than send twice.
+                    # A row this process is still sending (its lease ran out while the database
+                    # was away) keeps its lease until it expires rather than go out twice; the
+                    # chat's other rows go back at once, to be claimed when its sender is done.
                     log.warning("event=outbox_claim_skipped target=%s ids=%s", target, [i.id for i in group])
+                    try:
+                        await self.repo.release([i.id for i in group if i.id not in self._inflight])
+                    except Exception:
+                        log.exception("event=outbox_release_failed target=%s", target)
                     continue
                 self._inflight.update(i.id for i in group)
                 self._busy.add(target)
@@ -181,7 +184,7 @@ class Outbox:
                             await self.repo.mark_retry(
                                 later.id,
                                 attempts=later.attempts,
-                                next_at=utcnow() + timedelta(seconds=1),
+                                delay_s=1.0,
                                 error="waiting for an earlier message",
                             )
                         break
@@ -278,7 +281,7 @@ class Outbox:
             return False
         delay = retry_after if retry_after is not None else backoff_delay(attempts)
         if not await self.repo.mark_retry(
-            item.id, attempts=attempts, next_at=utcnow() + timedelta(seconds=delay), error=reason
+            item.id, attempts=attempts, delay_s=delay, error=reason
         ):
             log.warning("event=outbox_lease_lost outbox_id=%d", item.id)
             return False

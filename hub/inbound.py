@@ -20,6 +20,7 @@ from hub.delivery import Outbox, backoff_delay
 from hub.errors import HubError
 from hub.events import Event, Message
 from hub.metrics import Metrics
+from hub.redact import safe_text
 from hub.skills.base import Replier, ReplyStream
 from hub.storage.db import is_transient, utcnow
 from hub.storage.inbox import InboxRepo, InboxRow
@@ -192,7 +193,7 @@ class Dispatcher:
                 return False, None
             # The router already catches skill errors; this is a bug guard.
             log.exception("event=handle_failed id=%s", work.event.id)
-            return True, repr(exc)
+            return True, safe_text(repr(exc))  # stored in the inbox: no tokens, no queries
         if getattr(replier, "lost_reply", False):
             # A reply could not be stored (the router apologised, or the skill caught it):
             # handled again, its keyed replies queue nothing twice.

@@ -11,6 +11,15 @@ from hub.skills.base import CommandObject, Context, Replier, Skill, SkillInfo
 from hub.storage.chats import ChatSettings
 from hub.storage.db import is_transient
 
+UNSIGNED_ADMIN = (
+    "Sorry, admin commands are refused here: this {channel} connection's signature does not cover "
+    "the message, so anyone who saw one callback could send this as you. {fix}"
+)
+UNSIGNED_FIX = {
+    "wechat": "Set [wechat] encoding_aes_key (safe mode) to use /admin over WeChat, "
+    "or allow_admin_in_plain_mode = true to accept the risk.",
+    "feishu": "Set [feishu] encrypt_key to use /admin over Feishu.",
+}
 log = logging.getLogger("hub.router")
 
 Handler = Callable[[Event, Context], Awaitable[None]]
@@ -54,8 +63,10 @@ class Router:
         chat_settings: Callable[[str], Awaitable[ChatSettings]],
         is_admin: Callable[[str], Awaitable[bool]],
         is_banned: Callable[[str], Awaitable[bool]],
+        trust_unsigned: Callable[[str], bool] = lambda channel: False,
     ) -> None:
         self._aliases = dict(aliases)
+        self._trust_unsigned = trust_unsigned
         self._bot_names = bot_names
         self._chat_settings = chat_settings
         self._is_admin = is_admin
@@ -145,6 +156,11 @@ class Router:
         chat = await self._chat_settings(str(event.chat))
         # The web channel marks a request that carried the web token under `token_is_admin`.
         is_admin = (event.channel == "web" and event.context.get("web_admin") is True) or await self._is_admin(user)
+        # A body no signature covers (WeChat plain mode) could come from anyone who saw one
+        # callback URL: it carries no admin rights (not /admin, nor quotas, allowlists, /cancel).
+        unsigned_admin = is_admin and event.body_unauthenticated and not self._trust_unsigned(event.channel)
+        if unsigned_admin:
+            is_admin = False
         # Refusals (unknown command, not an admin, switched off) run inside the middlewares
         # too, so the access policy speaks first to someone it keeps out; they carry no skill
         # name, so nothing counts them as a use.
@@ -153,6 +169,9 @@ class Router:
         if info is None:
             assert command is not None
             refusal = f"Unknown command /{command.raw_name}. Send /help to see what I can do."
+        elif info.admin_only and unsigned_admin:
+            fix = UNSIGNED_FIX.get(event.channel, "")
+            refusal, reason = UNSIGNED_ADMIN.format(channel=event.channel, fix=fix), "body not covered by a signature"
         elif info.admin_only and not is_admin:
             refusal, reason = "Sorry, that command is for the bot's admins only.", "not an admin"
         elif info.skill and info.skill in chat.skills_off:

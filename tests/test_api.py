@@ -213,3 +213,13 @@ async def test_rate_limit_per_token_is_429_with_retry_after(tmp_path: Path, tg: 
 async def test_without_a_token_there_is_no_api(tmp_path: Path, tg: FakeTelegram) -> None:
     async with running_hub(make_settings(tmp_path, telegram_toml(tg.url))) as h:
         assert (await post(h.url, {"to": "telegram:private:1", "text": "x"}))[0] == 404
+
+
+async def test_a_cut_off_upload_is_400_and_stores_nothing(hub: RunningHub) -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nabc'
+    headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=b"}
+    url = f"{hub.url}/api/v1/media"
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as resp:
+        assert resp.status == 400 and (await resp.json())["field"] == "file"
+    media_dir = hub.hub.media.directory
+    assert not media_dir.exists() or not any(media_dir.iterdir())

@@ -359,3 +359,14 @@ def test_check_config_suggests_the_nearest_key(tmp_path: Path) -> None:
     assert found["HUB_HTTP__PROT"] == "no such configuration key (did you mean HUB_HTTP__PORT?)"
     # Far from any key: no guess.
     assert check_config(tmp_path, "zzzqqq = 1\n").stderr.strip() == "zzzqqq: unknown key"
+
+
+def test_check_config_warns_of_open_metrics_and_an_unsigned_feishu_webhook(tmp_path: Path) -> None:
+    toml = (
+        '[http]\npublic_url = "https://bot.example.com"\n[web]\nenabled = false\n'
+        '[feishu]\nenabled = true\napp_id = "cli_x"\napp_secret = "s"\nmode = "webhook"\nverification_token = "v"\n'
+    )
+    done = check_config(tmp_path, toml)
+    assert done.returncode == 0, done.stderr
+    assert "warning: http.metrics_token: not set" in done.stderr
+    assert "warning: feishu.encrypt_key: not set" in done.stderr

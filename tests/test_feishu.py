@@ -326,3 +326,13 @@ async def test_the_delivery_api_sends_to_a_feishu_group(tmp_path: Path, fs: Fake
         (sent,) = fs.messages()
         assert sent.query == {"receive_id_type": "chat_id"} and sent.json["receive_id"] == GROUP_CHAT_ID
         assert sent.content == {"text": "the build is green"} and "uuid" not in sent.json
+
+
+async def test_admin_is_refused_over_an_unsigned_webhook(tmp_path: Path, fs: FakeFeishu) -> None:
+    # Without an encrypt_key the body is not signed (its verification token travels inside it).
+    toml = f'admins = ["feishu:{USER_OPEN_ID}"]\n' + feishu_toml(fs.url, encrypt_key=None)
+    async with running_hub(make_settings(tmp_path, toml)) as h:
+        assert (await post_event(h.url, json.dumps(message_event("/admin status")).encode()))[0] == 200
+        await fs.wait_for(lambda: len(fs.messages()) == 1)
+        text = fs.messages()[0].content["text"]
+        assert "refused" in text and "[feishu] encrypt_key" in text and "Channels:" not in text

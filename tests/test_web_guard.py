@@ -283,3 +283,12 @@ async def test_the_web_token_makes_an_admin_only_under_token_is_admin(tmp_path: 
         # The flag comes from the token, never from what the body says.
         status, _ = await post_chat(h.url, json.dumps({"session": "x", "text": "/admin status"}), JSON)
         assert status == 401
+
+
+async def test_another_sites_page_cannot_drain_a_sessions_event_stream(tmp_path: Path) -> None:
+    async with running_hub(make_settings(tmp_path)) as h:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                f"{h.url}/api/web/events", params={"session": "s1"}, headers={"Origin": "http://evil.example"}
+            ) as resp:
+                assert resp.status == 403

@@ -309,3 +309,15 @@ async def test_a_url_check_signature_cannot_carry_a_forged_post(
         assert answer.status == 403
         async with h.hub.db.engine.connect() as conn:
             assert (await conn.execute(select(inbox))).first() is None
+
+
+async def test_an_unsigned_body_carries_no_admin_rights_outside_admin_either(
+    tmp_path: Path, api: FakeWeChatApi, model: FakeOpenAI
+) -> None:
+    # The allowlist lets admins in; a plain-mode body claiming to be the admin is not one.
+    extra = '\n[access]\nprivate = "allowlist"\n'
+    settings = plain_settings(tmp_path, api, model, extra=extra)
+    async with running_hub(settings) as h:
+        await plain.post(h.url, text_xml("hi", "8301", sender=ADMIN))
+        await api.wait_sent(1)
+        assert "allowlist" in api.sent()[0]["text"]["content"]

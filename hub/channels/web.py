@@ -210,6 +210,9 @@ class WebChannel(Channel):
         refused = self._refusal(request)
         if refused is not None:
             return refused
+        if not self._origin_ok(request):
+            # Reading the stream marks its messages delivered: another site's page must not.
+            return web.json_response({"error": "cross-site request refused"}, status=403)
         session = request.query.get("session", "")
         if not SESSION_RE.match(session):
             return web.json_response({"error": "session must be 1-128 characters of A-Z a-z 0-9 _ . -"}, status=400)

@@ -252,17 +252,31 @@ class OutboxRepo:
         """The fence of every update a sender makes: its row, still pending, still leased to it."""
         return (outbox.c.id == item_id, outbox.c.status == "pending", outbox.c.holder == self.holder)
 
-    async def mark_retry(self, item_id: int, *, attempts: int, next_at: datetime, error: str) -> bool:
-        """Schedule another try; False when this process no longer holds the message."""
+    async def mark_retry(
+        self, item_id: int, *, attempts: int, error: str, delay_s: float = 0.0, next_at: datetime | None = None
+    ) -> bool:
+        """Schedule another try, `delay_s` from now by the database's clock (the one claims
+        compare with) or at `next_at`; False when this process no longer holds the message."""
+        due = next_at if next_at is not None else self._db.now(delay_s)
         async with self._db.engine.begin() as conn:
             result = await conn.execute(
                 update(outbox)
                 .where(*self._mine(item_id))
-                .values(
-                    attempts=attempts, next_attempt_at=next_at, last_error=error[:2000], holder=None, lease_until=None
-                )
+                .values(attempts=attempts, next_attempt_at=due, last_error=error[:2000], holder=None, lease_until=None)
             )
         return result.rowcount > 0
+
+    async def release(self, ids: Sequence[int]) -> None:
+        """Give back claimed rows this process will not send now, so they are claimed again at
+        once instead of when their lease runs out."""
+        if not ids:
+            return
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(list(ids)), outbox.c.status == "pending", outbox.c.holder == self.holder)
+                .values(holder=None, lease_until=None)
+            )
 
     async def make_due(self, target_prefixes: Sequence[str]) -> int:
         """Pending messages to targets starting with one of the prefixes are due now; how many."""
