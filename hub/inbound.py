@@ -59,6 +59,8 @@ class _Work:
     event: Event
     live: LiveSink | None = None
     done: asyncio.Future[None] | None = None
+    # Taken back by recovery: its handling counts as an attempt (fresh events cost no write).
+    recovered: bool = False
 
 
 @dataclass(slots=True)
@@ -163,6 +165,11 @@ class Dispatcher:
         deadline = loop.time() + self._retry_budget
         tries = 0
         try:
+            if work.recovered:
+                try:
+                    await self._inbox.note_attempt(work.row_id)
+                except Exception as exc:
+                    log.warning("event=note_attempt_failed id=%s error=%r", work.event.id, exc)
             while True:
                 finished, error = await self._attempt(work)
                 if finished:
@@ -232,10 +239,14 @@ class Dispatcher:
             rows = [r for r in rows if r.id not in self._inflight]
             for row in rows:
                 if row.attempts >= MAX_ATTEMPTS:
-                    await self._give_up(row)
+                    try:
+                        await self._give_up(row)
+                    except Exception:
+                        # Its lease runs out and the next pass tries again; the others go on.
+                        log.exception("event=inbox_give_up_failed id=%s", row.event.id)
                     continue
                 log.info("event=recovered id=%s channel=%s attempts=%d", row.event.id, row.event.channel, row.attempts)
-                self._enqueue(_Work(row.id, row.event))
+                self._enqueue(_Work(row.id, row.event, recovered=True))
             total += len(rows)
             if len(rows) < 200:
                 return total

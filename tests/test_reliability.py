@@ -218,7 +218,7 @@ async def test_an_event_tried_five_times_is_given_up_and_its_sender_told_once(
     async with running_hub(settings, extra_channels=[channel], lease_s=0.3, recovery_interval_s=0.1) as h:
         channel.bind(h.hub.dispatcher)
         hub = h.hub
-        # Stored by a process that died handling it, four times already.
+        # Stored by processes that died handling it, five times already.
         row = await hub.inbox.store(
             Event(
                 id="poison",
@@ -229,7 +229,7 @@ async def test_an_event_tried_five_times_is_given_up_and_its_sender_told_once(
             )
         )
         async with hub.db.engine.begin() as conn:
-            await conn.execute(update(inbox_table).where(inbox_table.c.id == row).values(attempts=4))
+            await conn.execute(update(inbox_table).where(inbox_table.c.id == row).values(attempts=5))
 
         async def failed() -> bool:
             got = await hub.inbox.get("fake", "poison")
@@ -244,3 +244,36 @@ async def test_an_event_tried_five_times_is_given_up_and_its_sender_told_once(
         assert [c.json["quote"] for c in sends] == ["poison", "ok"]
         assert sends[0].json["text"] == UNHANDLED_TEXT and sends[0].json["chat"] == "fake:private:c9"
         assert "gave up" in ((await hub.inbox.get("fake", "poison")) or {})["error"]
+
+
+async def test_restarts_alone_do_not_count_as_attempts(tmp_path: Path) -> None:
+    # A restart claims every pending row: only a handling that starts may count, or five
+    # crash-restarts caused by one poison event would give up every event waiting behind it.
+    from hub.storage.db import Database
+    from hub.storage.inbox import InboxRepo
+    from hub.storage.migrate import migrate
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    await migrate(db)
+    await db.start()
+    try:
+        repo = InboxRepo(db, "h1", lease_s=30)
+        ids = []
+        for i in range(3):
+            ev = Event(
+                id=f"e{i}",
+                channel="fake",
+                chat=ChatRef("fake", "private", "c"),
+                sender=User("fake", "u"),
+                message=Message.of("hi"),
+            )
+            ids.append(await repo.store(ev))
+        for _ in range(6):
+            rows = await repo.claim_stalled(10, take_all=True)
+        assert [r.attempts for r in rows] == [0, 0, 0]
+        assert ids[0] is not None
+        await repo.note_attempt(ids[0])
+        rows = await repo.claim_stalled(10, take_all=True)
+        assert [r.attempts for r in rows] == [1, 0, 0]
+    finally:
+        await db.close()

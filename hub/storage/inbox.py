@@ -129,11 +129,9 @@ class InboxRepo:
         stmt = (
             update(inbox)
             .where(inbox.c.id.in_(sub.scalar_subquery()))
-            .values(
-                holder=self.holder,
-                lease_until=self._db.now(self.lease_s),
-                attempts=inbox.c.attempts + 1,
-            )
+            # Not an attempt yet: a restart claims every pending row, and only the ones whose
+            # handling starts (note_attempt) may count towards giving up.
+            .values(holder=self.holder, lease_until=self._db.now(self.lease_s))
             .returning(inbox.c.id, inbox.c.payload, inbox.c.attempts)
         )
         async with self._db.engine.begin() as conn:
@@ -141,6 +139,11 @@ class InboxRepo:
         out = [InboxRow(r.id, event_from_dict(r.payload), r.attempts) for r in rows]
         out.sort(key=lambda r: r.id)
         return out
+
+    async def note_attempt(self, row_id: int) -> None:
+        """Count one handling of a recovered event (a poison event is given up after a few)."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(update(inbox).where(inbox.c.id == row_id).values(attempts=inbox.c.attempts + 1))
 
     async def backlog(self) -> int:
         async with self._db.engine.connect() as conn:
