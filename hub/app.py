@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -447,16 +447,21 @@ async def _stop_input(app: web.Application) -> None:
 
 async def _housekeeping(hub: Hub) -> None:
     """Expire stored media, old web messages and handled rows, hourly."""
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("media", hub.media.expire),
+        ("web_events", hub.web_events.expire),
+        ("access", hub.access.housekeeping),
+        ("prune", lambda: prune(hub.db, hub.settings.database.retention_days)),
+    ]
     while True:
-        try:
-            removed = await hub.media.expire()
-            await hub.web_events.expire()
-            await hub.access.housekeeping()
-            await prune(hub.db, hub.settings.database.retention_days)
-            if removed:
-                log.info("event=media_expired count=%d", removed)
-        except Exception:
-            log.exception("event=housekeeping_failed")
+        for name, step in steps:
+            # One failing step (a media file that will not go) must not stop the others.
+            try:
+                result = await step()
+                if name == "media" and result:
+                    log.info("event=media_expired count=%s", result)
+            except Exception:
+                log.exception("event=housekeeping_failed step=%s", name)
         await asyncio.sleep(3600)
 
 

@@ -288,6 +288,19 @@ async def test_old_handled_rows_are_pruned_and_the_dedupe_window_kept(db: Databa
                 await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": 0x7072756E65})
 
 
+async def test_pruning_goes_in_batches_and_takes_old_failures_but_never_a_waiting_message(db: Database) -> None:
+    outbox = OutboxRepo(db, "h1")
+    ids = [await outbox.enqueue(NewMessage(ChatRef("fake", "private", f"b{i}"), Message.of(str(i)))) for i in range(7)]
+    old = utcnow() - timedelta(days=40)
+    async with db.engine.begin() as conn:
+        await conn.execute(update(outbox_t).where(outbox_t.c.id.in_(ids[:5])).values(status="sent", sent_at=old))
+        await conn.execute(update(outbox_t).where(outbox_t.c.id == ids[5]).values(status="failed", created_at=old))
+        await conn.execute(update(outbox_t).where(outbox_t.c.id == ids[6]).values(status="waiting", created_at=old))
+    counts = await prune(db, retention_days=5, batch=2)
+    assert counts is not None and counts["outbox"] == 6
+    assert [r["status"] for r in await outbox.all_rows()] == ["waiting"]
+
+
 async def test_database_errors_never_carry_the_statement_parameters(tmp_path: Path) -> None:
     from sqlalchemy import text
 
