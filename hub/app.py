@@ -174,7 +174,7 @@ def build_app(
             fetcher=fetcher,
         )
     if settings.wechat.enabled or settings.wecom.enabled:
-        from hub.channels.wechat import PersonaGreeting
+        from hub.channels.wechat.official import PersonaGreeting
 
         greeting = PersonaGreeting(chats, PersonaRepo(db))
         if settings.wechat.enabled:
@@ -194,7 +194,7 @@ def build_app(
                 fetcher=fetcher,
             )
         if settings.wecom.enabled:
-            from hub.channels.wecom import WecomChannel
+            from hub.channels.wechat import WecomChannel
 
             channels["wecom"] = WecomChannel(
                 settings.wecom,

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from test_wechat import AES_KEY, CHAT, TOKEN, settings_for
 
 from hub.channels.wechat import WechatChannel
-from hub.channels.wechat_passive import CURRENT, EARLIER, MORE
+from hub.channels.wechat.passive import CURRENT, EARLIER, MORE
 from hub.events import Image, Message
 from hub.settings import Settings
 from hub.storage.models import held_replies, inbox

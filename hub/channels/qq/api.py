@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from hub.channels.wechat_api import TokenCache
+from hub.channels.wechat.api import TokenCache
 from hub.errors import SendError
 
 log = logging.getLogger("hub.qq")

@@ -15,7 +15,7 @@ from typing import Any
 
 from hub.channels.qq.api import MediaFetchFailed, QQApi, ReplyExpired
 from hub.channels.qq.passive import PassiveReplies
-from hub.channels.wechat_outbound import Part, render
+from hub.channels.wechat.outbound import Part, render
 from hub.errors import AwaitingUser, SendError
 from hub.events import ChatRef, Media, Message
 from hub.storage.media import MediaStore

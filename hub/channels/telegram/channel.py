@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from hub.channels.base import Channel, Ingress, LiveStream, SendResult
 from hub.channels.payload import parse_json
-from hub.channels.telegram_parse import (
+from hub.channels.telegram.parse import (
     CHANNEL,
     HANDLED_UPDATES,
     BotIdentity,
@@ -32,8 +32,8 @@ from hub.channels.telegram_parse import (
     load_update,
     parse_update,
 )
-from hub.channels.telegram_poll import BACKOFF, Poller
-from hub.channels.telegram_render import (
+from hub.channels.telegram.poll import BACKOFF, Poller
+from hub.channels.telegram.render import (
     TelegramSender,
     chat_id_of,
     limits_for,
@@ -41,8 +41,8 @@ from hub.channels.telegram_render import (
     reply_of,
     send_error,
 )
-from hub.channels.telegram_session import JsonSession
-from hub.channels.telegram_stream import TelegramLiveStream
+from hub.channels.telegram.session import JsonSession
+from hub.channels.telegram.stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
 from hub.events import ChatRef, Message
 from hub.fetch import Fetcher, FetchError, FetchTooLarge

@@ -27,10 +27,10 @@ from aiohttp import web
 
 from hub.channels.base import Channel, ChannelLimits, Ingress, SendResult
 from hub.channels.replay import ReplayGuard
-from hub.channels.wechat_api import WeChatApi
-from hub.channels.wechat_inbound import CallbackCrypto, Inbound, open_envelope, parse_inbound
-from hub.channels.wechat_outbound import MB, MediaPreparer, render, send_parts
-from hub.channels.wechat_passive import HELD_TEXT_MAX, PassiveReplies
+from hub.channels.wechat.api import WeChatApi
+from hub.channels.wechat.inbound import CallbackCrypto, Inbound, open_envelope, parse_inbound
+from hub.channels.wechat.outbound import MB, MediaPreparer, render, send_parts
+from hub.channels.wechat.passive import HELD_TEXT_MAX, PassiveReplies
 from hub.errors import ConfigError, SendError
 from hub.events import ChatRef, Message, segment_to_dict
 from hub.fetch import Fetcher

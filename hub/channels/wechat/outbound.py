@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.channels.base import split_text
-from hub.channels.wechat_api import WeChatApi
+from hub.channels.wechat.api import WeChatApi
 from hub.errors import SendError
 from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
 from hub.fetch import Fetcher, FetchError, FetchTooLarge

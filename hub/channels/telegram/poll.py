@@ -27,7 +27,7 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from hub.channels.telegram_parse import HANDLED_UPDATES, load_update
+from hub.channels.telegram.parse import HANDLED_UPDATES, load_update
 from hub.storage.db import Database, advisory_lock
 
 log = logging.getLogger("hub.telegram")

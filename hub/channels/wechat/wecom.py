@@ -17,10 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from hub.channels.base import Channel, ChannelLimits, Ingress, SendResult
-from hub.channels.wechat import SUBSCRIBE_EVENTS, Greeting, cdata_safe, plain_welcome
-from hub.channels.wechat_api import WeChatApi
-from hub.channels.wechat_inbound import CallbackCrypto, Inbound, open_envelope, parse_inbound
-from hub.channels.wechat_outbound import MB, MediaPreparer, render, send_parts
+from hub.channels.wechat.api import WeChatApi
+from hub.channels.wechat.inbound import CallbackCrypto, Inbound, open_envelope, parse_inbound
+from hub.channels.wechat.official import SUBSCRIBE_EVENTS, Greeting, cdata_safe, plain_welcome
+from hub.channels.wechat.outbound import MB, MediaPreparer, render, send_parts
 from hub.errors import ConfigError, SendError
 from hub.events import ChatRef, Message
 from hub.fetch import Fetcher
