@@ -12,7 +12,6 @@ import contextlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
@@ -21,7 +20,7 @@ from aiogram.utils.backoff import Backoff
 from aiohttp import web
 from pydantic import ValidationError
 
-from hub.channels.base import Channel, Ingress, LiveStream, SendResult
+from hub.channels.base import Channel, Ingress, LiveStream, SendRequest, SendResult
 from hub.channels.payload import parse_json
 from hub.channels.telegram.parse import (
     CHANNEL,
@@ -44,7 +43,7 @@ from hub.channels.telegram.render import (
 from hub.channels.telegram.session import JsonSession
 from hub.channels.telegram.stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
-from hub.events import ChatRef, Message
+from hub.events import ChatRef
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
@@ -237,34 +236,20 @@ class TelegramChannel(Channel):
 
     # --- outbound -------------------------------------------------------------------------
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
+    async def send(self, request: SendRequest) -> SendResult:
         if self._closed:
             raise SendError("the Telegram channel is closed", retryable=True, retry_after=5.0)
-        parts = plan(message)
+        parts = plan(request.message)
         if not parts:
             return SendResult()
+        target = request.target
 
         async def migrated(new_chat_id: int) -> None:
             await self._record_migration(target.chat_id, new_chat_id)
 
         try:
             ids = await self._sender.send_parts(
-                target,
-                self._chat_id(target),
-                parts,
-                reply=reply_of(target, quote, context),
-                progress=progress,
-                on_progress=on_progress,
-                on_migrate=migrated,
+                self._chat_id(target), parts, request, reply_of(target, request.quote, request.context), migrated
             )
         except Exception as exc:
             raise send_error(exc) from exc
@@ -274,7 +259,7 @@ class TelegramChannel(Channel):
         return self._migrated.get(target.chat_id) or chat_id_of(target)
 
     async def open_stream(
-        self, target: ChatRef, *, quote: str | None = None, context: Mapping[str, Any] | None = None
+        self, target: ChatRef, *, quote: str | None = None, context: Mapping[str, object] | None = None
     ) -> LiveStream | None:
         if self._closed:
             return None
