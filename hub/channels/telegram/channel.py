@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import Update
-from aiogram.utils.backoff import Backoff
 from aiohttp import web
 from pydantic import ValidationError
 
+from hub.backoff import Backoff
 from hub.channels.base import Channel, Ingress, LiveStream, SendRequest, SendResult
 from hub.channels.payload import parse_json
 from hub.channels.telegram.parse import (
@@ -31,7 +31,7 @@ from hub.channels.telegram.parse import (
     load_update,
     parse_update,
 )
-from hub.channels.telegram.poll import BACKOFF, Poller
+from hub.channels.telegram.poll import BACKOFF_BASE_S, BACKOFF_CAP_S, Poller
 from hub.channels.telegram.render import (
     TelegramSender,
     chat_id_of,
@@ -152,10 +152,10 @@ class TelegramChannel(Channel):
         return True
 
     async def _learn_me_later(self) -> None:
-        backoff = Backoff(BACKOFF)
+        backoff = Backoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S)
         while not await self._learn_me():
             self._state = "failing"
-            await backoff.asleep()
+            await backoff.sleep()
 
     async def _register_webhook(self) -> None:
         assert self._public_url is not None and self._secret is not None
