@@ -80,12 +80,12 @@ class WechatCore(Channel):
 
     def __init__(
         self,
-        *,
-        ingress: Ingress,
         crypto: CallbackCrypto,
         api: WeChatApi,
+        ingress: Ingress,
         media: MediaStore,
         public_url: str | None,
+        *,
         greeting: Greeting,
         fetcher: Fetcher,
     ) -> None:

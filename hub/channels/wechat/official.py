@@ -95,15 +95,7 @@ class WechatChannel(WechatCore):
                 "secret": secret,
             },
         )
-        super().__init__(
-            ingress=ingress,
-            crypto=crypto,
-            api=api,
-            media=media,
-            public_url=public_url,
-            greeting=greeting,
-            fetcher=fetcher,
-        )
+        super().__init__(crypto, api, ingress, media, public_url, greeting=greeting, fetcher=fetcher)
         self._replay: ReplayGuard | None = None
         if not crypto.safe:
             if nonces is None:

@@ -62,15 +62,7 @@ class WecomChannel(WechatCore):
             "/cgi-bin/gettoken",
             {"corpid": settings.corp_id, "corpsecret": settings.secret.get_secret_value()},
         )
-        super().__init__(
-            ingress=ingress,
-            crypto=crypto,
-            api=api,
-            media=media,
-            public_url=public_url,
-            greeting=greeting,
-            fetcher=fetcher,
-        )
+        super().__init__(crypto, api, ingress, media, public_url, greeting=greeting, fetcher=fetcher)
 
     # --- in ---------------------------------------------------------------------------------
 
