@@ -1,5 +1,6 @@
 """What every channel's outbound side shares, written once: the media-as-link rule, chunked file
-reading and the multi-part send loop that records progress.
+reading, the multi-part send loop that records progress, and a message cut into parts of one
+text or one media each.
 
 A channel declares its limits (`ChannelLimits`) and its per-part send; `send_parts` runs the
 parts in order, skipping those an earlier attempt sent, and records each one that goes out so a
@@ -11,17 +12,67 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from hub.channels.base import SendRequest
-from hub.events import Media
+from hub.channels.base import SendRequest, split_text
+from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
 
 CHUNK = 1024 * 1024
+TITLE_MAX = 64
 # Copying a local file into the store for a link has no size cap: it is already on this disk.
 _NO_CAP = 2**62
 
 P = TypeVar("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One platform message: text, or one media (a video with its title and description)."""
+
+    kind: str  # text | image | voice | video | file
+    text: str = ""
+    media: Media | None = None
+    title: str = ""
+    description: str = ""
+
+
+def render(message: Message, text_bytes: int) -> list[Part]:
+    """The parts of a message for a platform that sends one media per message, in order: text
+    split at `text_bytes` UTF-8 bytes, one part per media.
+
+    A media caption follows its media as text, except a video's, which is its title and
+    description. Quotes and unsupported content have no form here.
+    """
+    parts: list[Part] = []
+    buf: list[str] = []
+
+    def flush() -> None:
+        text = "".join(buf).strip()
+        buf.clear()
+        if text:
+            parts.extend(Part("text", chunk) for chunk in split_text(text, text_bytes, "bytes"))
+
+    for seg in message.segments:
+        if isinstance(seg, Text):
+            buf.append(seg.text)
+        elif isinstance(seg, Mention):
+            buf.append(f"@{seg.name or seg.user_id} ")
+        elif isinstance(seg, Video):
+            flush()
+            caption = (seg.caption or "").strip()
+            title = caption.splitlines()[0] if caption else (seg.name or "Video")
+            if len(title) > TITLE_MAX:
+                title = title[: TITLE_MAX - 1] + "…"
+            parts.append(Part("video", media=seg, title=title, description=caption))
+        elif isinstance(seg, Image | Audio | File):
+            flush()
+            parts.append(Part({Image: "image", Audio: "voice", File: "file"}[type(seg)], media=seg))
+            if seg.caption:
+                buf.append(seg.caption)
+    flush()
+    return parts
 
 
 async def read_chunks(path: str | Path, chunk: int = CHUNK) -> AsyncIterator[bytes]:

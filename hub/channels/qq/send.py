@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from hub.channels.base import SendRequest
-from hub.channels.parts import MediaLinks, send_parts
+from hub.channels.parts import MediaLinks, Part, render, send_parts
 from hub.channels.qq.api import MediaFetchFailed, QQApi, ReplyExpired
 from hub.channels.qq.passive import PassiveReplies
-from hub.channels.wechat.outbound import Part, render
 from hub.errors import AwaitingUser, SendError
 from hub.events import ChatRef, Media
 from hub.storage.media import MediaStore

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from hub.channels.base import Ingress, SendRequest, SendResult
+from hub.channels.parts import render
 from hub.channels.replay import ReplayGuard
 from hub.channels.wechat.api import WeChatApi
 from hub.channels.wechat.core import (
@@ -37,7 +38,6 @@ from hub.channels.wechat.core import (
     plain_welcome,
 )
 from hub.channels.wechat.inbound import CallbackCrypto, Inbound
-from hub.channels.wechat.outbound import render
 from hub.channels.wechat.passive import HELD_TEXT_MAX, PassiveReplies
 from hub.errors import ConfigError
 from hub.events import ChatRef, Event, segment_to_dict

@@ -1,7 +1,7 @@
 """Turning a hub Message into WeChat/WeCom sends: parts, media uploaded first, links when too large.
 
-A message becomes an ordered list of parts, one platform call each (so a retried send can skip
-the parts already out). A part is prepared into its wire form, a small JSON-able dict:
+A message becomes an ordered list of parts (parts.render), one platform call each (so a retried
+send can skip the parts already out). A part is prepared into its wire form, a small JSON-able dict:
 `{"msgtype": "text", "text": ...}`, `{"msgtype": "image" | "voice" | "file", "media_id": ...}`,
 `{"msgtype": "video", "media_id", "title", "description"}`. Media larger than the platform
 takes (or in a form it cannot play) goes as a text with a one-line note and a link to
@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub.channels.base import split_text
-from hub.channels.parts import MediaLinks
+from hub.channels.parts import MediaLinks, Part
 from hub.channels.wechat.api import WeChatApi
 from hub.errors import SendError
-from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
+from hub.events import Media
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.storage.media import MediaStore
 
@@ -31,53 +30,7 @@ NOUN = {"image": "image", "voice": "audio", "video": "video", "file": "file"}
 DEFAULT_EXT = {"image": ".jpg", "voice": ".mp3", "video": ".mp4", "file": ".bin"}
 DEFAULT_MIME = {"image": "image/jpeg", "voice": "audio/mpeg", "video": "video/mp4", "file": "application/octet-stream"}
 VOICE_MAX_S = 60.0
-TITLE_MAX = 64
 DOWNLOAD_TIMEOUT_S = 180.0
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    kind: str  # text | image | voice | video | file
-    text: str = ""
-    media: Media | None = None
-    title: str = ""
-    description: str = ""
-
-
-def render(message: Message, text_bytes: int) -> list[Part]:
-    """The parts of a message, in order: text split at `text_bytes` UTF-8 bytes, one per media.
-
-    A media caption follows its media as text, except a video's, which is its title and
-    description. Quotes and unsupported content have no form here.
-    """
-    parts: list[Part] = []
-    buf: list[str] = []
-
-    def flush() -> None:
-        text = "".join(buf).strip()
-        buf.clear()
-        if text:
-            parts.extend(Part("text", chunk) for chunk in split_text(text, text_bytes, "bytes"))
-
-    for seg in message.segments:
-        if isinstance(seg, Text):
-            buf.append(seg.text)
-        elif isinstance(seg, Mention):
-            buf.append(f"@{seg.name or seg.user_id} ")
-        elif isinstance(seg, Video):
-            flush()
-            caption = (seg.caption or "").strip()
-            title = caption.splitlines()[0] if caption else (seg.name or "Video")
-            if len(title) > TITLE_MAX:
-                title = title[: TITLE_MAX - 1] + "…"
-            parts.append(Part("video", media=seg, title=title, description=caption))
-        elif isinstance(seg, Image | Audio | File):
-            flush()
-            parts.append(Part({Image: "image", Audio: "voice", File: "file"}[type(seg)], media=seg))
-            if seg.caption:
-                buf.append(seg.caption)
-    flush()
-    return parts
 
 
 @dataclass(frozen=True, slots=True)
