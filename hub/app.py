@@ -20,13 +20,13 @@ from aiohttp import web
 
 from hub.access import AccessControl
 from hub.api import DeliveryApi
-from hub.channels.base import Channel
+from hub.channels.base import Channel, LiveSink
 from hub.channels.web import WebChannel
 from hub.delivery import Outbox
 from hub.events import Event
 from hub.fetch import Fetcher, policy_from_settings
 from hub.http import ServerRoutes, error_middleware
-from hub.inbound import Dispatcher, EventReplier, LiveSink, tell_unhandled
+from hub.inbound import Dispatcher, EventReplier, tell_unhandled
 from hub.job_delivery import JobDelivery
 from hub.job_images import ImageJobs
 from hub.jobs import JobService
@@ -175,7 +175,7 @@ def build_app(
             fetcher=fetcher,
         )
     if settings.wechat.enabled or settings.wecom.enabled:
-        from hub.channels.wechat import PersonaGreeting
+        from hub.skills.chat import PersonaGreeting
 
         greeting = PersonaGreeting(chats, PersonaRepo(db))
         if settings.wechat.enabled:
@@ -195,7 +195,7 @@ def build_app(
                 fetcher=fetcher,
             )
         if settings.wecom.enabled:
-            from hub.channels.wecom import WecomChannel
+            from hub.channels.wechat import WecomChannel
 
             channels["wecom"] = WecomChannel(
                 settings.wecom,

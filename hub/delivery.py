@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 
-from hub.channels.base import Channel
+from hub.channels.base import Channel, SendRequest
 from hub.errors import AwaitingUser, SendError
 from hub.events import Audio, File, Image, Message, Video
 from hub.metrics import Metrics
@@ -214,12 +214,7 @@ class Outbox:
 
             # The one window DESIGN.md allows: dying inside this await may send twice.
             result = await channel.send(
-                item.target,
-                item.message,
-                quote=item.quote,
-                context=item.context,
-                progress=item.progress,
-                on_progress=on_progress,
+                SendRequest(item.target, item.message, item.quote, item.context, item.progress, on_progress)
             )
         except asyncio.CancelledError:
             raise

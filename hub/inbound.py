@@ -13,9 +13,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from hub.channels.base import Channel, LiveStream
+from hub.channels.base import Channel, LiveSink, LiveStream
 from hub.delivery import Outbox, backoff_delay
 from hub.errors import HubError
 from hub.events import Event, Message
@@ -40,17 +39,6 @@ class IngressClosed(HubError):
 
 class StorageRefused(HubError):
     """A reply of an event that will be handled again is not queued."""
-
-
-class LiveSink(Protocol):
-    """A reply channel held open by the request that asked (the web chat's SSE answer)."""
-
-    @property
-    def open(self) -> bool: ...
-
-    async def text(self, delta: str) -> None: ...
-
-    async def message(self, message: Message) -> None: ...
 
 
 @dataclass(slots=True)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from hub.channels.base import Channel, ChannelLimits, Ingress, SendResult
+from hub.channels.base import Channel, ChannelLimits, Ingress, SendRequest, SendResult
 from hub.errors import BadPayload, SendError, VerificationFailed
 from hub.events import ChatRef, Event, Message, Text, User, segment_to_dict
 
@@ -72,22 +70,13 @@ class FakeChannel(Channel):
         new = await self.ingress.submit(event)
         return web.json_response({"ok": True, "new": new})
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
+    async def send(self, request: SendRequest) -> SendResult:
         assert self._http is not None
         payload = {
-            "chat": str(target),
-            "text": message.text,
-            "quote": quote,
-            "media": [segment_to_dict(m) for m in message.media],
+            "chat": str(request.target),
+            "text": request.message.text,
+            "quote": request.quote,
+            "media": [segment_to_dict(m) for m in request.message.media],
         }
         async with self._http.post(f"{self.api_base}/send", json=payload) as resp:
             data = await resp.json(content_type=None)

@@ -12,8 +12,9 @@ from harness import FakeServer, Recorded, RunningHub, eventually, make_settings,
 from jobs_helpers import EventStream, has_media, has_text, job_ref, providers_toml
 from yarl import URL
 
-from hub.channels.wechat_api import WeChatApi
-from hub.channels.wechat_outbound import MediaPreparer, Part
+from hub.channels.parts import Part
+from hub.channels.wechat.api import WeChatApi
+from hub.channels.wechat.outbound import MediaPreparer
 from hub.errors import SendError
 from hub.events import Image, Message
 from hub.fetch import Fetcher, FetchPolicy

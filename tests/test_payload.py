@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from test_wechat_units import OA_AES, OA_TOKEN
 
 from hub.channels.payload import MAX_DEPTH, parse_json, parse_xml
-from hub.channels.wechat_inbound import parse_inbound
+from hub.channels.wechat.inbound import parse_inbound
 from hub.errors import BadPayload
 from hub.events import Unsupported
 from hub.storage.models import inbox

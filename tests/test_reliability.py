@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from harness import FakeServer, eventually, make_settings, running_hub
 from sqlalchemy import update
 from test_spine_e2e import post_event
 
-from hub.channels.base import Channel, ChannelLimits, SendResult
+from hub.channels.base import Channel, ChannelLimits, SendRequest, SendResult
 from hub.delivery import Outbox
 from hub.events import ChatRef, Event, Message, User
 from hub.inbound import UNHANDLED_TEXT, Dispatcher, EventReplier
@@ -127,19 +127,10 @@ class MemoryChannel(Channel):
     def routes(self) -> list[Any]:
         return []
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
+    async def send(self, request: SendRequest) -> SendResult:
         # A platform takes a while, some messages longer: other claims run meanwhile.
-        await asyncio.sleep(self.delay_s * (3 if message.text[-1:] in "02468" else 0.1))
-        self.sent.append((str(target), message.text))
+        await asyncio.sleep(self.delay_s * (3 if request.message.text[-1:] in "02468" else 0.1))
+        self.sent.append((str(request.target), request.message.text))
         return SendResult((str(len(self.sent)),))
 
 

@@ -19,8 +19,8 @@ from aiogram.types import MessageEntity, User
 from fake_telegram import message_update
 from pydantic import ValidationError
 
-from hub.channels.telegram_parse import BotIdentity, load_update, parse_update, strip_bot_mentions
-from hub.channels.telegram_render import MediaPart, TextPart, plan, send_error
+from hub.channels.telegram.parse import BotIdentity, load_update, parse_update, strip_bot_mentions
+from hub.channels.telegram.render import MediaPart, TextPart, plan, send_error
 from hub.errors import SendError
 from hub.events import File, Image, Message, Video
 

@@ -17,8 +17,9 @@ from harness import RunningHub, eventually, pg_database, running_hub
 from sqlalchemy import func, select
 from test_wechat import AES_KEY, CHAT, TOKEN, settings_for
 
+from hub.channels.base import SendRequest
 from hub.channels.wechat import WechatChannel
-from hub.channels.wechat_passive import CURRENT, EARLIER, MORE
+from hub.channels.wechat.passive import CURRENT, EARLIER, MORE
 from hub.events import Image, Message
 from hub.settings import Settings
 from hub.storage.models import held_replies, inbox
@@ -245,7 +246,7 @@ async def test_the_same_reply_handed_over_twice_is_held_once(
     picture.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 100)
     message = Message.of("look:", Image(path=str(picture)))
     # The outbox hands a reply over again when the process died before marking it sent.
-    await channel(hub).send(CHAT, message, quote="9930")
-    await channel(hub).send(CHAT, message, quote="9930")
+    await channel(hub).send(SendRequest(CHAT, message, quote="9930"))
+    await channel(hub).send(SendRequest(CHAT, message, quote="9930"))
     assert len(api.uploads()) == 2  # uploaded each time: the media ids differ
     assert await count(hub, held_replies) == 2  # the text and the image, once

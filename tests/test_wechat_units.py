@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hub.channels.wechat_api import TokenCache, send_error
-from hub.channels.wechat_inbound import CallbackCrypto, open_envelope, parse_inbound, signature
-from hub.channels.wechat_outbound import render
-from hub.channels.wechat_passive import EARLIER, HELD_TEXT_MAX, MORE, PASSIVE_TEXT_MAX, plan_answer
+from hub.channels.parts import render
+from hub.channels.wechat.api import TokenCache, send_error
+from hub.channels.wechat.inbound import CallbackCrypto, open_envelope, parse_inbound, signature
+from hub.channels.wechat.passive import EARLIER, HELD_TEXT_MAX, MORE, PASSIVE_TEXT_MAX, plan_answer
 from hub.errors import BadPayload, VerificationFailed
 from hub.events import Audio, Image, Message, Text, Unsupported, Video
 from hub.storage.held import HeldReply

@@ -10,9 +10,9 @@ from __future__ import annotations
 import abc
 import bisect
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
@@ -40,6 +40,32 @@ class SendResult:
     message_ids: Sequence[str] = ()
 
 
+OnProgress = Callable[[int], Awaitable[None]]
+"""Awaited with the number of parts sent so far, after each part of a multi-part send."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """One message to send: what `Channel.send` gets, from the outbox or a test.
+
+    `context` is what the inbound event carried for replies (a platform message id, a reply
+    token); `progress` is how many parts an earlier attempt already sent, to be skipped, and
+    `on_progress` is awaited with the new count after each part.
+    """
+
+    target: ChatRef
+    message: Message
+    quote: str | None = None
+    context: Mapping[str, object] = field(default_factory=dict)
+    progress: int = 0
+    on_progress: OnProgress | None = None
+
+    async def sent(self, parts: int) -> None:
+        """Record that `parts` parts are out (no-op without a recorder)."""
+        if self.on_progress is not None:
+            await self.on_progress(parts)
+
+
 class Ingress(Protocol):
     async def submit(self, event: Event) -> bool:
         """Store the event durably; True when new, False for a duplicate delivery."""
@@ -56,6 +82,17 @@ class LiveStream(Protocol):
     async def finish(self, text: str) -> SendResult:
         """Show the final text; raises SendError when the platform refused it."""
         ...
+
+
+class LiveSink(Protocol):
+    """A reply channel held open by the request that asked (the web chat's SSE answer)."""
+
+    @property
+    def open(self) -> bool: ...
+
+    async def text(self, delta: str) -> None: ...
+
+    async def message(self, message: Message) -> None: ...
 
 
 class Channel(abc.ABC):
@@ -83,25 +120,17 @@ class Channel(abc.ABC):
         return ()
 
     @abc.abstractmethod
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
+    async def send(self, request: SendRequest) -> SendResult:
         """Send a whole message, splitting and uploading as the platform needs.
 
-        A message that needs several platform calls skips the first `progress` parts (already
-        sent by an earlier attempt) and awaits `on_progress(n)` after each part. Raises
-        SendError with `retryable` and `retry_after` set from the platform's answer.
+        A message that needs several platform calls skips the first `request.progress` parts
+        (already sent by an earlier attempt) and awaits `request.sent(n)` after each part
+        (`parts.send_parts` does both). Raises SendError with `retryable` and `retry_after` set
+        from the platform's answer.
         """
 
     async def open_stream(
-        self, target: ChatRef, *, quote: str | None = None, context: Mapping[str, Any] | None = None
+        self, target: ChatRef, *, quote: str | None = None, context: Mapping[str, object] | None = None
     ) -> LiveStream | None:
         """A live reply that grows by edits, where the platform can edit; else None."""
         return None

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from hub.auth import bearer_matches
-from hub.channels.base import Channel, ChannelLimits, SendResult
+from hub.channels.base import Channel, ChannelLimits, LiveSink, SendRequest, SendResult
+from hub.channels.parts import MediaLinks
 from hub.channels.payload import parse_json
 from hub.events import Audio, ChatRef, Event, File, Image, Message, Text, User, Video
 from hub.settings import HttpSettings, WebSettings, is_loopback_host
@@ -29,7 +30,7 @@ SESSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 MAX_TEXT = 16000
 KEEPALIVE_S = 15.0
 
-SubmitAndWait = Callable[[Event, Any], Awaitable[bool]]
+SubmitAndWait = Callable[[Event, LiveSink], Awaitable[bool]]
 
 
 def sse(data: dict[str, Any] | str) -> bytes:
@@ -99,7 +100,8 @@ class WebChannel(Channel):
         self._public_host = (public.hostname or "").lower() if public else None
         self._public_origin = _origin_of(public.scheme, public.netloc) if public else None
         self._events = events
-        self._media = media
+        # Links relative to the hub: the page is served from it.
+        self._links = MediaLinks(media, "")
         self._submit_and_wait = submit_and_wait
         self._streams: set[web.StreamResponse] = set()
         self._closing = asyncio.Event()
@@ -266,38 +268,16 @@ class WebChannel(Channel):
         return items
 
     async def _media_item(self, seg: Image | Video | Audio | File) -> dict[str, Any]:
-        url: str | None = None
-        if seg.path:
-            media_id = self._media.id_of_path(seg.path)
-            if media_id is None:
-                stored = await self._media.save_bytes(
-                    await asyncio.to_thread(Path(seg.path).read_bytes), name=seg.name, mime=seg.mime, kind=seg.kind
-                )
-                media_id = stored.id
-            url = f"/media/{media_id}"
-        elif seg.data is not None:
-            url = f"/media/{(await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)).id}"
-        else:
-            url = seg.url
-        item: dict[str, Any] = {"type": seg.kind, "url": url}
+        item: dict[str, Any] = {"type": seg.kind, "url": await self._links.link(seg)}
         if seg.name:
             item["name"] = seg.name
         return item
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
-        items = await self.render(message)
+    async def send(self, request: SendRequest) -> SendResult:
+        items = await self.render(request.message)
         if not items:
             return SendResult()
-        row_id = await self._events.add(target.chat_id, items)
+        row_id = await self._events.add(request.target.chat_id, items)
         return SendResult((str(row_id),))
 
 

@@ -17,34 +17,29 @@ from typing import Any, Literal, Protocol
 import aiohttp
 from pydantic import SecretStr
 
+from hub.client import HttpClient
 from hub.errors import ProviderError
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
 
 PollStatus = Literal["queued", "running", "completed", "failed"]
 
 
-class ProviderSession:
+class ProviderSession(HttpClient):
     """A provider's one HTTP session with its auth headers: opened at start, closed once."""
 
     def __init__(self, api_key: SecretStr | None, **headers: str) -> None:
         self._headers = {"Content-Type": "application/json", **headers}
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
-        self._http: aiohttp.ClientSession | None = None
+        super().__init__(headers=self._headers)
 
     @property
     def http(self) -> aiohttp.ClientSession:
         assert self._http is not None, "provider not started"
         return self._http
 
-    async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(headers=self._headers)
-
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self.stop()
 
 
 @dataclass(frozen=True, slots=True)

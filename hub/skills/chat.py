@@ -8,9 +8,10 @@ import time
 from typing import TYPE_CHECKING
 
 from hub.errors import ProviderError
+from hub.events import ChatRef
 from hub.skills.base import Context
 from hub.skills.prompt import build_messages, opening, reply_reserve, tokens_of
-from hub.storage.chats import ChatSettings, KeyValueRepo
+from hub.storage.chats import ChatRepo, ChatSettings, KeyValueRepo
 from hub.storage.memory import MemoryRepo, estimate_tokens, speaker_content
 from hub.storage.personas import Persona, PersonaRepo
 
@@ -82,6 +83,23 @@ async def persona_for(personas: PersonaRepo, chat: ChatSettings) -> Persona | No
         if found is not None:
             return found
     return await personas.default()
+
+
+class PersonaGreeting:
+    """What a new follower is told (the channels' `Greeting`): the greeting of the chat's
+    persona, or of the default one; None for the channel's own welcome."""
+
+    def __init__(self, chats: ChatRepo, personas: PersonaRepo) -> None:
+        self._chats = chats
+        self._personas = personas
+
+    async def __call__(self, chat: ChatRef) -> str | None:
+        try:
+            persona = await persona_for(self._personas, await self._chats.get(str(chat)))
+        except Exception:  # the greeting is a courtesy: never worth failing the callback for
+            log.exception("event=greeting_failed chat=%s", chat)
+            return None
+        return (persona.greeting.strip() if persona else "") or None
 
 
 class ChatSkill:

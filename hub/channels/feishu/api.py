@@ -20,7 +20,7 @@ import aiohttp
 import lark_oapi as lark
 from lark_oapi.core.model import BaseRequest
 
-from hub.channels.wechat_api import TokenCache
+from hub.channels.wechat.api import TokenCache
 from hub.errors import SendError
 
 log = logging.getLogger("hub.feishu")

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from hub.channels.base import Channel, ChannelLimits, Ingress, LiveStream, SendResult
+from hub.channels.base import Channel, ChannelLimits, Ingress, LiveStream, SendRequest, SendResult
 from hub.channels.feishu.api import FeishuApi
 from hub.channels.feishu.crypto import SIGNATURE, EventCrypto, token_matches
 from hub.channels.feishu.parse import CHANNEL, MESSAGE_EVENT, Envelope, envelope, loads, parse_message, resource_of
 from hub.channels.feishu.render import FILE_MAX, IMAGE_MAX, TEXT_MAX, FeishuSender, reply_target
 from hub.channels.feishu.stream import FeishuCardStream, create_card
 from hub.errors import BadPayload, ConfigError, SendError, VerificationFailed
-from hub.events import ChatRef, Message
+from hub.events import ChatRef
 from hub.fetch import Fetcher
 from hub.settings import FeishuSettings
 from hub.storage.db import Database
@@ -148,7 +148,7 @@ class FeishuChannel(Channel):
         if self.api.failing:
             return "failing"
         if self.socket is not None:
-            return "standby" if self.socket.lead.state == "standby" else self.socket.state
+            return "standby" if self.socket.lead_state == "standby" else self.socket.state
         return "running"
 
     # --- inbound --------------------------------------------------------------------------
@@ -221,23 +221,12 @@ class FeishuChannel(Channel):
 
     # --- outbound -------------------------------------------------------------------------
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
-        if target.channel != self.name:
-            raise SendError(f"not a Feishu chat: {target}", retryable=False)
+    async def send(self, request: SendRequest) -> SendResult:
+        if request.target.channel != self.name:
+            raise SendError(f"not a Feishu chat: {request.target}", retryable=False)
         if self._closed:
             raise SendError("the Feishu channel is closed", retryable=True, retry_after=5.0)
-        ids = await self._sender.send(
-            target, message, quote=quote, context=context, progress=progress, on_progress=on_progress
-        )
+        ids = await self._sender.send(request)
         return SendResult(tuple(i for i in ids if i))
 
     async def open_stream(

@@ -25,7 +25,7 @@ import lark_oapi.ws.client as lark_ws_client
 from lark_oapi.ws.model import ClientConfig
 
 from hub.storage.db import Database
-from hub.storage.leader import Leadership, leader_lock
+from hub.storage.leader import leader_lock
 
 log = logging.getLogger("hub.feishu")
 
@@ -128,20 +128,30 @@ class LongConnection:
         self._lock_retry = lock_retry_s
         self._backoff = Backoff(backoff_min_s)
         self._store_timeout = store_timeout_s
-        self.lead = Leadership(f"feishu-ws:{app_id}")
+        self._lock_name = f"feishu-ws:{app_id}"
+        # "standby" while another process holds the long connection, "leader" while this one does.
+        self.lead_state = "standby"
         self.state = "connecting"
         self.connections = 0
         self._client: _Socket | None = None
         self._closing = False
 
     async def run(self) -> None:
+        def standby() -> None:
+            self.lead_state = "standby"
+
+        async def lead() -> None:
+            # Cancelled by leader_lock when the lock's connection goes: the socket closes then.
+            self.lead_state = "leader"
+            try:
+                while True:
+                    await self._connect_once(asyncio.Event())
+            finally:
+                self.lead_state = "standby"
+
         while True:
             try:
-                async with leader_lock(
-                    self._db, self.lead.name, retry_s=self._lock_retry, on_standby=self.lead
-                ) as lead:
-                    while not lead.lost.is_set():
-                        await self._connect_once(lead.lost)
+                await leader_lock(self._db, self._lock_name, lead, retry_s=self._lock_retry, on_standby=standby)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -16,7 +16,7 @@ import os
 import struct
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 
 from lark_oapi.api.im.v1 import (
@@ -26,10 +26,11 @@ from lark_oapi.api.im.v1 import (
     ReplyMessageRequestBody,
 )
 
-from hub.channels.base import split_text
+from hub.channels.base import SendRequest, split_text
 from hub.channels.feishu.api import FeishuApi
 from hub.channels.feishu.parse import ID
-from hub.channels.wechat_outbound import MB, MediaPreparer, Part, send_parts
+from hub.channels.parts import Part, send_parts
+from hub.channels.wechat.outbound import MB, MediaPreparer
 from hub.events import Audio, ChatRef, File, Image, Mention, Message, Text, Video
 from hub.fetch import Fetcher
 from hub.storage.media import MediaStore
@@ -124,28 +125,17 @@ class FeishuSender:
         self._cover: str | None = None
         self._sent: OrderedDict[str, None] = OrderedDict()
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None,
-        context: Mapping[str, Any] | None,
-        progress: int = 0,
-        on_progress: Callable[[int], Awaitable[None]] | None = None,
-    ) -> list[str]:
-        reply_to = reply_target(target, quote, context)
-        parts = render(message)
-        n = 0
+    async def send(self, request: SendRequest) -> list[str]:
+        target, quote = request.target, request.quote
+        reply_to = reply_target(target, quote, request.context)
 
-        async def post(payload: dict[str, Any]) -> dict[str, Any]:
-            nonlocal n
-            n += 1
-            msg_type, content = await self._wire(payload)
-            key = f"{target}|{quote}|{progress + n}|{msg_type}|{content}" if quote else None
-            return {"msgid": await self.post(target, reply_to, msg_type, content, idempotency=key)}
+        async def one(index: int, part: Part) -> str | None:
+            msg_type, content = await self._wire(await self._media.prepare(part))
+            # Feishu's uuid makes a retried send of the same part of a quoted reply a no-op.
+            key = f"{target}|{quote}|{index + 1}|{msg_type}|{content}" if quote else None
+            return await self.post(target, reply_to, msg_type, content, idempotency=key)
 
-        return await send_parts(parts, self._media.prepare, post, progress=progress, on_progress=on_progress)
+        return await send_parts(render(request.message), request, one)
 
     async def _wire(self, payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         kind = payload["msgtype"]

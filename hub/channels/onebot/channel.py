@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from hub.channels.base import Channel, ChannelLimits, Ingress, SendResult
+from hub.channels.base import Channel, ChannelLimits, Ingress, SendRequest, SendResult
 from hub.channels.onebot.actions import check_answer, send_action, sent_id, split_chat
 from hub.channels.onebot.auth import check_signature, check_token
 from hub.channels.onebot.connections import Connection, NotConnected, Registry
@@ -25,8 +25,9 @@ from hub.channels.onebot.http_api import HttpApi
 from hub.channels.onebot.parse import CHANNEL, Ignored, load_json, number_id, parse_event
 from hub.channels.onebot.render import MB, Renderer, describe
 from hub.channels.onebot.sent import SentIds
+from hub.channels.parts import send_parts
 from hub.errors import BadPayload, HubError
-from hub.events import ChatRef, Message
+from hub.events import ChatRef
 from hub.settings import OneBotSettings
 from hub.storage.media import MediaStore
 
@@ -170,32 +171,20 @@ class OneBotChannel(Channel):
 
     # --- out --------------------------------------------------------------------------------
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
+    async def send(self, request: SendRequest) -> SendResult:
+        target = request.target
         self_id, _ = split_chat(target)
-        parts = await self._renderer.render(message, _quoted(quote, self_id))
-        ids: list[str] = []
-        for n, part in enumerate(parts):
-            if n < progress:
-                continue
+        parts = await self._renderer.render(request.message, _quoted(request.quote, self_id))
+
+        async def one(_index: int, part: Any) -> str | None:
             _, action, params = send_action(target, part)
-            data = await self.call(self_id, action, params)
-            mid = sent_id(data)
+            mid = sent_id(await self.call(self_id, action, params))
             if mid is not None:
                 self.sent.add(self_id, mid)
-                ids.append(mid)
             log.debug("event=onebot_out self_id=%s action=%s parts=%s", self_id, action, describe(part))
-            if on_progress is not None and n + 1 < len(parts):  # after the last part: marked sent
-                await on_progress(n + 1)
-        return SendResult(tuple(ids))
+            return mid
+
+        return SendResult(tuple(await send_parts(parts, request, one)))
 
     async def call(self, self_id: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
         """An action through the account's socket, else the HTTP API, else NotConnected."""

@@ -10,7 +10,8 @@ from typing import Any
 
 import aiohttp
 
-from hub.channels.wechat_api import TokenCache
+from hub.channels.wechat.api import TokenCache
+from hub.client import HttpClient
 from hub.errors import SendError
 
 log = logging.getLogger("hub.qq")
@@ -78,7 +79,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-class QQApi:
+class QQApi(HttpClient):
     """One client session and one token cache for the bot's calls."""
 
     def __init__(
@@ -88,20 +89,10 @@ class QQApi:
         self.token_base = (token_base or DEFAULT_TOKEN).rstrip("/")
         self._app_id = app_id
         self._secret = secret
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._http: aiohttp.ClientSession | None = None
+        super().__init__(timeout=aiohttp.ClientTimeout(total=timeout_s))
         # Tokens live 7200 s; refreshed a minute ahead, one refresh at a time.
         self.tokens = TokenCache(self._fetch_token, margin_s=60.0)
         self.failing = False
-
-    async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-
-    async def stop(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
     async def _fetch_token(self) -> tuple[str, float]:
         body = {"appId": self._app_id, "clientSecret": self._secret}

@@ -15,18 +15,16 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 from aiohttp import web
 
-from hub.channels.base import Channel, ChannelLimits, Ingress, SendResult
+from hub.channels.base import Channel, ChannelLimits, Ingress, SendRequest, SendResult
 from hub.channels.qq import parse
 from hub.channels.qq.api import QQApi
 from hub.channels.qq.crypto import QQSigner
 from hub.channels.qq.passive import PassiveReplies
 from hub.channels.qq.send import TEXT_BYTES, QQSender
 from hub.errors import BadPayload, ConfigError, SendError, VerificationFailed
-from hub.events import ChatRef, Message
 from hub.settings import QQSettings
 from hub.storage.media import MediaStore
 from hub.storage.reply_slots import ReplySlotRepo
@@ -147,19 +145,10 @@ class QQChannel(Channel):
 
     # --- out --------------------------------------------------------------------------------
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
-        if target.channel != self.name:
-            raise SendError(f"not a QQ chat: {target}", retryable=False)
-        ids = await self._sender.send(target, message, context, progress=progress, on_progress=on_progress)
+    async def send(self, request: SendRequest) -> SendResult:
+        if request.target.channel != self.name:
+            raise SendError(f"not a QQ chat: {request.target}", retryable=False)
+        ids = await self._sender.send(request)
         return SendResult(tuple(ids))
 
     async def _release_later(self, chat: str) -> None:

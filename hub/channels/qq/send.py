@@ -10,14 +10,15 @@ as a text with its link.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from hub.channels.base import SendRequest
+from hub.channels.parts import MediaLinks, Part, render, send_parts
 from hub.channels.qq.api import MediaFetchFailed, QQApi, ReplyExpired
 from hub.channels.qq.passive import PassiveReplies
-from hub.channels.wechat_outbound import Part, render
 from hub.errors import AwaitingUser, SendError
-from hub.events import ChatRef, Media, Message
+from hub.events import ChatRef, Media
 from hub.storage.media import MediaStore
 
 log = logging.getLogger("hub.qq")
@@ -37,33 +38,22 @@ def base_path(target: ChatRef) -> str:
 class QQSender:
     def __init__(self, api: QQApi, media: MediaStore, public_url: str | None, passive: PassiveReplies) -> None:
         self._api = api
-        self._media = media
-        self._public_url = public_url.rstrip("/") if public_url else None
+        # Files outside the media store are not published: only what the hub stored is linked.
+        self._links = MediaLinks(media, public_url or None, publish_files=False)
         self._passive = passive
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        context: Mapping[str, Any] | None,
-        *,
-        progress: int = 0,
-        on_progress: Callable[[int], Awaitable[None]] | None = None,
-    ) -> list[str]:
+    async def send(self, request: SendRequest) -> list[str]:
         """Send the parts after `progress`; raises AwaitingUser when QQ allows no reply now."""
+        target = request.target
         base = base_path(target)
-        ids: list[str] = []
-        for n, part in enumerate(render(message, TEXT_BYTES)):
-            if n < progress:
-                continue
+
+        async def send_one(n: int, part: Part) -> str | None:
             body = await self._prepare(base, part)
-            out = await self._reply(target, context, base, body)
-            if isinstance(out.get("id"), str):
-                ids.append(out["id"])
+            out = await self._reply(target, request.context, base, body)
             log.info("event=qq_sent target=%s part=%d kind=%s msg_seq=%d", target, n, part.kind, body["msg_seq"])
-            if on_progress is not None:
-                await on_progress(n + 1)
-        return ids
+            return out["id"] if isinstance(out.get("id"), str) else None
+
+        return await send_parts(render(request.message, TEXT_BYTES), request, send_one)
 
     async def _reply(
         self, target: ChatRef, context: Mapping[str, Any] | None, base: str, body: dict[str, Any]
@@ -113,14 +103,4 @@ class QQSender:
 
     async def link(self, seg: Media) -> str | None:
         """A URL QQ can fetch the media from: its own, or the hub's `/media/<id>`."""
-        if seg.path is None and seg.data is None:
-            return seg.url
-        if self._public_url is None:
-            return None
-        media_id = self._media.id_of_path(seg.path) if seg.path else None
-        if media_id is None:
-            if seg.data is not None:
-                media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)).id
-            else:
-                return None  # a file outside the media store is not published
-        return f"{self._public_url}/media/{media_id}"
+        return await self._links.link(seg)

@@ -1,7 +1,7 @@
 """Turning a hub Message into WeChat/WeCom sends: parts, media uploaded first, links when too large.
 
-A message becomes an ordered list of parts, one platform call each (so a retried send can skip
-the parts already out). A part is prepared into its wire form, a small JSON-able dict:
+A message becomes an ordered list of parts (parts.render), one platform call each (so a retried
+send can skip the parts already out). A part is prepared into its wire form, a small JSON-able dict:
 `{"msgtype": "text", "text": ...}`, `{"msgtype": "image" | "voice" | "file", "media_id": ...}`,
 `{"msgtype": "video", "media_id", "title", "description"}`. Media larger than the platform
 takes (or in a form it cannot play) goes as a text with a one-line note and a link to
@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hub.channels.base import split_text
-from hub.channels.wechat_api import WeChatApi
+from hub.channels.parts import MediaLinks, Part
+from hub.channels.wechat.api import WeChatApi
 from hub.errors import SendError
-from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
+from hub.events import Media
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.storage.media import MediaStore
 
@@ -30,53 +30,7 @@ NOUN = {"image": "image", "voice": "audio", "video": "video", "file": "file"}
 DEFAULT_EXT = {"image": ".jpg", "voice": ".mp3", "video": ".mp4", "file": ".bin"}
 DEFAULT_MIME = {"image": "image/jpeg", "voice": "audio/mpeg", "video": "video/mp4", "file": "application/octet-stream"}
 VOICE_MAX_S = 60.0
-TITLE_MAX = 64
 DOWNLOAD_TIMEOUT_S = 180.0
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    kind: str  # text | image | voice | video | file
-    text: str = ""
-    media: Media | None = None
-    title: str = ""
-    description: str = ""
-
-
-def render(message: Message, text_bytes: int) -> list[Part]:
-    """The parts of a message, in order: text split at `text_bytes` UTF-8 bytes, one per media.
-
-    A media caption follows its media as text, except a video's, which is its title and
-    description. Quotes and unsupported content have no form here.
-    """
-    parts: list[Part] = []
-    buf: list[str] = []
-
-    def flush() -> None:
-        text = "".join(buf).strip()
-        buf.clear()
-        if text:
-            parts.extend(Part("text", chunk) for chunk in split_text(text, text_bytes, "bytes"))
-
-    for seg in message.segments:
-        if isinstance(seg, Text):
-            buf.append(seg.text)
-        elif isinstance(seg, Mention):
-            buf.append(f"@{seg.name or seg.user_id} ")
-        elif isinstance(seg, Video):
-            flush()
-            caption = (seg.caption or "").strip()
-            title = caption.splitlines()[0] if caption else (seg.name or "Video")
-            if len(title) > TITLE_MAX:
-                title = title[: TITLE_MAX - 1] + "…"
-            parts.append(Part("video", media=seg, title=title, description=caption))
-        elif isinstance(seg, Image | Audio | File):
-            flush()
-            parts.append(Part({Image: "image", Audio: "voice", File: "file"}[type(seg)], media=seg))
-            if seg.caption:
-                buf.append(seg.caption)
-    flush()
-    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +60,7 @@ class MediaPreparer:
     ) -> None:
         self._api = api
         self._fetcher = fetcher
-        self._media = media
-        self._public_url = public_url.rstrip("/") if public_url else None
+        self.links = MediaLinks(media, public_url or None)
         self._limits = dict(limits)
         self._voice_formats = voice_formats
 
@@ -183,39 +136,9 @@ class MediaPreparer:
         )
 
     async def _with_link(self, part: Part, seg: Media, why: str) -> str:
-        link = await self._link(seg)
+        link = await self.links.link(seg)
         note = f"{why}; open it here:\n{link}" if link else f"{why}, and the hub has no public address to link it."
         return f"{part.description}\n{note}" if part.kind == "video" and part.description else note
-
-    async def _link(self, seg: Media) -> str | None:
-        if seg.path is None and seg.data is None:
-            return seg.url
-        if self._public_url is None:
-            return None
-        media_id: str | None = None
-        if seg.path:
-            media_id = self._media.id_of_path(seg.path)
-            if media_id is None:
-                stored = await self._media.save_stream(
-                    _file_chunks(seg.path),
-                    max_bytes=2**62,
-                    name=seg.name or Path(seg.path).name,
-                    mime=seg.mime,
-                    kind=seg.kind,
-                )
-                media_id = stored.id
-        elif seg.data is not None:
-            media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)).id
-        return f"{self._public_url}/media/{media_id}"
-
-
-async def _file_chunks(path: str) -> AsyncIterator[bytes]:
-    fh = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
-            yield chunk
-    finally:
-        fh.close()
 
 
 def _format(seg: Media) -> str:
@@ -243,27 +166,3 @@ def _filename(seg: Media, kind: str) -> str:
         ext = mimetypes.guess_extension(seg.mime or "") or DEFAULT_EXT[kind]
     stem = "".join(c for c in os.path.splitext(source)[0] if c.isascii() and (c.isalnum() or c in "-_"))[:40]
     return f"{stem or kind}{ext}"
-
-
-async def send_parts(
-    parts: list[Part],
-    prepare: Callable[[Part], Awaitable[dict[str, Any]]],
-    post: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
-    *,
-    progress: int = 0,
-    on_progress: Callable[[int], Awaitable[None]] | None = None,
-) -> list[str]:
-    """Send parts in order, one call each, skipping the first `progress` (sent by an earlier try).
-
-    Returns the platform's message ids, where it gives them.
-    """
-    ids: list[str] = []
-    for n, part in enumerate(parts):
-        if n < progress:
-            continue
-        out = await post(await prepare(part))
-        if out.get("msgid"):
-            ids.append(str(out["msgid"]))
-        if on_progress is not None:
-            await on_progress(n + 1)
-    return ids

@@ -49,6 +49,7 @@ class CallbackCrypto:
     def __init__(self, token: str, aes_key: str | None, receiver_id: str, *, enterprise: bool) -> None:
         self.token = token
         self.receiver_id = receiver_id
+        self.enterprise = enterprise
         self._crypto: Any = None
         self._prp: Any = None
         if aes_key:

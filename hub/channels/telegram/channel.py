@@ -12,18 +12,17 @@ import contextlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import Update
-from aiogram.utils.backoff import Backoff
 from aiohttp import web
 from pydantic import ValidationError
 
-from hub.channels.base import Channel, Ingress, LiveStream, SendResult
+from hub.backoff import Backoff
+from hub.channels.base import Channel, Ingress, LiveStream, SendRequest, SendResult
 from hub.channels.payload import parse_json
-from hub.channels.telegram_parse import (
+from hub.channels.telegram.parse import (
     CHANNEL,
     HANDLED_UPDATES,
     BotIdentity,
@@ -32,8 +31,8 @@ from hub.channels.telegram_parse import (
     load_update,
     parse_update,
 )
-from hub.channels.telegram_poll import BACKOFF, Poller
-from hub.channels.telegram_render import (
+from hub.channels.telegram.poll import BACKOFF_BASE_S, BACKOFF_CAP_S, Poller
+from hub.channels.telegram.render import (
     TelegramSender,
     chat_id_of,
     limits_for,
@@ -41,10 +40,10 @@ from hub.channels.telegram_render import (
     reply_of,
     send_error,
 )
-from hub.channels.telegram_session import JsonSession
-from hub.channels.telegram_stream import TelegramLiveStream
+from hub.channels.telegram.session import JsonSession
+from hub.channels.telegram.stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
-from hub.events import ChatRef, Message
+from hub.events import ChatRef
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
@@ -153,10 +152,10 @@ class TelegramChannel(Channel):
         return True
 
     async def _learn_me_later(self) -> None:
-        backoff = Backoff(BACKOFF)
+        backoff = Backoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S)
         while not await self._learn_me():
             self._state = "failing"
-            await backoff.asleep()
+            await backoff.sleep()
 
     async def _register_webhook(self) -> None:
         assert self._public_url is not None and self._secret is not None
@@ -237,34 +236,20 @@ class TelegramChannel(Channel):
 
     # --- outbound -------------------------------------------------------------------------
 
-    async def send(
-        self,
-        target: ChatRef,
-        message: Message,
-        *,
-        quote: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        progress: int = 0,
-        on_progress: Any = None,
-    ) -> SendResult:
+    async def send(self, request: SendRequest) -> SendResult:
         if self._closed:
             raise SendError("the Telegram channel is closed", retryable=True, retry_after=5.0)
-        parts = plan(message)
+        parts = plan(request.message)
         if not parts:
             return SendResult()
+        target = request.target
 
         async def migrated(new_chat_id: int) -> None:
             await self._record_migration(target.chat_id, new_chat_id)
 
         try:
             ids = await self._sender.send_parts(
-                target,
-                self._chat_id(target),
-                parts,
-                reply=reply_of(target, quote, context),
-                progress=progress,
-                on_progress=on_progress,
-                on_migrate=migrated,
+                self._chat_id(target), parts, request, reply_of(target, request.quote, request.context), migrated
             )
         except Exception as exc:
             raise send_error(exc) from exc
@@ -274,7 +259,7 @@ class TelegramChannel(Channel):
         return self._migrated.get(target.chat_id) or chat_id_of(target)
 
     async def open_stream(
-        self, target: ChatRef, *, quote: str | None = None, context: Mapping[str, Any] | None = None
+        self, target: ChatRef, *, quote: str | None = None, context: Mapping[str, object] | None = None
     ) -> LiveStream | None:
         if self._closed:
             return None

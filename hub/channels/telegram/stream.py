@@ -14,7 +14,7 @@ from aiogram.types import Message as TgMessage
 from aiogram.types import ReplyParameters
 
 from hub.channels.base import SendResult
-from hub.channels.telegram_render import TEXT_MAX, chat_id_of, send_error, split_message_text, thread_of, utf16_len
+from hub.channels.telegram.render import TEXT_MAX, chat_id_of, send_error, split_message_text, thread_of, utf16_len
 from hub.events import ChatRef
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import mimetypes
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ from aiogram.exceptions import (
 from aiogram.types import BufferedInputFile, FSInputFile, InputFile, ReplyParameters
 from aiogram.types import Message as TgMessage
 
-from hub.channels.base import ChannelLimits, split_text
+from hub.channels.base import ChannelLimits, SendRequest, split_text
+from hub.channels.parts import MediaLinks, send_parts
 from hub.errors import SendError
 from hub.events import Audio, ChatRef, File, Image, Media, Message, Video
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
@@ -176,7 +177,7 @@ def thread_of(target: ChatRef) -> int | None:
     return int(target.thread_id) if target.thread_id and target.thread_id.isdigit() else None
 
 
-def reply_of(target: ChatRef, quote: str | None, context: Mapping[str, Any] | None) -> ReplyParameters | None:
+def reply_of(target: ChatRef, quote: str | None, context: Mapping[str, object] | None) -> ReplyParameters | None:
     """In groups the reply quotes the message it answers (private chats need no quote)."""
     if quote is None or target.kind != "group" or not context:
         return None
@@ -196,38 +197,30 @@ class TelegramSender:
         self._media = media
         self._fetcher = fetcher
         self.upload_limit = upload_limit_mb * MB
-        self._public_url = public_url
+        self._links = MediaLinks(media, public_url or None)
 
     async def send_parts(
         self,
-        target: ChatRef,
         chat_id: int | str,
         parts: list[Part],
-        *,
+        request: SendRequest,
         reply: ReplyParameters | None,
-        progress: int,
-        on_progress: Callable[[int], Awaitable[None]] | None,
-        on_migrate: Callable[[int], Awaitable[None]] | None = None,
+        on_migrate: Callable[[int], Awaitable[None]],
     ) -> list[str]:
-        ids: list[str] = []
-        thread = thread_of(target)
-        for n, part in enumerate(parts):
-            if n < progress:
-                continue
+        thread = thread_of(request.target)
+
+        async def send_one(n: int, part: Part) -> str:
+            nonlocal chat_id
             try:
                 sent = await self._send_part(chat_id, thread, part, reply if n == 0 else None)
             except TelegramMigrateToChat as exc:
-                if on_migrate is None:
-                    raise
                 # The group became a supergroup: record it and send there instead, once.
                 await on_migrate(exc.migrate_to_chat_id)
                 chat_id = exc.migrate_to_chat_id
                 sent = await self._send_part(chat_id, thread, part, reply if n == 0 else None)
-            ids.append(str(sent.message_id))
-            if on_progress is not None and n + 1 < len(parts):
-                # Only a part with more to come needs recording: the last is marked sent.
-                await on_progress(n + 1)
-        return ids
+            return str(sent.message_id)
+
+        return await send_parts(parts, request, send_one)
 
     async def _send_part(
         self, chat_id: int | str, thread: int | None, part: Part, reply: ReplyParameters | None
@@ -305,7 +298,7 @@ class TelegramSender:
     ) -> TgMessage:
         what = {"image": "The image", "video": "The video", "audio": "The audio"}.get(seg.kind, "The file")
         how_big = f" ({size / MB:.0f} MB)" if size else ""
-        link = url or await self._stored_link(seg)
+        link = url or await self._links.link(seg)
         note = (
             f"{what} is too large to send on Telegram{how_big}: {link}"
             if link
@@ -313,24 +306,6 @@ class TelegramSender:
         )
         text = f"{caption}\n{note}" if caption else note
         return await self.bot.send_message(text=text[:TEXT_MAX], **common)
-
-    async def _stored_link(self, seg: Media) -> str | None:
-        if not self._public_url:
-            return None
-        media_id = self._media.id_of_path(seg.path) if seg.path else None
-        if media_id is None:
-            if seg.data is not None:
-                media_id = (await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)).id
-            elif seg.path:
-                stored = await self._media.save_stream(
-                    _read_file(seg.path),
-                    max_bytes=2**62,
-                    name=seg.name or Path(seg.path).name,
-                    mime=seg.mime,
-                    kind=seg.kind,
-                )
-                media_id = stored.id
-        return f"{self._public_url}/media/{media_id}" if media_id else None
 
     async def action(self, target: ChatRef, kind: str) -> None:
         try:
@@ -371,12 +346,3 @@ def _replace_source(seg: Media, path: str) -> Media:
 
 def _host(url: str) -> str:
     return url.split("://", 1)[-1].split("/", 1)[0]
-
-
-async def _read_file(path: str, chunk: int = 1024 * 1024) -> AsyncIterator[bytes]:
-    fh = await asyncio.to_thread(open, path, "rb")
-    try:
-        while data := await asyncio.to_thread(fh.read, chunk):
-            yield data
-    finally:
-        fh.close()

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from hub.client import HttpClient
 from hub.errors import SendError
 
 log = logging.getLogger("hub.wechat_api")
@@ -105,7 +106,7 @@ class TokenCache:
 FormFactory = Callable[[], aiohttp.FormData]
 
 
-class WeChatApi:
+class WeChatApi(HttpClient):
     """Calls to `<api_base><path>?access_token=...`, with the token refreshed on 40001/42001/40014."""
 
     def __init__(
@@ -122,18 +123,9 @@ class WeChatApi:
         self._token_params = dict(token_params)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._upload_timeout = aiohttp.ClientTimeout(total=upload_timeout_s)
-        self._http: aiohttp.ClientSession | None = None
+        super().__init__(timeout=self._timeout)
         self.tokens = TokenCache(self._fetch_token)
         self.failing = False
-
-    async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-
-    async def stop(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
     @property
     def http(self) -> aiohttp.ClientSession:

@@ -1,7 +1,7 @@
 """Telegram long polling: getUpdates with an offset, run by one process of a cluster.
 
-On PostgreSQL the poller holds a session advisory lock on a dedicated connection; a process
-that dies drops the connection and with it the lock, and another process takes over. The
+Only the leader polls (storage/leader.py: an advisory lock on PostgreSQL); a process that dies
+drops the lock, and another process takes over. The
 offset moves past an update only after the ingress stored it, so a crash re-reads what was
 not stored yet and the inbox drops what was.
 """
@@ -9,8 +9,6 @@ not stored yet and the inbox drops what was.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,22 +21,17 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import TelegramMethod
 from aiogram.types import Update
-from aiogram.utils.backoff import Backoff, BackoffConfig
 from pydantic import ValidationError
-from sqlalchemy import text
 
-from hub.channels.telegram_parse import HANDLED_UPDATES, load_update
-from hub.storage.db import Database, advisory_lock
+from hub.backoff import Backoff
+from hub.channels.telegram.parse import HANDLED_UPDATES, load_update
+from hub.storage.db import Database
+from hub.storage.leader import leader_lock
 
 log = logging.getLogger("hub.telegram")
 
-BACKOFF = BackoffConfig(min_delay=0.5, max_delay=30.0, factor=1.6, jitter=0.1)
-
-
-def polling_lock_key(bot_id: int) -> int:
-    """A stable 64-bit advisory lock key per bot: two bots may poll from one cluster."""
-    digest = hashlib.sha256(f"hub:telegram-polling:{bot_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
 
 
 class Poller:
@@ -58,53 +51,30 @@ class Poller:
         self._timeout = timeout_s
         self._lock_retry = lock_retry_s
         self._keepalive = keepalive_s
-        self._backoff = Backoff(BACKOFF)
+        self._backoff = Backoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S)
         self._offset: int | None = None
         self.state = "connecting"
 
     async def run(self) -> None:
         while True:
             try:
-                if self._db.is_sqlite:
-                    await self._poll()  # one process per SQLite database: no lock needed
-                else:
-                    await self._lead_and_poll()
+                await leader_lock(
+                    self._db,
+                    f"telegram-polling:{self._bot.id}",
+                    self._poll,
+                    retry_s=self._lock_retry,
+                    keepalive_s=self._keepalive,
+                    on_standby=self._standby,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("event=telegram_polling_failed")
                 self.state = "failing"
-                await self._backoff.asleep()
+                await self._backoff.sleep()
 
-    async def _lead_and_poll(self) -> None:
-        key = polling_lock_key(self._bot.id)
-        async with self._db.engine.connect() as conn:
-            try:
-                while not await advisory_lock(conn, key):
-                    await conn.commit()
-                    self.state = "standby"
-                    await asyncio.sleep(self._lock_retry)
-                await conn.commit()  # the lock is per session: no transaction stays open
-                log.info("event=telegram_polling_leader")
-                poll = asyncio.create_task(self._poll(), name="telegram-poll")
-                try:
-                    while True:
-                        done, _ = await asyncio.wait({poll}, timeout=self._keepalive)
-                        if done:
-                            poll.result()
-                            return
-                        # A connection that died took the lock with it: stop before another
-                        # process starts polling too.
-                        await conn.execute(text("SELECT 1"))
-                        await conn.commit()
-                finally:
-                    poll.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await poll
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    await conn.commit()
+    def _standby(self) -> None:
+        self.state = "standby"
 
     async def _poll(self) -> None:
         while True:
@@ -127,7 +97,7 @@ class Poller:
                     "run `hub telegram delete-webhook`, or stop the other poller",
                     exc.message.splitlines()[0],
                 )
-                await self._backoff.asleep()
+                await self._backoff.sleep()
                 continue
             except TelegramUnauthorizedError:
                 self.state = "failing"
@@ -137,7 +107,7 @@ class Poller:
             except Exception as exc:  # Telegram down, network gone, garbled answer: try again
                 self.state = "failing"
                 log.warning("event=telegram_polling_error error=%r", exc)
-                await self._backoff.asleep()
+                await self._backoff.sleep()
                 continue
             self._backoff.reset()
             self.state = "running"
@@ -157,7 +127,7 @@ class Poller:
 
     async def _store(self, update: Update) -> None:
         """Hand the update to the ingress; keep trying until it is stored (never skip one)."""
-        backoff = Backoff(BACKOFF)
+        backoff = Backoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S)
         while True:
             try:
                 await self._take(update)
@@ -166,7 +136,7 @@ class Poller:
                 raise
             except Exception as exc:  # the database is away, or the hub is not accepting yet
                 log.warning("event=telegram_update_store_failed update_id=%d error=%r", update.update_id, exc)
-                await backoff.asleep()
+                await backoff.sleep()
 
 
 class RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):

@@ -1,0 +1,169 @@
+"""What every channel's outbound side shares, written once: the media-as-link rule, chunked file
+reading, the multi-part send loop that records progress, and a message cut into parts of one
+text or one media each.
+
+A channel declares its limits (`ChannelLimits`) and its per-part send; `send_parts` runs the
+parts in order, skipping those an earlier attempt sent, and records each one that goes out so a
+retry resumes after it. Media a platform cannot take goes as a link: `MediaLinks.link` gives
+the segment's own URL, or `<public_url>/media/<id>` once it is in the media store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from hub.channels.base import SendRequest, split_text
+from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
+
+CHUNK = 1024 * 1024
+TITLE_MAX = 64
+# Copying a local file into the store for a link has no size cap: it is already on this disk.
+_NO_CAP = 2**62
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One platform message: text, or one media (a video with its title and description)."""
+
+    kind: str  # text | image | voice | video | file
+    text: str = ""
+    media: Media | None = None
+    title: str = ""
+    description: str = ""
+
+
+def render(message: Message, text_bytes: int) -> list[Part]:
+    """The parts of a message for a platform that sends one media per message, in order: text
+    split at `text_bytes` UTF-8 bytes, one part per media.
+
+    A media caption follows its media as text, except a video's, which is its title and
+    description. Quotes and unsupported content have no form here.
+    """
+    parts: list[Part] = []
+    buf: list[str] = []
+
+    def flush() -> None:
+        text = "".join(buf).strip()
+        buf.clear()
+        if text:
+            parts.extend(Part("text", chunk) for chunk in split_text(text, text_bytes, "bytes"))
+
+    for seg in message.segments:
+        if isinstance(seg, Text):
+            buf.append(seg.text)
+        elif isinstance(seg, Mention):
+            buf.append(f"@{seg.name or seg.user_id} ")
+        elif isinstance(seg, Video):
+            flush()
+            caption = (seg.caption or "").strip()
+            title = caption.splitlines()[0] if caption else (seg.name or "Video")
+            if len(title) > TITLE_MAX:
+                title = title[: TITLE_MAX - 1] + "…"
+            parts.append(Part("video", media=seg, title=title, description=caption))
+        elif isinstance(seg, Image | Audio | File):
+            flush()
+            parts.append(Part({Image: "image", Audio: "voice", File: "file"}[type(seg)], media=seg))
+            if seg.caption:
+                buf.append(seg.caption)
+    flush()
+    return parts
+
+
+async def read_chunks(path: str | Path, chunk: int = CHUNK) -> AsyncIterator[bytes]:
+    """A file's bytes in chunks, read off the event loop, without holding it all in memory."""
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while data := await asyncio.to_thread(fh.read, chunk):
+            yield data
+    finally:
+        fh.close()
+
+
+async def send_parts(
+    parts: Sequence[P], request: SendRequest, send_one: Callable[[int, P], Awaitable[str | None]]
+) -> list[str]:
+    """Send `parts` in order with `send_one(index, part)` (the platform's message id, if it
+    gives one), skipping the first `request.progress` and recording progress after each."""
+    ids: list[str] = []
+    for n, part in enumerate(parts):
+        if n < request.progress:
+            continue
+        sent_id = await send_one(n, part)
+        if sent_id:
+            ids.append(sent_id)
+        await request.sent(n + 1)
+    return ids
+
+
+class Stored(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class MediaStore(Protocol):
+    """What the links need of the media store (hub/storage/media.py)."""
+
+    def id_of_path(self, path: str) -> str | None: ...
+
+    async def save_bytes(
+        self, data: bytes, *, name: str | None = None, mime: str | None = None, kind: str | None = None
+    ) -> Stored: ...
+
+    async def save_stream(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        max_bytes: int,
+        name: str | None = None,
+        mime: str | None = None,
+        kind: str | None = None,
+    ) -> Stored: ...
+
+
+class MediaLinks:
+    """Links to media for platforms that cannot take it as an upload (too large, wrong kind).
+
+    `public_url` is the hub's public address (`[http] public_url`); "" gives links relative to
+    the hub itself (the web chat), None gives no link to stored media at all.
+    """
+
+    def __init__(self, store: MediaStore, public_url: str | None, *, publish_files: bool = True) -> None:
+        self.store = store
+        self.base = public_url.rstrip("/") if public_url is not None else None
+        # Whether a local file outside the media store may be copied in to be linked.
+        self._publish_files = publish_files
+
+    async def media_id(self, seg: Media) -> str | None:
+        """The store id of a local or in-memory segment, storing it (streamed) when it is not in
+        the store yet; None for a URL segment or an unpublished file."""
+        if seg.path:
+            media_id = self.store.id_of_path(seg.path)
+            if media_id is not None or not self._publish_files:
+                return media_id
+            stored = await self.store.save_stream(
+                read_chunks(seg.path),
+                max_bytes=_NO_CAP,
+                name=seg.name or Path(seg.path).name,
+                mime=seg.mime,
+                kind=seg.kind,
+            )
+            return stored.id
+        if seg.data is not None:
+            return (await self.store.save_bytes(seg.data, name=seg.name, mime=seg.mime, kind=seg.kind)).id
+        return None
+
+    async def link(self, seg: Media) -> str | None:
+        """Where the platform (or the user) can fetch the media: its own URL, or the hub's
+        `/media/<id>`; None when there is none."""
+        if seg.path is None and seg.data is None:
+            return seg.url
+        if self.base is None:
+            return None
+        media_id = await self.media_id(seg)
+        return f"{self.base}/media/{media_id}" if media_id else None
