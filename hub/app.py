@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from hub.access import AccessControl
 from hub.api import DeliveryApi
 from hub.channels.base import Channel
 from hub.channels.web import WebChannel
@@ -27,18 +26,19 @@ from hub.events import Event
 from hub.fetch import Fetcher, policy_from_settings
 from hub.http import ServerRoutes, error_middleware
 from hub.inbound import Dispatcher, EventReplier, LiveSink, tell_unhandled
-from hub.job_delivery import JobDelivery
-from hub.job_images import ImageJobs
-from hub.jobs import JobService
+from hub.jobs.images import ImageJobs
+from hub.jobs.results import JobDelivery
+from hub.jobs.service import JobService
 from hub.metrics import Metrics
-from hub.people import People
 from hub.providers.generation import ImageProvider, JobProvider
-from hub.router import Router
+from hub.routing.access import AccessControl
+from hub.routing.context import Replier
+from hub.routing.people import People
+from hub.routing.router import Router
 from hub.settings import CHANNEL_NAMES, Settings
-from hub.skills.admin import AdminSkill
-from hub.skills.admin_args import AdminArgs
-from hub.skills.admin_ops import AdminOps
-from hub.skills.base import Replier
+from hub.skills.admin.args import AdminArgs
+from hub.skills.admin.ops import AdminOps
+from hub.skills.admin.skill import AdminSkill
 from hub.skills.chat import ChatSkill, ModelChoice, NoModelChat
 from hub.skills.media import MediaSkills
 from hub.skills.persona import ChatCommands

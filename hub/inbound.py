@@ -20,7 +20,7 @@ from hub.delivery import Outbox, backoff_delay
 from hub.errors import HubError
 from hub.events import Event, Message
 from hub.metrics import Metrics
-from hub.skills.base import Replier, ReplyStream
+from hub.routing.context import Replier, ReplyStream
 from hub.storage.db import is_transient, utcnow
 from hub.storage.inbox import InboxRepo, InboxRow
 from hub.storage.outbox import NewMessage

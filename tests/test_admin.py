@@ -26,7 +26,7 @@ from harness import FakeServer, RunningHub, eventually, make_settings, running_h
 
 from hub.cli import main as cli_main
 from hub.events import ChatRef, Event, Message, Text, User
-from hub.skills.admin import PRIVATE_NOTE
+from hub.skills.admin.skill import PRIVATE_NOTE
 from hub.storage.jobs import Job
 
 REFUSAL = "Sorry, that command is for the bot's admins only."

@@ -13,7 +13,7 @@ import pytest
 from harness import ROOT
 from pydantic import BaseModel
 
-from hub.config_load import load_settings
+from hub.config import load_settings
 from hub.settings import Settings
 
 EXAMPLE = ROOT / "config" / "hub.example.toml"

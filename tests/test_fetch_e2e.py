@@ -17,7 +17,7 @@ from hub.channels.wechat_outbound import MediaPreparer, Part
 from hub.errors import SendError
 from hub.events import Image, Message
 from hub.fetch import Fetcher, FetchPolicy
-from hub.skills.base import Context
+from hub.routing.context import Context
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"v" * 500
 

@@ -19,9 +19,9 @@ from hub.app import _generation_providers
 from hub.delivery import Outbox
 from hub.events import ChatRef
 from hub.fetch import policy_from_settings
-from hub.job_delivery import JobDelivery
-from hub.job_images import ImageJobs
-from hub.jobs import JobRequest, JobService
+from hub.jobs.images import ImageJobs
+from hub.jobs.results import JobDelivery
+from hub.jobs.service import JobRequest, JobService
 from hub.metrics import Metrics
 from hub.settings import Settings
 from hub.storage.chats import ChatRepo

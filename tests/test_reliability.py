@@ -19,7 +19,7 @@ from hub.delivery import Outbox
 from hub.events import ChatRef, Event, Message, User
 from hub.inbound import UNHANDLED_TEXT, Dispatcher, EventReplier
 from hub.metrics import Metrics
-from hub.skills.base import Replier
+from hub.routing.context import Replier
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database, utcnow
 from hub.storage.inbox import InboxRepo

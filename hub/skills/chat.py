@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hub.errors import ProviderError
-from hub.skills.base import Context
+from hub.routing.context import Context
 from hub.skills.prompt import build_messages, opening, reply_reserve, tokens_of
 from hub.storage.chats import ChatSettings, KeyValueRepo
 from hub.storage.memory import MemoryRepo, estimate_tokens, speaker_content

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from hub.events import Image, Message
-from hub.jobs import CANCELLED, IN_FLIGHT, SUCCEEDED, Job, JobRequest, JobService, parse_job_id
-from hub.skills.base import Context
+from hub.jobs.service import CANCELLED, IN_FLIGHT, SUCCEEDED, Job, JobRequest, JobService, parse_job_id
+from hub.routing.context import Context
 from hub.storage.db import utcnow
 
 USUALLY = {"video": "usually 1–3 minutes", "music": "usually about a minute", "image": "usually within a minute"}

@@ -7,42 +7,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from hub.events import Event
-from hub.skills.base import CommandObject, Context, Replier, Skill, SkillInfo
+from hub.routing.commands import parse_command
+from hub.routing.context import Context, Handler, Middleware, Replier, Skill
+from hub.skills.base import SkillInfo
 from hub.storage.chats import ChatSettings
 from hub.storage.db import is_transient
 
 log = logging.getLogger("hub.router")
 
-Handler = Callable[[Event, Context], Awaitable[None]]
-Middleware = Callable[[Handler, Event, Context], Awaitable[None]]
-
 APOLOGY = "Sorry, something went wrong while handling that. Please try again in a moment."
-
-
-def parse_command(
-    text: str, bot_names: Sequence[str] = (), aliases: Mapping[str, str] | None = None
-) -> CommandObject | None:
-    """Parse `/name[@bot] args`; None when the text is not a command.
-
-    `aliases` maps an alias (without the slash) to a command name. A `@bot` suffix naming none
-    of `bot_names` marks the command `foreign` (it is for another bot in the group).
-    """
-    text = text.strip()
-    if not text or text[0] not in "/／":
-        return None
-    head, _, args = text[1:].partition(" ")
-    if "\n" in head:
-        head, _, more = head.partition("\n")
-        args = f"{more} {args}".strip() if args else more
-    raw, _, mention = head.partition("@")
-    if not raw:
-        return None
-    name = raw.lower()
-    aliases = aliases or {}
-    lowered = {k.lstrip("/").lower(): v.lstrip("/").lower() for k, v in aliases.items()}
-    name = lowered.get(name, name)
-    foreign = bool(mention) and bool(bot_names) and mention.lower() not in {b.lower().lstrip("@") for b in bot_names}
-    return CommandObject(name=name, args=args.strip(), mention=mention or None, raw_name=raw, foreign=foreign)
 
 
 class Router:

@@ -1,7 +1,7 @@
 """`/admin`: run the hub from the chat app. Admins only; every action and refusal is audited.
 
 This module holds the command's dispatch and the subcommands that change who may do what
-(ban, quota, skill, persona, model, approve) or read the audit log; `admin_ops.py` holds the
+(ban, quota, skill, persona, model, approve) or read the audit log; `ops.py` holds the
 ones that look at and steer the running hub (status, jobs, job, who, broadcast).
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Mapping
 
-from hub.access import SKILLS, AccessControl
 from hub.delivery import Outbox
 from hub.events import ChatRef, Message
-from hub.people import People
-from hub.skills.admin_args import AdminArgs, Invalid, Subcommand
-from hub.skills.admin_ops import AdminOps
-from hub.skills.base import Context
+from hub.routing.access import SKILLS, AccessControl
+from hub.routing.context import Context
+from hub.routing.people import People
+from hub.skills.admin.args import AdminArgs, Invalid, Subcommand
+from hub.skills.admin.ops import AdminOps
 from hub.storage.admin import DEFAULT_SUBJECT, PairingRepo, QuotaRepo
 from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
 from hub.storage.outbox import NewMessage
@@ -38,7 +38,7 @@ PRIVATE_NOTE = "I sent you the answer in a private chat (if it does not arrive, 
 
 
 class AdminSkill:
-    """The `/admin` command. `admin_ops` does the read-mostly half (status, jobs, broadcast)."""
+    """The `/admin` command. `ops.py` does the read-mostly half (status, jobs, broadcast)."""
 
     def __init__(
         self,

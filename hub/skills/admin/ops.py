@@ -8,14 +8,14 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from hub.access import SKILLS, AccessControl, describe_wait
 from hub.channels.base import Channel
 from hub.delivery import Outbox
 from hub.events import ChatRef, Message
-from hub.jobs import CANCELLED, QUEUED, STATES, Job, JobService, parse_job_id
-from hub.people import People
-from hub.skills.admin_args import AdminArgs, Invalid
-from hub.skills.base import Context
+from hub.jobs.service import CANCELLED, QUEUED, STATES, Job, JobService, parse_job_id
+from hub.routing.access import SKILLS, AccessControl, describe_wait
+from hub.routing.context import Context
+from hub.routing.people import People
+from hub.skills.admin.args import AdminArgs, Invalid
 from hub.storage.admin import UsageRepo, inbox_failures_since, job_failures_since, known_chats
 from hub.storage.chats import UserRepo
 from hub.storage.db import Database, utcnow

@@ -4,7 +4,7 @@ A job's state lives in its row (storage/jobs.py); APScheduler only wakes the pol
 claims the due jobs (next poll time passed, lease free or expired) with a lease, works on them
 concurrently with a bound, and reschedules each at its provider's interval, backing off on
 transient errors without changing state. Delivering results and telling owners is in
-job_delivery.py; images, which the request itself waits for, in job_images.py.
+results.py; images, which the request itself waits for, in images.py.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hub.errors import ProviderError
 from hub.events import ChatRef
-from hub.job_delivery import NOUN, JobDelivery, duration
-from hub.job_images import IMAGE_PROVIDER, ImageJobs, ImageOutcome
+from hub.jobs.images import IMAGE_PROVIDER, ImageJobs, ImageOutcome
+from hub.jobs.results import NOUN, JobDelivery, duration
 from hub.metrics import Metrics
 from hub.providers.generation import JobProvider
 from hub.storage.db import utcnow
@@ -70,7 +70,7 @@ __all__ = [
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-log = logging.getLogger("hub.jobs")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from hub.events import Event
-from hub.router import Handler
+from hub.routing.context import Context, Handler
 from hub.settings import AccessRules, AccessSettings, QuotasSettings
-from hub.skills.base import Context
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
 from hub.storage.chats import AuditRepo, UserRepo
 from hub.storage.db import utcnow

@@ -27,7 +27,7 @@ from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
 from hub.storage.outbox import NewMessage
 
 # The poller's logger: a job's whole story is under one name.
-log = logging.getLogger("hub.jobs")
+log = logging.getLogger(__name__)
 
 # The skill behind each kind of job, and what its result is.
 SKILL_MEDIA: dict[str, type[Video] | type[Audio] | type[Image]] = {"video": Video, "music": Audio, "image": Image}
