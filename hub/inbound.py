@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hub.backoff import backoff_delay
 from hub.channels.base import Channel, LiveStream
-from hub.delivery import Outbox, backoff_delay
+from hub.delivery import Outbox
 from hub.errors import HubError
 from hub.events import Event, Message
 from hub.metrics import Metrics

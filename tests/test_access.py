@@ -14,8 +14,9 @@ from harness import pg_database
 from sqlalchemy import update
 from test_admin import TOKEN_ADMIN, VIDEO, WebEnv, started
 
+from hub.durations import describe_wait
 from hub.events import ChatRef, Event, Message, Text, User
-from hub.routing.access import AccessControl, TokenBuckets, describe_wait, next_utc_midnight
+from hub.routing.access import AccessControl, TokenBuckets, next_utc_midnight
 from hub.routing.commands import CommandObject
 from hub.routing.context import Context, ReplyStream
 from hub.settings import AccessSettings, QuotasSettings

@@ -255,7 +255,7 @@ async def test_an_expired_result_url_fails_the_job_with_a_notice(parts: Parts, h
 
 async def test_a_result_larger_than_the_cap_is_refused(parts: Parts) -> None:
     svc = parts.service
-    svc.max_download_bytes = 10
+    svc._delivery.max_download_bytes = 10  # the cap is the delivery's
     job = (await svc.request(request("huge"))).job
     await step(svc)
     await due_now(parts.db, job.id)

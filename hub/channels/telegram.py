@@ -17,10 +17,10 @@ from typing import Any
 from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import Update
-from aiogram.utils.backoff import Backoff
 from aiohttp import web
 from pydantic import ValidationError
 
+from hub.backoff import Backoff
 from hub.channels.base import Channel, Ingress, LiveStream, SendResult
 from hub.channels.payload import parse_json
 from hub.channels.telegram_parse import (

@@ -23,16 +23,16 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import TelegramMethod
 from aiogram.types import Update
-from aiogram.utils.backoff import Backoff, BackoffConfig
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from hub.backoff import Backoff, BackoffConfig
 from hub.channels.telegram_parse import HANDLED_UPDATES, load_update
 from hub.storage.db import Database, advisory_lock
 
 log = logging.getLogger("hub.telegram")
 
-BACKOFF = BackoffConfig(min_delay=0.5, max_delay=30.0, factor=1.6, jitter=0.1)
+BACKOFF = BackoffConfig(base=0.5, cap=30.0, factor=1.6, low=0.9)
 
 
 def polling_lock_key(bot_id: int) -> int:

@@ -16,8 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from hub.durations import duration
 from hub.errors import ProviderError
-from hub.jobs.results import JobDelivery, duration
+from hub.jobs.results import JobDelivery
 from hub.providers.generation import GeneratedImage, ImageProvider
 from hub.storage.db import utcnow
 from hub.storage.jobs import DELIVERED, FAILED, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo, NewJob

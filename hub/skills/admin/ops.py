@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 from hub.channels.base import Channel
 from hub.delivery import Outbox
+from hub.durations import describe_wait
 from hub.events import ChatRef, Message
-from hub.jobs.service import CANCELLED, QUEUED, STATES, Job, JobService, parse_job_id
-from hub.routing.access import SKILLS, AccessControl, describe_wait
+from hub.jobs.service import JobService
+from hub.routing.access import SKILLS, AccessControl
 from hub.routing.context import Context
 from hub.routing.people import People
 from hub.skills.admin.args import AdminArgs, Invalid
@@ -20,6 +21,7 @@ from hub.storage.admin import UsageRepo, inbox_failures_since, job_failures_sinc
 from hub.storage.chats import UserRepo
 from hub.storage.db import Database, utcnow
 from hub.storage.inbox import InboxRepo
+from hub.storage.jobs import CANCELLED, QUEUED, STATES, Job, parse_job_id
 from hub.storage.outbox import NewMessage, OutboxRepo
 
 LIST_LIMIT = 20
