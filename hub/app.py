@@ -135,6 +135,7 @@ def build_app(
         aliases=settings.commands.aliases,
         bot_names=lambda name: channels[name].bot_names if name in channels else (),
         chat_settings=chats.get,
+        mark_reachable=chats.mark_reachable,
         is_admin=people.is_admin,
         is_banned=people.is_banned,
     )

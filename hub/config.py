@@ -26,7 +26,7 @@ from hub.settings import CHANNEL_NAMES, Settings
 DEFAULT_CONFIG = Path("config/hub.toml")
 _GONE = object()
 # Variables of the hub's own tooling that carry the prefix but are not configuration.
-NOT_CONFIG_VARS = {"HUB_CONFIG", "HUB_TEST_REQUIRE_ALL", "HUB_TEST_PG"}
+NOT_CONFIG_VARS = {"HUB_CONFIG"}
 
 # Channels this version builds; a section of another is accepted, enabling it is a mistake.
 BUILT_CHANNELS = {"web", "telegram", "wechat", "wecom", "qq"}

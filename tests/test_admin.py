@@ -655,6 +655,21 @@ async def test_broadcast_to_all_reaches_every_known_chat_once_through_the_outbox
         assert await env.delivered(target, "Maintenance at 22:00 UTC") == 1, target
 
 
+
+async def test_a_chat_marked_unreachable_that_writes_again_is_broadcast_to_again(any_env: Env) -> None:
+    env = any_env
+    await env.hub.chats.mark_unreachable(env.group("back"), "the bot was removed")
+    assert "Commands:" in await env.say_in("back", "member", "/help")
+    assert not (await env.hub.chats.get(env.group("back"))).unreachable
+    answer = await env.admin("/admin broadcast all Back again")
+    assert "Broadcast queued for" in answer
+
+    async def reached() -> bool:
+        return await env.delivered(env.group("back"), "Back again") == 1
+
+    await eventually(reached)
+
+
 # --- beyond the table, on the web chat -------------------------------------------------------------
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from hub.events import Event
-from hub.routing.commands import parse_command
+from hub.routing.commands import CommandObject, parse_command
 from hub.routing.context import Context, Handler, Middleware, Replier, Skill
 from hub.skills.base import SkillInfo
 from hub.storage.chats import ChatSettings
@@ -27,8 +28,10 @@ class Router:
         chat_settings: Callable[[str], Awaitable[ChatSettings]],
         is_admin: Callable[[str], Awaitable[bool]],
         is_banned: Callable[[str], Awaitable[bool]],
+        mark_reachable: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._aliases = dict(aliases)
+        self._mark_reachable = mark_reachable
         self._bot_names = bot_names
         self._chat_settings = chat_settings
         self._is_admin = is_admin
@@ -99,8 +102,8 @@ class Router:
     async def handle(self, event: Event, replier: Replier) -> None:
         """Route one event to its skill. Never raises: a failing skill gets an apology."""
         started = time.perf_counter()
-        user = event.sender.key
-        if await self._is_banned(user):
+        chat = await self._reachable_chat(str(event.chat))
+        if await self._is_banned(event.sender.key):
             log.info("event=ignored reason=banned id=%s chat=%s", event.id, event.chat)
             return
         command = parse_command(event.message.text, self._bot_names(event.channel), self._aliases)
@@ -115,21 +118,11 @@ class Router:
                 return
         else:
             info = self._skills.get(command.name)
-        chat = await self._chat_settings(str(event.chat))
         # The web channel marks a request that carried the web token under `token_is_admin`.
-        is_admin = (event.channel == "web" and event.context.get("web_admin") is True) or await self._is_admin(user)
-        # Refusals (unknown command, not an admin, switched off) run inside the middlewares
-        # too, so the access policy speaks first to someone it keeps out; they carry no skill
-        # name, so nothing counts them as a use.
-        refusal: str | None = None
-        reason: str | None = None
-        if info is None:
-            assert command is not None
-            refusal = f"Unknown command /{command.raw_name}. Send /help to see what I can do."
-        elif info.admin_only and not is_admin:
-            refusal, reason = "Sorry, that command is for the bot's admins only.", "not an admin"
-        elif info.skill and info.skill in chat.skills_off:
-            refusal = f"/{info.name} is switched off in this chat."
+        is_admin = (event.channel == "web" and event.context.get("web_admin") is True) or await self._is_admin(
+            event.sender.key
+        )
+        refusal, reason = _refusal(command, info, chat, is_admin)
         ctx = Context(
             event=event,
             command=command,
@@ -149,7 +142,31 @@ class Router:
             assert info is not None
             await info.handler(c)
 
-        handler: Handler = innermost
+        try:
+            await self._run(innermost, event, ctx)
+        finally:
+            log.info(
+                "event=handled id=%s channel=%s chat=%s skill=%s ms=%.1f",
+                event.id,
+                event.channel,
+                event.chat,
+                ctx.skill or "-",
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _reachable_chat(self, ref: str) -> ChatSettings:
+        """The chat's settings; a chat marked unreachable that writes again is reachable again
+        (so `/admin broadcast all` includes it once more)."""
+        chat = await self._chat_settings(ref)
+        if chat.unreachable and self._mark_reachable is not None:
+            await self._mark_reachable(ref)
+            chat = dataclasses.replace(chat, unreachable=False)
+            log.info("event=chat_reachable chat=%s", ref)
+        return chat
+
+    async def _run(self, innermost: Handler, event: Event, ctx: Context) -> None:
+        """Through the middlewares to the skill; a skill's failure becomes an apology."""
+        handler = innermost
         for mw in reversed(self._middlewares):
             handler = _bind(mw, handler)
         try:
@@ -164,15 +181,25 @@ class Router:
                 await ctx.reply(APOLOGY)
             except Exception:
                 log.exception("event=apology_failed id=%s", event.id)
-        finally:
-            log.info(
-                "event=handled id=%s channel=%s chat=%s skill=%s ms=%.1f",
-                event.id,
-                event.channel,
-                event.chat,
-                ctx.skill or "-",
-                (time.perf_counter() - started) * 1000,
-            )
+
+
+def _refusal(
+    command: CommandObject | None, info: SkillInfo | None, chat: ChatSettings, is_admin: bool
+) -> tuple[str | None, str | None]:
+    """Why the matched command may not run here, if it may not: (the reply, the reason to audit).
+
+    Refusals (unknown command, not an admin, switched off) run inside the middlewares too, so
+    the access policy speaks first to someone it keeps out; they carry no skill name, so
+    nothing counts them as a use.
+    """
+    if info is None:
+        assert command is not None
+        return f"Unknown command /{command.raw_name}. Send /help to see what I can do.", None
+    if info.admin_only and not is_admin:
+        return "Sorry, that command is for the bot's admins only.", "not an admin"
+    if info.skill and info.skill in chat.skills_off:
+        return f"/{info.name} is switched off in this chat.", None
+    return None, None
 
 
 def _bind(mw: Middleware, nxt: Handler) -> Handler:
