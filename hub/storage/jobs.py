@@ -258,6 +258,12 @@ class JobRepo:
             found = {r[0]: int(r[1]) for r in rows}
         return {s: found.get(s, 0) for s in STATES} | found
 
+    async def failures_since(self, since: datetime) -> int:
+        """Jobs that ended failed or timed out since a time."""
+        async with self._db.engine.connect() as conn:
+            q = select(func.count()).where(jobs.c.state.in_((FAILED, TIMED_OUT)), jobs.c.finished_at >= since)
+            return int((await conn.execute(q)).scalar() or 0)
+
     # --- the poller's side ------------------------------------------------------------------
 
     async def claim_due(self, limit: int) -> builtins.list[Job]:

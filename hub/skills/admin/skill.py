@@ -17,10 +17,9 @@ from hub.routing.context import Context
 from hub.routing.people import People
 from hub.skills.admin.args import AdminArgs, Invalid, Subcommand
 from hub.skills.admin.ops import AdminOps
-from hub.storage.admin import DEFAULT_SUBJECT, PairingRepo, QuotaRepo
-from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
+from hub.skills.admin.repos import AdminRepos
+from hub.storage.admin import DEFAULT_SUBJECT
 from hub.storage.outbox import NewMessage
-from hub.storage.personas import PersonaRepo
 
 log = logging.getLogger("hub.admin")
 UNAUTHENTICATED = (
@@ -43,14 +42,8 @@ class AdminSkill:
     def __init__(
         self,
         *,
+        repos: AdminRepos,
         people: People,
-        users: UserRepo,
-        chats: ChatRepo,
-        audit: AuditRepo,
-        kv: KeyValueRepo,
-        quotas: QuotaRepo,
-        pairing: PairingRepo,
-        personas: PersonaRepo,
         access: AccessControl,
         outbox: Outbox,
         ops: AdminOps,
@@ -60,13 +53,13 @@ class AdminSkill:
         allow_unauthenticated: bool = False,
     ) -> None:
         self._people = people
-        self._users = users
-        self._chats = chats
-        self._audit = audit
-        self._kv = kv
-        self._quotas = quotas
-        self._pairing = pairing
-        self._personas = personas
+        self._users = repos.users
+        self._chats = repos.chats
+        self._audit = repos.audit
+        self._kv = repos.kv
+        self._quotas = repos.quotas
+        self._pairing = repos.pairing
+        self._personas = repos.personas
         self._access = access
         self._outbox = outbox
         self._args = args
