@@ -46,6 +46,7 @@ from hub.storage.outbox import OutboxRepo
 from hub.storage.personas import PersonaRepo
 from hub.storage.web_events import WebEventRepo
 from hub.wiring import (
+    Storage,
     build_access,
     build_admin,
     build_jobs,
@@ -123,16 +124,7 @@ def build_app(
     outbox = Outbox(store.outbox, store.media, channels, store.chats, metrics)
     router, dispatcher = build_routing(settings, store, people, outbox, channels, metrics, recovery_interval_s)
     _build_channels(
-        settings,
-        channels,
-        web_events=store.web_events,
-        media=store.media,
-        dispatcher=dispatcher,
-        chats=store.chats,
-        db=store.db,
-        fetcher=fetcher,
-        outbox=outbox,
-        qq_windows=qq_windows,
+        settings, channels, store, dispatcher=dispatcher, fetcher=fetcher, outbox=outbox, qq_windows=qq_windows
     )
     for ch in extra_channels:
         channels[ch.name] = ch
@@ -171,16 +163,14 @@ def build_app(
 def _build_channels(
     settings: Settings,
     channels: dict[str, Channel],
+    store: Storage,
     *,
-    web_events: WebEventRepo,
-    media: MediaStore,
     dispatcher: Dispatcher,
-    chats: ChatRepo,
-    db: Database,
     fetcher: Fetcher,
     outbox: Outbox,
     qq_windows: Mapping[str, float] | None,
 ) -> None:
+    web_events, media, chats, db = store.web_events, store.media, store.chats, store.db
     # --- channels: each platform module is imported only when enabled ---------------------
     if settings.web.enabled:
         channels["web"] = WebChannel(
@@ -299,5 +289,3 @@ def _build_http(hub: Hub, fetcher: Fetcher) -> web.Application:
 
 def _web_token_required(settings: Settings) -> bool:
     return settings.web.enabled and settings.http.is_public
-
-

@@ -100,5 +100,3 @@ async def _housekeeping(hub: Hub) -> None:
         except Exception:
             log.exception("event=housekeeping_failed")
         await asyncio.sleep(3600)
-
-

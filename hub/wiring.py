@@ -14,12 +14,13 @@ from hub.channels.base import Channel
 from hub.delivery import Outbox
 from hub.events import Event
 from hub.fetch import FetchPolicy
-from hub.inbound import Dispatcher, EventReplier, LiveSink, tell_unhandled
+from hub.inbound import Dispatcher, tell_unhandled
 from hub.jobs.images import ImageJobs
 from hub.jobs.results import JobDelivery
 from hub.jobs.service import JobService
 from hub.metrics import Metrics
 from hub.providers.generation import ImageProvider, JobProvider
+from hub.replies import EventReplier, LiveSink
 from hub.routing.access import AccessControl
 from hub.routing.context import Replier
 from hub.routing.people import People

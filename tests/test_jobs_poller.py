@@ -15,7 +15,6 @@ from harness import make_settings, pg_database
 from jobs_helpers import providers_toml
 from sqlalchemy import update
 
-from hub.app import _generation_providers
 from hub.delivery import Outbox
 from hub.events import ChatRef
 from hub.fetch import policy_from_settings
@@ -31,6 +30,7 @@ from hub.storage.media import MediaStore
 from hub.storage.migrate import migrate
 from hub.storage.models import jobs as jobs_table
 from hub.storage.outbox import OutboxRepo
+from hub.wiring import _generation_providers
 
 CHAT = ChatRef("fake", "group", "g1")
 

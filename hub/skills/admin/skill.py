@@ -68,7 +68,11 @@ class AdminSkill:
         self._allow_unauthenticated = allow_unauthenticated
         # Lets the chat skill drop its cached default at once, in this process.
         self._model_changed = model_changed
-        subs = [
+        self.subcommands: Mapping[str, Subcommand] = {s.name: s for s in self._table(ops)}
+
+    def _table(self, ops: AdminOps) -> list[Subcommand]:
+        """The subcommands, in the order `/admin help` lists them."""
+        return [
             Subcommand("help", "/admin help", "this list", self._help),
             Subcommand(
                 "status", "/admin status", "uptime, channels, backlogs, jobs, failures in the last hour", ops.status
@@ -108,7 +112,6 @@ class AdminSkill:
                 "audit", "/admin audit [n]", "the last n admin actions and refusals (default 20)", self._audit_log
             ),
         ]
-        self.subcommands: Mapping[str, Subcommand] = {s.name: s for s in subs}
 
     # --- dispatch -----------------------------------------------------------------------
 
