@@ -36,15 +36,11 @@ from hub.routing.people import People
 from hub.routing.router import Router
 from hub.settings import Settings
 from hub.skills.admin.skill import AdminSkill
-from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
+from hub.storage.chats import ChatRepo
 from hub.storage.db import Database
 from hub.storage.deliveries import DeliveryRepo
-from hub.storage.inbox import InboxRepo
 from hub.storage.media import MediaStore
-from hub.storage.memory import MemoryRepo
-from hub.storage.outbox import OutboxRepo
 from hub.storage.personas import PersonaRepo
-from hub.storage.web_events import WebEventRepo
 from hub.wiring import (
     Storage,
     build_access,
@@ -63,21 +59,12 @@ log = logging.getLogger("hub.app")
 
 
 @dataclass
-class Hub:
+class Hub(Storage):
     """The constructed parts, kept on the app under HUB_KEY for the lifecycle and for tests."""
 
     settings: Settings
     holder: str
     metrics: Metrics
-    db: Database
-    inbox: InboxRepo
-    outbox_repo: OutboxRepo
-    chats: ChatRepo
-    users: UserRepo
-    audit: AuditRepo
-    kv: KeyValueRepo
-    media: MediaStore
-    web_events: WebEventRepo
     people: People
     outbox: Outbox
     router: Router
@@ -85,8 +72,6 @@ class Hub:
     jobs: JobService
     access: AccessControl
     admin: AdminSkill
-    memory: MemoryRepo
-    personas: PersonaRepo
     channels: dict[str, Channel] = field(default_factory=dict)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # The chat model gateway; None while no [[models]] are configured.
@@ -121,7 +106,7 @@ def build_app(
     # Media URLs the channels download (delivery-API media); providers' results have their own.
     fetch_policy = policy_from_settings(settings)
     fetcher = Fetcher(fetch_policy)
-    outbox = Outbox(store.outbox, store.media, channels, store.chats, metrics)
+    outbox = Outbox(store.outbox_repo, store.media, channels, store.chats, metrics)
     router, dispatcher = build_routing(settings, store, people, outbox, channels, metrics, recovery_interval_s)
     _build_channels(
         settings, channels, store, dispatcher=dispatcher, fetcher=fetcher, outbox=outbox, qq_windows=qq_windows
@@ -133,18 +118,10 @@ def build_app(
     access = build_access(settings, router, store)
     admin = build_admin(settings, router, store, people, access, outbox, jobs, channels, model_choice)
     hub = Hub(
+        **store.parts(),
         settings=settings,
         holder=holder,
         metrics=metrics,
-        db=store.db,
-        inbox=store.inbox,
-        outbox_repo=store.outbox,
-        chats=store.chats,
-        users=store.users,
-        audit=store.audit,
-        kv=store.kv,
-        media=store.media,
-        web_events=store.web_events,
         people=people,
         outbox=outbox,
         router=router,
@@ -152,8 +129,6 @@ def build_app(
         jobs=jobs,
         access=access,
         admin=admin,
-        memory=store.memory,
-        personas=store.personas,
         channels=channels,
         models=gateway,
     )

@@ -6,9 +6,9 @@ Each constructs one component from settings and the parts built before it; nothi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hub.channels.base import Channel
 from hub.delivery import Outbox
@@ -48,13 +48,13 @@ if TYPE_CHECKING:
     from hub.providers.chat_models import ModelGateway
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class Storage:
-    """The database and every repository on it, built once."""
+    """The database and every repository on it, built once (the Hub carries them too)."""
 
     db: Database
     inbox: InboxRepo
-    outbox: OutboxRepo
+    outbox_repo: OutboxRepo
     chats: ChatRepo
     users: UserRepo
     audit: AuditRepo
@@ -66,7 +66,10 @@ class Storage:
     pairing: PairingRepo
     quotas: QuotaRepo
     usage: UsageRepo
-    jobs: JobRepo
+    job_repo: JobRepo
+
+    def parts(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(Storage)}
 
 
 def build_storage(settings: Settings, holder: str, lease_s: float) -> Storage:
@@ -74,7 +77,7 @@ def build_storage(settings: Settings, holder: str, lease_s: float) -> Storage:
     return Storage(
         db=db,
         inbox=InboxRepo(db, holder, lease_s),
-        outbox=OutboxRepo(db, holder, lease_s),
+        outbox_repo=OutboxRepo(db, holder, lease_s),
         chats=ChatRepo(db),
         users=UserRepo(db),
         audit=AuditRepo(db),
@@ -86,7 +89,7 @@ def build_storage(settings: Settings, holder: str, lease_s: float) -> Storage:
         pairing=PairingRepo(db),
         quotas=QuotaRepo(db),
         usage=UsageRepo(db),
-        jobs=JobRepo(db, holder, lease_s),
+        job_repo=JobRepo(db, holder, lease_s),
     )
 
 
@@ -128,11 +131,11 @@ def build_jobs(
 ) -> JobService:
     """Long jobs: providers only for the [providers.*] sections that are set."""
     job_providers, image_provider = _generation_providers(settings)
-    job_delivery = JobDelivery(store.jobs, outbox, store.media, fetch_policy=fetch_policy)
+    job_delivery = JobDelivery(store.job_repo, outbox, store.media, fetch_policy=fetch_policy)
     return JobService(
-        store.jobs,
+        store.job_repo,
         job_delivery,
-        ImageJobs(store.jobs, job_delivery, store.media, image_provider),
+        ImageJobs(store.job_repo, job_delivery, store.media, image_provider),
         metrics,
         providers=job_providers,
         release_all_at_start=store.db.is_sqlite,
@@ -206,7 +209,7 @@ def build_admin(
         personas=store.personas,
         usage=store.usage,
         inbox=store.inbox,
-        outbox=store.outbox,
+        outbox=store.outbox_repo,
     )
     args = AdminArgs(set(CHANNEL_NAMES) | set(channels))
     ops = AdminOps(
