@@ -25,9 +25,7 @@ from hub.routing.context import Context
 
 async def main(config: str, api_base: str) -> None:
     setup_logging("info")
-    # The suite's own HUB_TEST_* switches are not hub settings: keep them out.
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HUB_TEST_")}
-    settings = load_settings(config, env=env)
+    settings = load_settings(config)
     channel = FakeChannel(api_base)
     app = build_app(settings, extra_channels=[channel], lease_s=3.0, recovery_interval_s=1.0)
     hub = app[HUB_KEY]
