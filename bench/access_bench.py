@@ -22,10 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hub.access import AccessControl  # noqa: E402
 from hub.events import ChatRef, Event, Message, User  # noqa: E402
+from hub.routing.access import AccessControl  # noqa: E402
+from hub.routing.commands import CommandObject  # noqa: E402
+from hub.routing.context import Context, ReplyStream  # noqa: E402
 from hub.settings import AccessSettings, QuotasSettings  # noqa: E402
-from hub.skills.base import CommandObject, Context, ReplyStream  # noqa: E402
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo  # noqa: E402
 from hub.storage.chats import AuditRepo, ChatSettings, UserRepo  # noqa: E402
 from hub.storage.db import Database  # noqa: E402

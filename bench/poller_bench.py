@@ -27,9 +27,9 @@ from sqlalchemy import update
 
 from hub.delivery import Outbox
 from hub.events import ChatRef
-from hub.job_delivery import JobDelivery
-from hub.job_images import ImageJobs
-from hub.jobs import JobService
+from hub.jobs.images import ImageJobs
+from hub.jobs.results import JobDelivery
+from hub.jobs.service import JobService
 from hub.metrics import Metrics
 from hub.providers.generation import Poll
 from hub.storage.chats import ChatRepo

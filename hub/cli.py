@@ -7,7 +7,8 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from hub.config_load import WEB_ADMIN_HINT, config_warnings, describe, load_settings
+from hub.config import WEB_ADMIN_HINT, load_settings
+from hub.config_report import config_warnings, describe
 from hub.errors import ConfigError
 from hub.redact import safe_text
 from hub.settings import Settings

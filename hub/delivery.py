@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import time
 from collections import defaultdict
 from collections.abc import Mapping
 
+from hub.backoff import backoff_delay
 from hub.channels.base import Channel, SendRequest
 from hub.errors import AwaitingUser, SendError
 from hub.events import Audio, File, Image, Message, Video
@@ -24,12 +24,6 @@ log = logging.getLogger("hub.delivery")
 
 # How long a "sent" mark waits at most between tries while the database refuses it.
 MARK_SENT_BACKOFF_CAP_S = 5.0
-
-
-def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
-    """Exponential backoff with jitter: attempt 1 → ~1 s, doubling, capped."""
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
-    return delay * random.uniform(0.5, 1.0)
 
 
 class Outbox:

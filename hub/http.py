@@ -13,7 +13,6 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from hub.auth import bearer_matches
-from hub.channels.base import Channel
 from hub.errors import BadPayload, VerificationFailed
 from hub.inbound import IngressClosed
 from hub.metrics import Metrics
@@ -66,7 +65,7 @@ class ServerRoutes:
         media: MediaStore,
         inbox: InboxRepo,
         outbox: OutboxRepo,
-        channels: Mapping[str, Channel],
+        channel_status: Callable[[], Mapping[str, str]],
         metrics_token: SecretStr | None = None,
     ) -> None:
         self._metrics_token = metrics_token
@@ -75,7 +74,7 @@ class ServerRoutes:
         self._media = media
         self._inbox = inbox
         self._outbox = outbox
-        self._channels = channels
+        self._channel_status = channel_status
         self._started = time.monotonic()
 
     def routes(self) -> list[web.RouteDef]:
@@ -97,7 +96,7 @@ class ServerRoutes:
             "status": "ok" if db_ok else "degraded",
             "database": "ok" if db_ok else "unreachable",
             "uptime_s": round(time.monotonic() - self._started, 1),
-            "channels": {name: ch.status() for name, ch in self._channels.items()},
+            "channels": dict(self._channel_status()),
         }
         return web.json_response(body, status=200 if db_ok else 503)
 

@@ -1,7 +1,7 @@
 """Configuration: one pydantic model per section, read from TOML and `HUB_` variables.
 
 Each component receives only its own section. Reading and checking the whole (load_settings,
-describe) is in hub/config_load.py.
+describe) is in hub/config.py.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from aiohttp import web
 from fakechan import FakeChannel
 
 from hub.app import HUB_KEY, build_app
-from hub.config_load import load_settings
+from hub.config import load_settings
 from hub.logs import setup_logging
-from hub.skills.base import Context
+from hub.routing.context import Context
 
 
 async def main(config: str, api_base: str) -> None:

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from hub.app import HUB_KEY, Hub, build_app
 from hub.channels.base import Channel
-from hub.config_load import load_settings
+from hub.config import load_settings
 from hub.settings import Settings
 
 REQUIRE_ALL = os.environ.get("HUB_TEST_REQUIRE_ALL") == "1"

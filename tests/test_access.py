@@ -14,20 +14,17 @@ from harness import pg_database
 from sqlalchemy import update
 from test_admin import TOKEN_ADMIN, VIDEO, WebEnv, started
 
-from hub.access import AccessControl, TokenBuckets, describe_wait, next_utc_midnight
+from hub.durations import describe_wait
 from hub.events import ChatRef, Event, Message, Text, User
+from hub.routing.access import AccessControl, TokenBuckets, next_utc_midnight
+from hub.routing.commands import CommandObject
+from hub.routing.context import Context, ReplyStream
 from hub.settings import AccessSettings, QuotasSettings
-from hub.skills.base import CommandObject, Context, ReplyStream
-from hub.storage.admin import (
-    PairingRepo,
-    QuotaRepo,
-    UsageRepo,
-    inbox_failures_since,
-    job_failures_since,
-    known_chats,
-)
+from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
 from hub.storage.chats import AuditRepo, ChatRepo, ChatSettings, UserRepo
 from hub.storage.db import Database
+from hub.storage.inbox import InboxRepo
+from hub.storage.jobs import JobRepo
 from hub.storage.migrate import migrate
 from hub.storage.models import pairing
 
@@ -253,10 +250,10 @@ async def test_the_admin_tables_on_postgresql() -> None:
             assert await usage.for_user("telegram:1", "2025-06-01") == [("2025-06-02", "chat", 1)]
             await ChatRepo(database).update("telegram:group:-100", persona=None)
             await ChatRepo(database).mark_unreachable("telegram:group:-200", "kicked")
-            assert await known_chats(database) == ["telegram:group:-100"]
+            assert await ChatRepo(database).known() == ["telegram:group:-100"]
             since = datetime.now(UTC) - timedelta(hours=1)
-            assert await inbox_failures_since(database, since) == 0
-            assert await job_failures_since(database, since) == 0
+            assert await InboxRepo(database, "test").failures_since(since) == 0
+            assert await JobRepo(database, "test").failures_since(since) == 0
         finally:
             await database.close()
 

@@ -26,7 +26,7 @@ from harness import FakeServer, RunningHub, eventually, make_settings, running_h
 
 from hub.cli import main as cli_main
 from hub.events import ChatRef, Event, Message, Text, User
-from hub.skills.admin import PRIVATE_NOTE
+from hub.skills.admin.skill import PRIVATE_NOTE
 from hub.storage.jobs import Job
 
 REFUSAL = "Sorry, that command is for the bot's admins only."
@@ -653,6 +653,21 @@ async def test_broadcast_to_all_reaches_every_known_chat_once_through_the_outbox
     assert len({r["idempotency_key"] for r in rows}) == len(rows)
     for target in sorted(targets):
         assert await env.delivered(target, "Maintenance at 22:00 UTC") == 1, target
+
+
+
+async def test_a_chat_marked_unreachable_that_writes_again_is_broadcast_to_again(any_env: Env) -> None:
+    env = any_env
+    await env.hub.chats.mark_unreachable(env.group("back"), "the bot was removed")
+    assert "Commands:" in await env.say_in("back", "member", "/help")
+    assert not (await env.hub.chats.get(env.group("back"))).unreachable
+    answer = await env.admin("/admin broadcast all Back again")
+    assert "Broadcast queued for" in answer
+
+    async def reached() -> bool:
+        return await env.delivered(env.group("back"), "Back again") == 1
+
+    await eventually(reached)
 
 
 # --- beyond the table, on the web chat -------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from harness import ROOT
 from pydantic import BaseModel
 
-from hub.config_load import load_settings
+from hub.config import load_settings
 from hub.settings import Settings
 
 EXAMPLE = ROOT / "config" / "hub.example.toml"
@@ -230,7 +230,7 @@ def test_enabled_channel_without_credentials_is_a_mistake(tmp_path: Path) -> Non
 
 
 def test_every_channel_of_the_design_is_built(tmp_path: Path) -> None:
-    from hub.config_load import BUILT_CHANNELS
+    from hub.config import BUILT_CHANNELS
     from hub.settings import CHANNEL_NAMES
 
     assert set(CHANNEL_NAMES) == BUILT_CHANNELS

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from hub.app import Hub
-from hub.skills.base import Context
+from hub.routing.context import Context
 from hub.storage.models import inbox
 
 EVENTS = 200

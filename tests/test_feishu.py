@@ -30,7 +30,7 @@ from harness import RunningHub, eventually, make_settings, running_hub
 
 from hub.channels.feishu import FeishuChannel
 from hub.events import Image
-from hub.skills.base import Context
+from hub.routing.context import Context
 from hub.skills.chat import NO_MODEL
 
 

@@ -18,7 +18,7 @@ from hub.channels.wechat.outbound import MediaPreparer
 from hub.errors import SendError
 from hub.events import Image, Message
 from hub.fetch import Fetcher, FetchPolicy
-from hub.skills.base import Context
+from hub.routing.context import Context
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"v" * 500
 

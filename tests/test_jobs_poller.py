@@ -15,13 +15,12 @@ from harness import make_settings, pg_database
 from jobs_helpers import providers_toml
 from sqlalchemy import update
 
-from hub.app import _generation_providers
 from hub.delivery import Outbox
 from hub.events import ChatRef
 from hub.fetch import policy_from_settings
-from hub.job_delivery import JobDelivery
-from hub.job_images import ImageJobs
-from hub.jobs import JobRequest, JobService
+from hub.jobs.images import ImageJobs
+from hub.jobs.results import JobDelivery
+from hub.jobs.service import JobRequest, JobService
 from hub.metrics import Metrics
 from hub.settings import Settings
 from hub.storage.chats import ChatRepo
@@ -31,6 +30,7 @@ from hub.storage.media import MediaStore
 from hub.storage.migrate import migrate
 from hub.storage.models import jobs as jobs_table
 from hub.storage.outbox import OutboxRepo
+from hub.wiring import _generation_providers
 
 CHAT = ChatRef("fake", "group", "g1")
 
@@ -255,7 +255,7 @@ async def test_an_expired_result_url_fails_the_job_with_a_notice(parts: Parts, h
 
 async def test_a_result_larger_than_the_cap_is_refused(parts: Parts) -> None:
     svc = parts.service
-    svc.max_download_bytes = 10
+    svc._delivery.max_download_bytes = 10  # the cap is the delivery's
     job = (await svc.request(request("huge"))).job
     await step(svc)
     await due_now(parts.db, job.id)

@@ -14,7 +14,7 @@ from harness import RunningHub, eventually, make_settings, running_hub, text_of,
 from jobs_helpers import EventStream, has_media, has_text, job_ref, providers_toml
 
 from hub.events import ChatRef
-from hub.jobs import JobRequest
+from hub.jobs.service import JobRequest
 from hub.storage.jobs import DELIVERED
 
 

@@ -21,7 +21,7 @@ from hub.errors import ProviderError, SendError
 from hub.events import Image, Message
 from hub.logs import setup_logging
 from hub.redact import safe_text, safe_url
-from hub.skills.base import Context
+from hub.routing.context import Context
 from hub.storage.db import Database
 from hub.storage.migrate import migrate
 

@@ -17,9 +17,10 @@ from test_spine_e2e import post_event
 from hub.channels.base import Channel, ChannelLimits, SendRequest, SendResult
 from hub.delivery import Outbox
 from hub.events import ChatRef, Event, Message, User
-from hub.inbound import UNHANDLED_TEXT, Dispatcher, EventReplier
+from hub.inbound import UNHANDLED_TEXT, Dispatcher
 from hub.metrics import Metrics
-from hub.skills.base import Replier
+from hub.replies import EventReplier
+from hub.routing.context import Replier
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database, utcnow
 from hub.storage.inbox import InboxRepo

@@ -3,8 +3,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from hub.events import ChatRef, Event, Message, User
-from hub.router import Router, parse_command
-from hub.skills.base import Context, ReplyStream
+from hub.routing.commands import parse_command
+from hub.routing.context import Context, ReplyStream
+from hub.routing.router import Router
 from hub.storage.chats import ChatSettings
 
 

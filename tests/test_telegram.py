@@ -26,7 +26,7 @@ from fake_telegram import (
 )
 from harness import RunningHub, eventually, make_settings, running_hub
 
-from hub.skills.base import Context
+from hub.routing.context import Context
 from hub.skills.chat import NO_MODEL
 
 GROUP = -1001234567890

@@ -24,7 +24,7 @@ from harness import RunningHub, eventually, make_settings, running_hub
 
 from hub.channels.telegram import TelegramChannel
 from hub.events import Audio, File, Image, Message, Video
-from hub.skills.base import Context
+from hub.routing.context import Context
 
 GROUP = -1001234567890
 PUBLIC = "https://hub.example.org"

@@ -108,7 +108,7 @@ async def test_aiogram_is_not_imported_when_telegram_is_disabled(tmp_path: Path)
 import asyncio, sys
 from aiohttp import web
 from hub.app import build_app
-from hub.config_load import load_settings
+from hub.config import load_settings
 
 async def main() -> None:
     app = build_app(load_settings({str(cfg)!r}, env={{}}))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,6 +20,7 @@ from typing import Any, cast
 import openai
 from openai.types.chat import ChatCompletionChunk
 
+from hub.backoff import backoff_delay
 from hub.errors import ProviderError
 from hub.settings import ModelSettings
 
@@ -54,8 +54,7 @@ class Backoff:
     attempts: int = 3
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        d = min(self.cap_s, self.base_s * (2**attempt))
-        wait = random.uniform(d / 2, d)
+        wait = backoff_delay(attempt + 1, base=self.base_s, cap=self.cap_s)
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.cap_s))
         return wait

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from hub.errors import ProviderError
 from hub.events import ChatRef
-from hub.skills.base import Context
-from hub.skills.prompt import build_messages, opening, reply_reserve, tokens_of
+from hub.routing.context import Context
+from hub.skills.prompt import Msg, build_messages, opening, reply_reserve, tokens_of
 from hub.storage.chats import ChatRepo, ChatSettings, KeyValueRepo
 from hub.storage.memory import MemoryRepo, estimate_tokens, speaker_content
 from hub.storage.personas import Persona, PersonaRepo
@@ -125,20 +125,10 @@ class ChatSkill:
             return
         chat = str(ctx.event.chat)
         model = await self._models.for_chat(ctx.chat)
-        settings = self._gateway.settings(model)
         persona = await persona_for(self._personas, ctx.chat)
         group = ctx.event.chat.kind == "group"
         speaker = (ctx.event.sender.name or ctx.event.sender.id) if group else None
-        user_turn = speaker_content(text, speaker)
-        head = opening(persona, group=group)
-        budget = (
-            settings.context_length
-            - reply_reserve(settings.context_length, settings.max_tokens)
-            - tokens_of(head)
-            - estimate_tokens(user_turn)
-        )
-        history = await self._memory.recent(chat, max(0, budget))
-        messages = build_messages(head, history, user_turn)
+        messages, history_turns = await self._messages(chat, model, persona, speaker_content(text, speaker), group)
 
         stream = ctx.stream()
         typing = asyncio.create_task(self._keep_typing(ctx))
@@ -176,7 +166,7 @@ class ChatSkill:
             chat,
             model,
             persona.name if persona else "-",
-            len(history),
+            history_turns,
             result.first_token_s * 1000,
             result.total_s * 1000,
         )
@@ -185,6 +175,22 @@ class ChatSkill:
         except Exception:
             # The answer is out; a lost memory turn is not worth an apology.
             log.exception("event=memory_store_failed id=%s chat=%s", ctx.event.id, chat)
+
+    async def _messages(
+        self, chat: str, model: str, persona: Persona | None, user_turn: str, group: bool
+    ) -> tuple[list[Msg], int]:
+        """The request for the model, with as much history as its context holds; and how many
+        turns of history that is."""
+        settings = self._gateway.settings(model)
+        head = opening(persona, group=group)
+        budget = (
+            settings.context_length
+            - reply_reserve(settings.context_length, settings.max_tokens)
+            - tokens_of(head)
+            - estimate_tokens(user_turn)
+        )
+        history = await self._memory.recent(chat, max(0, budget))
+        return build_messages(head, history, user_turn), len(history)
 
     async def _keep_typing(self, ctx: Context) -> None:
         """Show "typing…" until the first token (platforms drop it after about 5 s)."""

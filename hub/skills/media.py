@@ -6,12 +6,11 @@ held up (an image waits at most `job_after_s` before it becomes a job too).
 
 from __future__ import annotations
 
-from datetime import datetime
-
+from hub.durations import ago
 from hub.events import Image, Message
-from hub.jobs import CANCELLED, IN_FLIGHT, SUCCEEDED, Job, JobRequest, JobService, parse_job_id
-from hub.skills.base import Context
-from hub.storage.db import utcnow
+from hub.jobs.service import JobRequest, JobService
+from hub.routing.context import Context
+from hub.storage.jobs import CANCELLED, IN_FLIGHT, SUCCEEDED, Job, parse_job_id
 
 USUALLY = {"video": "usually 1–3 minutes", "music": "usually about a minute", "image": "usually within a minute"}
 EXAMPLES = {"video": "a piglet singing", "music": "a calm piano piece", "image": "a cat in a spacesuit"}
@@ -41,7 +40,7 @@ def answer_only(ctx: Context) -> bool:
 
 def status_text(job: Job) -> str:
     """One line on where a job stands, for the same request asked again."""
-    age = _ago(job.created_at)
+    age = ago(job.created_at)
     return (
         f"You already asked for that: {job.ref} is {job.state} (asked {age}). "
         f"I'll post it here when it's ready, {USUALLY[job.skill]}."
@@ -114,7 +113,7 @@ class MediaSkills:
         lines = ["Your recent jobs:"]
         for job in jobs:
             state = WAITING_FOR_YOU if job.id in waiting else job.state
-            lines.append(f"{job.ref} {job.skill} · {state} · {_short(job.prompt)} ({_ago(job.created_at)})")
+            lines.append(f"{job.ref} {job.skill} · {state} · {_short(job.prompt)} ({ago(job.created_at)})")
         await ctx.reply("\n".join(lines))
 
     async def cancel(self, ctx: Context) -> None:
@@ -143,14 +142,3 @@ class MediaSkills:
 
 def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _ago(at: datetime) -> str:
-    s = max(0, int((utcnow() - at).total_seconds()))
-    if s < 60:
-        return f"{s} s ago"
-    if s < 3600:
-        return f"{s // 60} min ago"
-    if s < 86400:
-        return f"{s // 3600} h ago"
-    return f"{s // 86400} d ago"

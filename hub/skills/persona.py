@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hub.skills.base import Context
+from hub.routing.context import Context
 from hub.skills.chat import NO_MODEL, ModelChoice, persona_for
 from hub.storage.chats import ChatRepo
 from hub.storage.memory import MemoryRepo

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.storage.db import Database, utcnow
-from hub.storage.models import chats, inbox, jobs, pairing, quotas, usage
+from hub.storage.models import pairing, quotas, usage
 
 # What a pairing code is made of: no 0/O or 1/I/L, so it survives being read aloud or retyped.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -235,32 +235,3 @@ class PairingRepo:
 
 def _pairing(r: Any) -> Pairing:
     return Pairing(r.code, r.user, r.chat, r.created_at, r.expires_at, r.approved_at, r.approved_by)
-
-
-async def known_chats(db: Database) -> list[str]:
-    """Every chat the hub knows: those with settings, and those anyone wrote from (the inbox).
-
-    Chats marked unreachable (the bot was blocked or removed) are left out.
-    """
-    async with db.engine.connect() as conn:
-        unreachable = {
-            r.ref for r in await conn.execute(select(chats.c.ref).where(chats.c.unreachable.is_(True)))
-        }
-        refs = {r.ref for r in await conn.execute(select(chats.c.ref))}
-        refs |= {r.chat for r in await conn.execute(select(inbox.c.chat).distinct())}
-    return sorted(refs - unreachable)
-
-
-async def inbox_failures_since(db: Database, since: datetime) -> int:
-    """Events whose handling raised (not skill errors, which get an apology) since a time."""
-    async with db.engine.connect() as conn:
-        q = select(func.count()).where(inbox.c.status == "failed", inbox.c.handled_at >= since)
-        return int((await conn.execute(q)).scalar() or 0)
-
-
-async def job_failures_since(db: Database, since: datetime) -> int:
-    """Jobs that ended failed or timed out since a time (the jobs repository has no such count)."""
-    async with db.engine.connect() as conn:
-        q = select(func.count()).where(jobs.c.state.in_(("failed", "timed_out")), jobs.c.finished_at >= since)
-        return int((await conn.execute(q)).scalar() or 0)
-

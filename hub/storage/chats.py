@@ -12,7 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.storage.db import Database, utcnow
-from hub.storage.models import audit, chats, kv, users
+from hub.storage.models import audit, chats, inbox, kv, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +62,6 @@ class ChatRepo:
                 rows[r.ref] = ChatSettings(r.ref, r.persona, r.model, skills_off, bool(r.unreachable))
         return [rows.get(ref) or ChatSettings(ref) for ref in refs]
 
-    async def known(self) -> list[str]:
-        """Every chat that has a settings row."""
-        async with self._db.engine.connect() as conn:
-            return [r.ref for r in await conn.execute(select(chats.c.ref).order_by(chats.c.ref))]
-
     async def update(self, ref: str, **values: Any) -> None:
         """Set columns of a chat's row, creating it first when it does not exist."""
         now = utcnow()
@@ -91,6 +86,19 @@ class ChatRepo:
 
     async def mark_reachable(self, ref: str) -> None:
         await self.update(ref, unreachable=False, unreachable_reason=None)
+
+    async def known(self) -> list[str]:
+        """Every chat the hub knows: those with settings, and those anyone wrote from (the inbox).
+
+        Chats marked unreachable (the bot was blocked or removed) are left out.
+        """
+        async with self._db.engine.connect() as conn:
+            unreachable = {
+                r.ref for r in await conn.execute(select(chats.c.ref).where(chats.c.unreachable.is_(True)))
+            }
+            refs = {r.ref for r in await conn.execute(select(chats.c.ref))}
+            refs |= {r.chat for r in await conn.execute(select(inbox.c.chat).distinct())}
+        return sorted(refs - unreachable)
 
 
 @dataclass(frozen=True, slots=True)

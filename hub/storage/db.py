@@ -56,10 +56,6 @@ class Database:
             sa_event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.writer = BatchWriter(self.engine)
 
-    @property
-    def dialect(self) -> str:
-        return "sqlite" if self.is_sqlite else "postgresql"
-
     def now(self, after_s: float = 0.0) -> ColumnElement[datetime]:
         """The database's clock (plus `after_s`), for lease deadlines and their expiry checks.
 

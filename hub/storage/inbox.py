@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -148,6 +149,12 @@ class InboxRepo:
     async def backlog(self) -> int:
         async with self._db.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).where(inbox.c.status == "pending"))).scalar() or 0)
+
+    async def failures_since(self, since: datetime) -> int:
+        """Events whose handling raised (not skill errors, which get an apology) since a time."""
+        async with self._db.engine.connect() as conn:
+            q = select(func.count()).where(inbox.c.status == "failed", inbox.c.handled_at >= since)
+            return int((await conn.execute(q)).scalar() or 0)
 
     async def get(self, channel: str, event_id: str) -> dict[str, Any] | None:
         async with self._db.engine.connect() as conn:

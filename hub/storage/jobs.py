@@ -11,7 +11,7 @@ import builtins
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -89,33 +89,18 @@ class Job:
         return f"job:{self.id}:{what}" if self.retries == 0 else f"job:{self.id}:{self.retries}:{what}"
 
 
+_JOB_COLUMNS = tuple(f.name for f in fields(Job))
+
+
 def _job(r: Any) -> Job:
-    return Job(
-        id=r.id,
-        origin=r.origin,
-        owner=r.owner,
+    values = {name: getattr(r, name) for name in _JOB_COLUMNS}
+    values.update(
         chat=ChatRef.parse(r.chat),
-        quote=r.quote,
         context=r.context or {},
-        skill=r.skill,
-        provider=r.provider,
-        provider_job_id=r.provider_job_id,
-        prompt=r.prompt,
-        state=r.state,
-        attempts=r.attempts,
-        next_poll_at=r.next_poll_at,
-        holder=r.holder,
-        lease_until=r.lease_until,
         result=r.result or {},
-        error=r.error,
         progress_noted=bool(r.progress_noted),
-        retries=r.retries,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-        submitted_at=r.submitted_at,
-        deadline_at=r.deadline_at,
-        finished_at=r.finished_at,
     )
+    return Job(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +242,12 @@ class JobRepo:
             rows = await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
             found = {r[0]: int(r[1]) for r in rows}
         return {s: found.get(s, 0) for s in STATES} | found
+
+    async def failures_since(self, since: datetime) -> int:
+        """Jobs that ended failed or timed out since a time."""
+        async with self._db.engine.connect() as conn:
+            q = select(func.count()).where(jobs.c.state.in_((FAILED, TIMED_OUT)), jobs.c.finished_at >= since)
+            return int((await conn.execute(q)).scalar() or 0)
 
     # --- the poller's side ------------------------------------------------------------------
 

@@ -181,12 +181,6 @@ class OutboxRepo:
         items.sort(key=lambda i: i.id)
         return items
 
-    async def next_due_at(self) -> datetime | None:
-        async with self._db.engine.connect() as conn:
-            return (
-                await conn.execute(select(func.min(outbox.c.next_attempt_at)).where(outbox.c.status == "pending"))
-            ).scalar()
-
     async def mark_sent(self, item_id: int, sent_ids: Sequence[str] = ()) -> None:
         await self._db.writer.submit(self._k_sent, (item_id, list(sent_ids)))
 

@@ -31,7 +31,7 @@ from hub.channels.telegram.parse import (
     load_update,
     parse_update,
 )
-from hub.channels.telegram.poll import BACKOFF_BASE_S, BACKOFF_CAP_S, Poller
+from hub.channels.telegram.poll import BACKOFF, Poller
 from hub.channels.telegram.render import (
     TelegramSender,
     chat_id_of,
@@ -152,10 +152,10 @@ class TelegramChannel(Channel):
         return True
 
     async def _learn_me_later(self) -> None:
-        backoff = Backoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S)
+        backoff = Backoff(BACKOFF)
         while not await self._learn_me():
             self._state = "failing"
-            await backoff.sleep()
+            await backoff.asleep()
 
     async def _register_webhook(self) -> None:
         assert self._public_url is not None and self._secret is not None

@@ -23,15 +23,14 @@ from aiogram.methods import TelegramMethod
 from aiogram.types import Update
 from pydantic import ValidationError
 
-from hub.backoff import Backoff
+from hub.backoff import Backoff, BackoffConfig
 from hub.channels.telegram.parse import HANDLED_UPDATES, load_update
 from hub.storage.db import Database
 from hub.storage.leader import leader_lock
 
 log = logging.getLogger("hub.telegram")
 
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
+BACKOFF = BackoffConfig(base=0.5, cap=30.0)
 
 
 class Poller:
@@ -51,7 +50,7 @@ class Poller:
         self._timeout = timeout_s
         self._lock_retry = lock_retry_s
         self._keepalive = keepalive_s
-        self._backoff = Backoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S)
+        self._backoff = Backoff(BACKOFF)
         self._offset: int | None = None
         self.state = "connecting"
 
@@ -71,7 +70,7 @@ class Poller:
             except Exception:
                 log.exception("event=telegram_polling_failed")
                 self.state = "failing"
-                await self._backoff.sleep()
+                await self._backoff.asleep()
 
     def _standby(self) -> None:
         self.state = "standby"
@@ -97,7 +96,7 @@ class Poller:
                     "run `hub telegram delete-webhook`, or stop the other poller",
                     exc.message.splitlines()[0],
                 )
-                await self._backoff.sleep()
+                await self._backoff.asleep()
                 continue
             except TelegramUnauthorizedError:
                 self.state = "failing"
@@ -107,7 +106,7 @@ class Poller:
             except Exception as exc:  # Telegram down, network gone, garbled answer: try again
                 self.state = "failing"
                 log.warning("event=telegram_polling_error error=%r", exc)
-                await self._backoff.sleep()
+                await self._backoff.asleep()
                 continue
             self._backoff.reset()
             self.state = "running"
@@ -127,7 +126,7 @@ class Poller:
 
     async def _store(self, update: Update) -> None:
         """Hand the update to the ingress; keep trying until it is stored (never skip one)."""
-        backoff = Backoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S)
+        backoff = Backoff(BACKOFF)
         while True:
             try:
                 await self._take(update)
@@ -136,7 +135,7 @@ class Poller:
                 raise
             except Exception as exc:  # the database is away, or the hub is not accepting yet
                 log.warning("event=telegram_update_store_failed update_id=%d error=%r", update.update_id, exc)
-                await backoff.sleep()
+                await backoff.asleep()
 
 
 class RawGetUpdates(TelegramMethod[list[dict[str, Any]]]):

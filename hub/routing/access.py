@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from hub.durations import describe_wait
 from hub.events import Event
-from hub.router import Handler
+from hub.routing.context import Context, Handler
 from hub.settings import AccessRules, AccessSettings, QuotasSettings
-from hub.skills.base import Context
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
 from hub.storage.chats import AuditRepo, UserRepo
 from hub.storage.db import utcnow
@@ -39,17 +39,6 @@ def next_utc_midnight(now: datetime) -> datetime:
     """When today's quotas reset: the next 00:00 UTC."""
     day = now.astimezone(UTC).date() + timedelta(days=1)
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def describe_wait(seconds: float) -> str:
-    """`5 h 12 min`, `12 min`, `40 s`: how long until something, for a person to read."""
-    s = max(0, int(seconds + 0.999))
-    if s >= 3600:
-        minutes = s % 3600 // 60
-        return f"{s // 3600} h {minutes} min" if minutes else f"{s // 3600} h"
-    if s >= 60:
-        return f"{(s + 59) // 60} min"
-    return f"{s} s"
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """`/admin`: run the hub from the chat app. Admins only; every action and refusal is audited.
 
 This module holds the command's dispatch and the subcommands that change who may do what
-(ban, quota, skill, persona, model, approve) or read the audit log; `admin_ops.py` holds the
+(ban, quota, skill, persona, model, approve) or read the audit log; `ops.py` holds the
 ones that look at and steer the running hub (status, jobs, job, who, broadcast).
 """
 
@@ -10,17 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Mapping
 
-from hub.access import SKILLS, AccessControl
 from hub.delivery import Outbox
 from hub.events import ChatRef, Message
-from hub.people import People
-from hub.skills.admin_args import AdminArgs, Invalid, Subcommand
-from hub.skills.admin_ops import AdminOps
-from hub.skills.base import Context
-from hub.storage.admin import DEFAULT_SUBJECT, PairingRepo, QuotaRepo
-from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
+from hub.routing.access import SKILLS, AccessControl
+from hub.routing.context import Context
+from hub.routing.people import People
+from hub.skills.admin.args import AdminArgs, Invalid, Subcommand
+from hub.skills.admin.ops import AdminOps
+from hub.skills.admin.repos import AdminRepos
+from hub.storage.admin import DEFAULT_SUBJECT
 from hub.storage.outbox import NewMessage
-from hub.storage.personas import PersonaRepo
 
 log = logging.getLogger("hub.admin")
 UNAUTHENTICATED = (
@@ -38,19 +37,13 @@ PRIVATE_NOTE = "I sent you the answer in a private chat (if it does not arrive, 
 
 
 class AdminSkill:
-    """The `/admin` command. `admin_ops` does the read-mostly half (status, jobs, broadcast)."""
+    """The `/admin` command. `ops.py` does the read-mostly half (status, jobs, broadcast)."""
 
     def __init__(
         self,
         *,
+        repos: AdminRepos,
         people: People,
-        users: UserRepo,
-        chats: ChatRepo,
-        audit: AuditRepo,
-        kv: KeyValueRepo,
-        quotas: QuotaRepo,
-        pairing: PairingRepo,
-        personas: PersonaRepo,
         access: AccessControl,
         outbox: Outbox,
         ops: AdminOps,
@@ -60,13 +53,13 @@ class AdminSkill:
         allow_unauthenticated: bool = False,
     ) -> None:
         self._people = people
-        self._users = users
-        self._chats = chats
-        self._audit = audit
-        self._kv = kv
-        self._quotas = quotas
-        self._pairing = pairing
-        self._personas = personas
+        self._users = repos.users
+        self._chats = repos.chats
+        self._audit = repos.audit
+        self._kv = repos.kv
+        self._quotas = repos.quotas
+        self._pairing = repos.pairing
+        self._personas = repos.personas
         self._access = access
         self._outbox = outbox
         self._args = args
@@ -75,7 +68,11 @@ class AdminSkill:
         self._allow_unauthenticated = allow_unauthenticated
         # Lets the chat skill drop its cached default at once, in this process.
         self._model_changed = model_changed
-        subs = [
+        self.subcommands: Mapping[str, Subcommand] = {s.name: s for s in self._table(ops)}
+
+    def _table(self, ops: AdminOps) -> list[Subcommand]:
+        """The subcommands, in the order `/admin help` lists them."""
+        return [
             Subcommand("help", "/admin help", "this list", self._help),
             Subcommand(
                 "status", "/admin status", "uptime, channels, backlogs, jobs, failures in the last hour", ops.status
@@ -115,7 +112,6 @@ class AdminSkill:
                 "audit", "/admin audit [n]", "the last n admin actions and refusals (default 20)", self._audit_log
             ),
         ]
-        self.subcommands: Mapping[str, Subcommand] = {s.name: s for s in subs}
 
     # --- dispatch -----------------------------------------------------------------------
 

@@ -16,15 +16,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from hub.durations import duration
 from hub.errors import ProviderError
-from hub.job_delivery import JobDelivery, duration
+from hub.jobs.results import JobDelivery
 from hub.providers.generation import GeneratedImage, ImageProvider
 from hub.storage.db import utcnow
 from hub.storage.jobs import DELIVERED, FAILED, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo, NewJob
 from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
 
 # The poller's logger: a job's whole story is under one name.
-log = logging.getLogger("hub.jobs")
+log = logging.getLogger(__name__)
 
 IMAGE_PROVIDER = "image"
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from hub.events import ChatRef
-from hub.skills.base import Context
+from hub.routing.context import Context
 
 USER_RE = re.compile(r"^([a-z][a-z0-9_]*):(\S+)$")
 

@@ -8,19 +8,18 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from hub.access import SKILLS, AccessControl, describe_wait
-from hub.channels.base import Channel
 from hub.delivery import Outbox
+from hub.durations import describe_wait
 from hub.events import ChatRef, Message
-from hub.jobs import CANCELLED, QUEUED, STATES, Job, JobService, parse_job_id
-from hub.people import People
-from hub.skills.admin_args import AdminArgs, Invalid
-from hub.skills.base import Context
-from hub.storage.admin import UsageRepo, inbox_failures_since, job_failures_since, known_chats
-from hub.storage.chats import UserRepo
-from hub.storage.db import Database, utcnow
-from hub.storage.inbox import InboxRepo
-from hub.storage.outbox import NewMessage, OutboxRepo
+from hub.jobs.service import JobService
+from hub.routing.access import SKILLS, AccessControl
+from hub.routing.context import Context
+from hub.routing.people import People
+from hub.skills.admin.args import AdminArgs, Invalid
+from hub.skills.admin.repos import AdminRepos
+from hub.storage.db import utcnow
+from hub.storage.jobs import CANCELLED, QUEUED, STATES, Job, parse_job_id
+from hub.storage.outbox import NewMessage
 
 LIST_LIMIT = 20
 
@@ -36,30 +35,23 @@ class AdminOps:
         self,
         *,
         args: AdminArgs,
-        db: Database,
-        channels: Mapping[str, Channel],
-        inbox: InboxRepo,
-        outbox_repo: OutboxRepo,
+        repos: AdminRepos,
+        channel_status: Callable[[], Mapping[str, str]],
         outbox: Outbox,
         jobs: JobService,
-        users: UserRepo,
         people: People,
         access: AccessControl,
-        usage: UsageRepo,
         broadcast_per_s: float = 20.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._args = args
-        self._db = db
-        self._channels = channels
-        self._inbox = inbox
-        self._outbox_repo = outbox_repo
+        self._repos = repos
+        # Each running channel's name and state: admin knows no channel, only this.
+        self._channel_status = channel_status
         self._outbox = outbox
         self._jobs = jobs
-        self._users = users
         self._people = people
         self._access = access
-        self._usage = usage
         self._broadcast_gap = 1.0 / broadcast_per_s
         self._clock = clock
         self._started = time.monotonic()
@@ -68,17 +60,17 @@ class AdminOps:
     async def status(self, ctx: Context, rest: str) -> str:
         now = self._clock()
         hour_ago = now - timedelta(hours=1)
-        channels = ", ".join(f"{name} {ch.status()}" for name, ch in self._channels.items()) or "none"
+        channels = ", ".join(f"{name} {state}" for name, state in self._channel_status().items()) or "none"
         counts = {s: n for s, n in (await self._jobs.counts()).items() if n}
         jobs = ", ".join(f"{s} {n}" for s, n in counts.items()) or "none"
-        sends = await self._outbox_repo.failures_since(hour_ago)
-        events = await inbox_failures_since(self._db, hour_ago)
-        failed_jobs = await job_failures_since(self._db, hour_ago)
+        sends = await self._repos.outbox.failures_since(hour_ago)
+        events = await self._repos.inbox.failures_since(hour_ago)
+        failed_jobs = await self._jobs.repo.failures_since(hour_ago)
         return "\n".join(
             [
                 f"Up {describe_wait(time.monotonic() - self._started)} (since {self._started_at:%Y-%m-%d %H:%M} UTC)",
                 f"Channels: {channels}",
-                f"Backlog: inbox {await self._inbox.backlog()}, outbox {await self._outbox_repo.backlog()}",
+                f"Backlog: inbox {await self._repos.inbox.backlog()}, outbox {await self._repos.outbox.backlog()}",
                 f"Jobs: {jobs}",
                 f"Failures in the last hour: {sends} sends, {events} events, {failed_jobs} jobs",
             ]
@@ -133,13 +125,13 @@ class AdminOps:
         if len(args) != 1:
             raise Invalid("Name one user.")
         user = self._args.user(args[0])
-        record = await self._users.get(user)
+        record = await self._repos.users.get(user)
         admin = await self._people.is_admin(user)
         standing = [w for w, on in (("admin", admin), ("banned", record.banned), ("approved", record.allowed)) if on]
         now = self._clock()
         today = now.astimezone(UTC).date()
         since = (today - timedelta(days=6)).isoformat()
-        used = await self._usage.for_user(user, since)
+        used = await self._repos.usage.for_user(user, since)
         lines = [f"{user}{' (' + record.name + ')' if record.name else ''}: {', '.join(standing) or 'a user'}"]
         quota_parts = []
         for skill in SKILLS:
@@ -170,13 +162,14 @@ class AdminOps:
         if not spec or not text:
             raise Invalid("Give the targets, then the text.")
         if spec.lower() == "all":
-            refs = await known_chats(self._db)
+            refs = await self._repos.chats.known()
             targets = [ChatRef.parse(r) for r in refs]
         else:
             targets = [self._args.chat(part) for part in spec.split(",") if part.strip()]
         unique = list(dict.fromkeys(targets))
-        skipped = [t for t in unique if t.channel not in self._channels]
-        sending = [t for t in unique if t.channel in self._channels]
+        running = self._channel_status()
+        skipped = [t for t in unique if t.channel not in running]
+        sending = [t for t in unique if t.channel in running]
         off = f" Skipped (channel off): {', '.join(map(str, skipped))}." if skipped else ""
         if not sending:
             raise Invalid(f"No chat to send to.{off}")

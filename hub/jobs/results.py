@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from hub.backoff import backoff_delay
 from hub.delivery import Outbox
 from hub.errors import ProviderError
 from hub.events import Audio, Image, Message, Video
@@ -27,13 +27,12 @@ from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
 from hub.storage.outbox import NewMessage
 
 # The poller's logger: a job's whole story is under one name.
-log = logging.getLogger("hub.jobs")
+log = logging.getLogger(__name__)
 
 # The skill behind each kind of job, and what its result is.
 SKILL_MEDIA: dict[str, type[Video] | type[Audio] | type[Image]] = {"video": Video, "music": Audio, "image": Image}
 MEDIA_DEFAULTS = {"video": ("mp4", "video/mp4"), "music": ("mp3", "audio/mpeg"), "image": ("png", "image/png")}
 SKILL_KIND = {"video": "video", "music": "audio", "image": "image"}
-NOUN = {"video": "video", "music": "music", "image": "image"}
 MAX_DELIVERY_ATTEMPTS = 8
 BACKOFF_CAP_S = 300.0
 
@@ -160,7 +159,7 @@ class JobDelivery:
     async def finish_badly(self, job: Job, state: str, reason: str, *, tell: bool = True) -> None:
         """End a job as failed or timed_out, telling its owner in the same transaction."""
         reason = safe_text(reason)  # a provider's message may carry a signed URL
-        noun = NOUN.get(job.skill, job.skill)
+        noun = job.skill
         notice: NewMessage | None = None
         if tell:
             if state == TIMED_OUT:
@@ -178,7 +177,7 @@ class JobDelivery:
         error = safe_text(error)
         attempts = job.attempts + 1
         # From the provider's interval (at least a second), doubling, capped, jittered.
-        delay = min(BACKOFF_CAP_S, max(base_s, 1.0) * 2 ** (attempts - 1)) * random.uniform(0.75, 1.0)
+        delay = backoff_delay(attempts, base=max(base_s, 1.0), cap=BACKOFF_CAP_S, low=0.75)
         at = utcnow() + timedelta(seconds=delay)
         if job.deadline_at is not None and job.state != SUCCEEDED:
             at = min(at, job.deadline_at)
@@ -191,11 +190,3 @@ class JobDelivery:
             delay,
             error,
         )
-
-
-def duration(d: timedelta) -> str:
-    """A span as a notice says it: seconds under two minutes, else minutes."""
-    s = round(d.total_seconds())
-    if s < 120:
-        return f"{s} s"
-    return f"{round(s / 60)} min"

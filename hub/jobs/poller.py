@@ -1,102 +1,40 @@
-"""Long jobs: creating them from a request, and the APScheduler poller that carries them home.
+"""The jobs poller: APScheduler wakes it; each tick claims due jobs and moves them on.
 
 A job's state lives in its row (storage/jobs.py); APScheduler only wakes the poller. Each tick
 claims the due jobs (next poll time passed, lease free or expired) with a lease, works on them
 concurrently with a bound, and reschedules each at its provider's interval, backing off on
 transient errors without changing state. Delivering results and telling owners is in
-job_delivery.py; images, which the request itself waits for, in job_images.py.
+results.py; images, which the request itself waits for, in images.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from hub.durations import duration
 from hub.errors import ProviderError
-from hub.events import ChatRef
-from hub.job_delivery import NOUN, JobDelivery, duration
-from hub.job_images import IMAGE_PROVIDER, ImageJobs, ImageOutcome
+from hub.jobs.images import IMAGE_PROVIDER, ImageJobs
+from hub.jobs.results import JobDelivery
 from hub.metrics import Metrics
-from hub.providers.generation import JobProvider
+from hub.providers.generation import JobProvider, Poll
 from hub.storage.db import utcnow
-from hub.storage.jobs import (
-    ACTIVE,
-    CANCELLED,
-    DELIVERED,
-    FAILED,
-    FINAL,
-    IN_FLIGHT,
-    QUEUED,
-    RUNNING,
-    STATES,
-    SUBMITTED,
-    SUCCEEDED,
-    TIMED_OUT,
-    Job,
-    JobRepo,
-    NewJob,
-    parse_job_id,
-)
-
-__all__ = [
-    "ACTIVE",
-    "CANCELLED",
-    "DELIVERED",
-    "FAILED",
-    "FINAL",
-    "IN_FLIGHT",
-    "QUEUED",
-    "RUNNING",
-    "STATES",
-    "SUBMITTED",
-    "SUCCEEDED",
-    "TIMED_OUT",
-    "ImageOutcome",
-    "Job",
-    "JobRequest",
-    "JobService",
-    "Requested",
-    "parse_job_id",
-]
+from hub.storage.jobs import FAILED, QUEUED, RUNNING, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-log = logging.getLogger("hub.jobs")
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """What a skill asks for: everything needed to answer in the right chat much later."""
-
-    owner: str
-    chat: ChatRef
-    skill: str
-    prompt: str
-    origin: str | None = None
-    quote: str | None = None
-    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Requested:
-    """`how`: created now; existing (this very request, handled before); same (an identical
-    request from the same person is still in flight)."""
-
-    job: Job
-    how: Literal["created", "existing", "same"]
-
-
-class JobService:
-    """The jobs API for skills and admins, and the poller."""
+class JobPoller:
+    """The state machine that carries jobs from queued to delivered, and its lifecycle."""
 
     def __init__(
         self,
@@ -135,91 +73,8 @@ class JobService:
         self._saturated = False
         self._stopping = False
 
-    # --- what skills and admins call ---------------------------------------------------------
-
     def configured(self, skill: str) -> bool:
         return self._images.configured if skill == "image" else skill in self._providers
-
-    @property
-    def max_download_bytes(self) -> int:
-        """The largest result downloaded; kept by delivery, tunable here as before."""
-        return self._delivery.max_download_bytes
-
-    @max_download_bytes.setter
-    def max_download_bytes(self, value: int) -> None:
-        self._delivery.max_download_bytes = value
-
-    async def request(self, req: JobRequest) -> Requested:
-        """Create a video or music job for a request, or find the one it already made."""
-        provider = self._providers[req.skill]
-        if req.origin is not None and (job := await self.repo.by_origin(req.origin)) is not None:
-            return Requested(job, "existing")
-        if (same := await self.repo.find_in_flight(req.owner, req.chat, req.skill, req.prompt)) is not None:
-            return Requested(same, "same")
-        job, created = await self.repo.create(self._new_job(req, provider.name, provider.timeout_s))
-        if created:
-            log.info("event=job_created job=%s skill=%s chat=%s owner=%s", job.id, job.skill, job.chat, job.owner)
-            self.wake()
-        return Requested(job, "created" if created else "existing")
-
-    async def request_image(self, req: JobRequest) -> ImageOutcome:
-        """Make an image, waiting up to `job_after_s`; past that it is delivered as a job."""
-        timeout_s = self._images.timeout_s
-        assert timeout_s is not None, "no image provider"
-        return await self._images.request(self._new_job(req, IMAGE_PROVIDER, timeout_s), self._spawn)
-
-    def _new_job(self, req: JobRequest, provider: str, timeout_s: float) -> NewJob:
-        return NewJob(
-            owner=req.owner,
-            chat=req.chat,
-            skill=req.skill,
-            provider=provider,
-            prompt=req.prompt,
-            timeout_s=timeout_s,
-            origin=req.origin,
-            quote=req.quote,
-            context=req.context,
-        )
-
-    async def get(self, job_id: str) -> Job | None:
-        """A job by `7f3a` or `#7f3a`."""
-        parsed = parse_job_id(job_id)
-        return await self.repo.get(parsed) if parsed else None
-
-    async def list(self, state: str | None = None, limit: int = 20, *, owner: str | None = None) -> builtins.list[Job]:
-        return await self.repo.list(state, limit, owner=owner)
-
-    async def counts(self) -> dict[str, int]:
-        return await self.repo.counts()
-
-    async def waiting_for_user(self, jobs: builtins.list[Job]) -> set[str]:
-        """The ids of these jobs whose result waits in the outbox for the user's next message."""
-        return await self._delivery.waiting(jobs)
-
-    async def cancel(self, job_id: str) -> Job | None:
-        """Cancel a job still in flight; returns it as it is now (None: no such job)."""
-        parsed = parse_job_id(job_id)
-        if parsed is None:
-            return None
-        job = await self.repo.cancel(parsed)
-        if job is not None and job.state == CANCELLED:
-            log.info("event=job_cancelled job=%s", job.id)
-        return job
-
-    async def retry(self, job_id: str) -> Job | None:
-        """Start a failed, timed-out or cancelled job again; returns it as it is now."""
-        parsed = parse_job_id(job_id)
-        job = await self.repo.get(parsed) if parsed else None
-        if job is None:
-            return None
-        timeout = self._images.timeout_s if job.provider == IMAGE_PROVIDER else None
-        provider = self._by_name.get(job.provider)
-        timeout = timeout or (provider.timeout_s if provider else 600.0)
-        after = await self.repo.retry(job.id, timeout)
-        if after is not None and after.state == QUEUED:
-            log.info("event=job_retried job=%s round=%d", after.id, after.retries)
-            self.wake()
-        return after
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -376,9 +231,7 @@ class JobService:
         """Submit a queued job, or poll a submitted one, and act on what the provider says."""
         provider = self._by_name.get(job.provider)
         if provider is None:
-            await self._delivery.finish_badly(
-                job, FAILED, f"{NOUN.get(job.skill, job.skill)} generation is not set up any more"
-            )
+            await self._delivery.finish_badly(job, FAILED, f"{job.skill} generation is not set up any more")
             return
         try:
             if job.state == QUEUED or job.provider_job_id is None:
@@ -404,6 +257,10 @@ class JobService:
             else:
                 await self._delivery.finish_badly(job, FAILED, str(exc))
             return
+        await self._on_poll(job, provider, poll)
+
+    async def _on_poll(self, job: Job, provider: JobProvider, poll: Poll) -> None:
+        """Act on a provider's answer to a poll."""
         if poll.status == "completed" and poll.url:
             result = {"url": poll.url}
             if await self.repo.change(
@@ -416,7 +273,7 @@ class JobService:
         elif poll.status == "running":
             notice = None
             if not job.progress_noted:
-                text = f"{job.ref} has started: your {NOUN[job.skill]} is being made now."
+                text = f"{job.ref} has started: your {job.skill} is being made now."
                 notice = self._delivery.notice(job, "progress", text)
             await self._delivery.change_and_tell(
                 job,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from hub.events import Event
-from hub.skills.base import CommandObject, Context, Replier, Skill, SkillInfo
+from hub.routing.commands import CommandObject, parse_command
+from hub.routing.context import Context, Handler, Middleware, Replier, Skill
+from hub.skills.base import SkillInfo
 from hub.storage.chats import ChatSettings
 from hub.storage.db import is_transient
 
@@ -22,36 +25,7 @@ UNSIGNED_FIX = {
 }
 log = logging.getLogger("hub.router")
 
-Handler = Callable[[Event, Context], Awaitable[None]]
-Middleware = Callable[[Handler, Event, Context], Awaitable[None]]
-
 APOLOGY = "Sorry, something went wrong while handling that. Please try again in a moment."
-
-
-def parse_command(
-    text: str, bot_names: Sequence[str] = (), aliases: Mapping[str, str] | None = None
-) -> CommandObject | None:
-    """Parse `/name[@bot] args`; None when the text is not a command.
-
-    `aliases` maps an alias (without the slash) to a command name. A `@bot` suffix naming none
-    of `bot_names` marks the command `foreign` (it is for another bot in the group).
-    """
-    text = text.strip()
-    if not text or text[0] not in "/／":
-        return None
-    head, _, args = text[1:].partition(" ")
-    if "\n" in head:
-        head, _, more = head.partition("\n")
-        args = f"{more} {args}".strip() if args else more
-    raw, _, mention = head.partition("@")
-    if not raw:
-        return None
-    name = raw.lower()
-    aliases = aliases or {}
-    lowered = {k.lstrip("/").lower(): v.lstrip("/").lower() for k, v in aliases.items()}
-    name = lowered.get(name, name)
-    foreign = bool(mention) and bool(bot_names) and mention.lower() not in {b.lower().lstrip("@") for b in bot_names}
-    return CommandObject(name=name, args=args.strip(), mention=mention or None, raw_name=raw, foreign=foreign)
 
 
 class Router:
@@ -63,9 +37,11 @@ class Router:
         chat_settings: Callable[[str], Awaitable[ChatSettings]],
         is_admin: Callable[[str], Awaitable[bool]],
         is_banned: Callable[[str], Awaitable[bool]],
+        mark_reachable: Callable[[str], Awaitable[None]] | None = None,
         trust_unsigned: Callable[[str], bool] = lambda channel: False,
     ) -> None:
         self._aliases = dict(aliases)
+        self._mark_reachable = mark_reachable
         self._trust_unsigned = trust_unsigned
         self._bot_names = bot_names
         self._chat_settings = chat_settings
@@ -137,8 +113,8 @@ class Router:
     async def handle(self, event: Event, replier: Replier) -> None:
         """Route one event to its skill. Never raises: a failing skill gets an apology."""
         started = time.perf_counter()
-        user = event.sender.key
-        if await self._is_banned(user):
+        chat = await self._reachable_chat(str(event.chat))
+        if await self._is_banned(event.sender.key):
             log.info("event=ignored reason=banned id=%s chat=%s", event.id, event.chat)
             return
         command = parse_command(event.message.text, self._bot_names(event.channel), self._aliases)
@@ -153,29 +129,19 @@ class Router:
                 return
         else:
             info = self._skills.get(command.name)
-        chat = await self._chat_settings(str(event.chat))
         # The web channel marks a request that carried the web token under `token_is_admin`.
-        is_admin = (event.channel == "web" and event.context.get("web_admin") is True) or await self._is_admin(user)
+        is_admin = (event.channel == "web" and event.context.get("web_admin") is True) or await self._is_admin(
+            event.sender.key
+        )
         # A body no signature covers (WeChat plain mode) could come from anyone who saw one
         # callback URL: it carries no admin rights (not /admin, nor quotas, allowlists, /cancel).
         unsigned_admin = is_admin and event.body_unauthenticated and not self._trust_unsigned(event.channel)
         if unsigned_admin:
             is_admin = False
-        # Refusals (unknown command, not an admin, switched off) run inside the middlewares
-        # too, so the access policy speaks first to someone it keeps out; they carry no skill
-        # name, so nothing counts them as a use.
-        refusal: str | None = None
-        reason: str | None = None
-        if info is None:
-            assert command is not None
-            refusal = f"Unknown command /{command.raw_name}. Send /help to see what I can do."
-        elif info.admin_only and unsigned_admin:
+        refusal, reason = _refusal(command, info, chat, is_admin)
+        if unsigned_admin and info is not None and info.admin_only:
             fix = UNSIGNED_FIX.get(event.channel, "")
             refusal, reason = UNSIGNED_ADMIN.format(channel=event.channel, fix=fix), "body not covered by a signature"
-        elif info.admin_only and not is_admin:
-            refusal, reason = "Sorry, that command is for the bot's admins only.", "not an admin"
-        elif info.skill and info.skill in chat.skills_off:
-            refusal = f"/{info.name} is switched off in this chat."
         ctx = Context(
             event=event,
             command=command,
@@ -195,7 +161,31 @@ class Router:
             assert info is not None
             await info.handler(c)
 
-        handler: Handler = innermost
+        try:
+            await self._run(innermost, event, ctx)
+        finally:
+            log.info(
+                "event=handled id=%s channel=%s chat=%s skill=%s ms=%.1f",
+                event.id,
+                event.channel,
+                event.chat,
+                ctx.skill or "-",
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _reachable_chat(self, ref: str) -> ChatSettings:
+        """The chat's settings; a chat marked unreachable that writes again is reachable again
+        (so `/admin broadcast all` includes it once more)."""
+        chat = await self._chat_settings(ref)
+        if chat.unreachable and self._mark_reachable is not None:
+            await self._mark_reachable(ref)
+            chat = dataclasses.replace(chat, unreachable=False)
+            log.info("event=chat_reachable chat=%s", ref)
+        return chat
+
+    async def _run(self, innermost: Handler, event: Event, ctx: Context) -> None:
+        """Through the middlewares to the skill; a skill's failure becomes an apology."""
+        handler = innermost
         for mw in reversed(self._middlewares):
             handler = _bind(mw, handler)
         try:
@@ -210,15 +200,25 @@ class Router:
                 await ctx.reply(APOLOGY)
             except Exception:
                 log.exception("event=apology_failed id=%s", event.id)
-        finally:
-            log.info(
-                "event=handled id=%s channel=%s chat=%s skill=%s ms=%.1f",
-                event.id,
-                event.channel,
-                event.chat,
-                ctx.skill or "-",
-                (time.perf_counter() - started) * 1000,
-            )
+
+
+def _refusal(
+    command: CommandObject | None, info: SkillInfo | None, chat: ChatSettings, is_admin: bool
+) -> tuple[str | None, str | None]:
+    """Why the matched command may not run here, if it may not: (the reply, the reason to audit).
+
+    Refusals (unknown command, not an admin, switched off) run inside the middlewares too, so
+    the access policy speaks first to someone it keeps out; they carry no skill name, so
+    nothing counts them as a use.
+    """
+    if info is None:
+        assert command is not None
+        return f"Unknown command /{command.raw_name}. Send /help to see what I can do.", None
+    if info.admin_only and not is_admin:
+        return "Sorry, that command is for the bot's admins only.", "not an admin"
+    if info.skill and info.skill in chat.skills_off:
+        return f"/{info.name} is switched off in this chat.", None
+    return None, None
 
 
 def _bind(mw: Middleware, nxt: Handler) -> Handler:

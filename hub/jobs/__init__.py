@@ -1,0 +1,1 @@
+"""Long jobs: the service skills call, the poller, results and images."""

@@ -1,0 +1,1 @@
+"""Routing: commands, the typed context, access control and who is who."""

@@ -1,0 +1,1 @@
+"""The /admin skill: argument parsing, operations and the command itself."""

@@ -1,0 +1,263 @@
+"""The builders `build_app` calls: storage, routing, jobs, skills, access and /admin.
+
+Each constructs one component from settings and the parts built before it; nothing starts here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from hub.channels.base import Channel
+from hub.delivery import Outbox
+from hub.events import Event
+from hub.fetch import FetchPolicy
+from hub.inbound import Dispatcher, tell_unhandled
+from hub.jobs.images import ImageJobs
+from hub.jobs.results import JobDelivery
+from hub.jobs.service import JobService
+from hub.metrics import Metrics
+from hub.providers.generation import ImageProvider, JobProvider
+from hub.replies import EventReplier, LiveSink
+from hub.routing.access import AccessControl
+from hub.routing.context import Replier
+from hub.routing.people import People
+from hub.routing.router import Router
+from hub.settings import CHANNEL_NAMES, Settings
+from hub.skills.admin.args import AdminArgs
+from hub.skills.admin.ops import AdminOps
+from hub.skills.admin.repos import AdminRepos
+from hub.skills.admin.skill import AdminSkill
+from hub.skills.chat import ChatSkill, ModelChoice, NoModelChat
+from hub.skills.media import MediaSkills
+from hub.skills.persona import ChatCommands
+from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
+from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
+from hub.storage.db import Database
+from hub.storage.inbox import InboxRepo
+from hub.storage.jobs import JobRepo
+from hub.storage.media import MediaStore
+from hub.storage.memory import MemoryRepo
+from hub.storage.outbox import OutboxRepo
+from hub.storage.personas import PersonaRepo
+from hub.storage.web_events import WebEventRepo
+
+if TYPE_CHECKING:
+    from hub.providers.chat_models import ModelGateway
+
+
+@dataclass
+class Storage:
+    """The database and every repository on it, built once (the Hub carries them too)."""
+
+    db: Database
+    inbox: InboxRepo
+    outbox_repo: OutboxRepo
+    chats: ChatRepo
+    users: UserRepo
+    audit: AuditRepo
+    kv: KeyValueRepo
+    media: MediaStore
+    web_events: WebEventRepo
+    memory: MemoryRepo
+    personas: PersonaRepo
+    pairing: PairingRepo
+    quotas: QuotaRepo
+    usage: UsageRepo
+    job_repo: JobRepo
+
+    def parts(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(Storage)}
+
+
+def build_storage(settings: Settings, holder: str, lease_s: float) -> Storage:
+    db = Database(settings.database_url)
+    return Storage(
+        db=db,
+        inbox=InboxRepo(db, holder, lease_s),
+        outbox_repo=OutboxRepo(db, holder, lease_s),
+        chats=ChatRepo(db),
+        users=UserRepo(db),
+        audit=AuditRepo(db),
+        kv=KeyValueRepo(db),
+        media=MediaStore(db, settings.media_dir, settings.media_retention_days),
+        web_events=WebEventRepo(db),
+        memory=MemoryRepo(db),
+        personas=PersonaRepo(db),
+        pairing=PairingRepo(db),
+        quotas=QuotaRepo(db),
+        usage=UsageRepo(db),
+        job_repo=JobRepo(db, holder, lease_s),
+    )
+
+
+def build_routing(
+    settings: Settings,
+    store: Storage,
+    people: People,
+    outbox: Outbox,
+    channels: Mapping[str, Channel],
+    metrics: Metrics,
+    recovery_interval_s: float,
+) -> tuple[Router, Dispatcher]:
+    router = Router(
+        aliases=settings.commands.aliases,
+        bot_names=lambda name: channels[name].bot_names if name in channels else (),
+        chat_settings=store.chats.get,
+        mark_reachable=store.chats.mark_reachable,
+        is_admin=people.is_admin,
+        is_banned=people.is_banned,
+        trust_unsigned=lambda channel: channel == "wechat" and settings.wechat.allow_admin_in_plain_mode,
+    )
+
+    def make_replier(event: Event, live: LiveSink | None) -> Replier:
+        return EventReplier(event, outbox, channels.get(event.channel), live)
+
+    dispatcher = Dispatcher(
+        store.inbox,
+        router.handle,
+        make_replier,
+        metrics,
+        recover_all_at_start=store.db.is_sqlite,
+        recovery_interval_s=recovery_interval_s,
+        tell_unhandled=lambda event: tell_unhandled(outbox, event),
+    )
+    return router, dispatcher
+
+
+def build_jobs(
+    store: Storage, outbox: Outbox, metrics: Metrics, settings: Settings, fetch_policy: FetchPolicy
+) -> JobService:
+    """Long jobs: providers only for the [providers.*] sections that are set."""
+    job_providers, image_provider = _generation_providers(settings)
+    job_delivery = JobDelivery(store.job_repo, outbox, store.media, fetch_policy=fetch_policy)
+    return JobService(
+        store.job_repo,
+        job_delivery,
+        ImageJobs(store.job_repo, job_delivery, store.media, image_provider),
+        metrics,
+        providers=job_providers,
+        release_all_at_start=store.db.is_sqlite,
+    )
+
+
+def build_skills(
+    settings: Settings, router: Router, store: Storage, jobs: JobService
+) -> tuple[ModelGateway | None, ModelChoice | None]:
+    router.register("help", router.help_skill, description="list the commands you may use")
+    gateway: ModelGateway | None = None
+    model_choice: ModelChoice | None = None
+    if settings.models:
+        from hub.providers.chat_models import ModelGateway
+
+        gateway = ModelGateway(settings.models)
+        model_choice = ModelChoice(gateway, store.kv)
+        router.set_fallback(ChatSkill(gateway, model_choice, store.memory, store.personas))
+    else:
+        router.set_fallback(NoModelChat())
+    chat_commands = ChatCommands(store.chats, store.memory, store.personas, model_choice)
+    router.register(
+        "persona", chat_commands.persona, description="show or switch this chat's persona", usage="/persona [name]"
+    )
+    router.register("reset", chat_commands.reset, description="clear this chat's memory")
+    router.register("model", chat_commands.model, description="show or switch this chat's model", usage="/model [name]")
+    media_skills = MediaSkills(jobs)
+    router.register("image", media_skills.image, description="make an image", usage="/image <prompt>", skill="image")
+    router.register("video", media_skills.video, description="make a video", usage="/video <prompt>", skill="video")
+    router.register("music", media_skills.music, description="make music", usage="/music <prompt>", skill="music")
+    router.register("jobs", media_skills.list_jobs, description="list your recent jobs and their state")
+    router.register("cancel", media_skills.cancel, description="cancel one of your jobs", usage="/cancel <job id>")
+    return gateway, model_choice
+
+
+def build_access(settings: Settings, router: Router, store: Storage) -> AccessControl:
+    """The access policy, rate and quotas, as the router's middlewares."""
+    access = AccessControl(
+        settings.access,
+        settings.quotas,
+        users=store.users,
+        pairing=store.pairing,
+        quota_overrides=store.quotas,
+        usage=store.usage,
+        audit=store.audit,
+    )
+    router.use(access.policy)
+    router.use(access.rate)
+    router.use(access.quota)
+    return access
+
+
+def build_admin(
+    settings: Settings,
+    router: Router,
+    store: Storage,
+    people: People,
+    access: AccessControl,
+    outbox: Outbox,
+    jobs: JobService,
+    channels: Mapping[str, Channel],
+    model_choice: ModelChoice | None,
+) -> AdminSkill:
+    repos = AdminRepos(
+        users=store.users,
+        chats=store.chats,
+        audit=store.audit,
+        kv=store.kv,
+        quotas=store.quotas,
+        pairing=store.pairing,
+        personas=store.personas,
+        usage=store.usage,
+        inbox=store.inbox,
+        outbox=store.outbox_repo,
+    )
+    args = AdminArgs(set(CHANNEL_NAMES) | set(channels))
+    ops = AdminOps(
+        args=args,
+        repos=repos,
+        channel_status=partial(channel_status, channels),
+        outbox=outbox,
+        jobs=jobs,
+        people=people,
+        access=access,
+    )
+    admin = AdminSkill(
+        repos=repos,
+        people=people,
+        access=access,
+        outbox=outbox,
+        ops=ops,
+        args=args,
+        model_names=[m.name for m in settings.models],
+        allow_unauthenticated=settings.wechat.allow_admin_in_plain_mode,
+        model_changed=model_choice.forget if model_choice is not None else None,
+    )
+    router.register("admin", admin, description="run the bot (admins)", usage="/admin help", admin_only=True)
+    router.on_refusal(admin.on_refusal)
+    return admin
+
+
+def channel_status(channels: Mapping[str, Channel]) -> dict[str, str]:
+    """Each channel's name and one word for its state, for `/admin status` and /healthz."""
+    return {name: ch.status() for name, ch in channels.items()}
+
+
+def _generation_providers(settings: Settings) -> tuple[dict[str, JobProvider], ImageProvider | None]:
+    """Video, music and image backends, by skill, for the sections that are configured."""
+    found: dict[str, JobProvider] = {}
+    conf = settings.providers
+    if conf.hunyuan is not None:
+        from hub.providers.hunyuan import HunyuanVideo
+
+        found["video"] = HunyuanVideo(conf.hunyuan)
+    if conf.music is not None:
+        from hub.providers.music import SunoMusic
+
+        found["music"] = SunoMusic(conf.music)
+    image: ImageProvider | None = None
+    if conf.image is not None:
+        from hub.providers.images import build_image_provider
+
+        image = build_image_provider(conf.image)
+    return found, image
