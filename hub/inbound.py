@@ -208,6 +208,11 @@ class Dispatcher:
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    def open(self) -> None:
+        """Take events from now on (stored and handled at once), before the channels start: a
+        long connection that delivers the moment it connects must find the ingress open."""
+        self._accepting = True
+
     async def start(self) -> None:
         self._accepting = True
         # Pick up what a previous life of this process stored but never handled.

@@ -37,6 +37,7 @@ def lifecycle(hub: Hub) -> list[Ctx]:
         log.info("event=stopped holder=%s", hub.holder)
 
     async def channels_ctx(_: web.Application) -> AsyncIterator[None]:
+        hub.dispatcher.open()
         for ch in hub.channels.values():
             await ch.start()
         yield
