@@ -22,3 +22,4 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check hub tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --strict hub/channels/base.py hub/channels/parts.py hub/routing/context.py
