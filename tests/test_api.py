@@ -223,3 +223,19 @@ async def test_a_cut_off_upload_is_400_and_stores_nothing(hub: RunningHub) -> No
         assert resp.status == 400 and (await resp.json())["field"] == "file"
     media_dir = hub.hub.media.directory
     assert not media_dir.exists() or not any(media_dir.iterdir())
+
+
+async def test_a_wechat_user_outside_the_48_hour_window_is_failed_with_the_reason(
+    hub: RunningHub, wx: FakeWeChatApi
+) -> None:
+    # WeChat lets a bot write only within 48 h of the user's last message: said, not dropped.
+    wx.fail_next("/cgi-bin/message/custom/send", 45015, "response out of time limit")
+    status, body, _ = await post(hub.url, {"to": f"wechat:private:{OPENID}", "text": "your order shipped"})
+    assert status == 202
+
+    async def failed() -> bool:
+        return (await status_of(hub.url, body["id"]))["status"] == "failed"
+
+    await eventually(failed)
+    final = await status_of(hub.url, body["id"])
+    assert "45015" in final["error"] and "48-hour window" in final["error"]
