@@ -89,6 +89,8 @@ outbox = Table(
     Column("sent_at", UTCDateTime()),
 )
 Index("ix_outbox_status_next", outbox.c.status, outbox.c.next_attempt_at)
+# A claim asks, per candidate, whether its chat has a message in flight: by chat, not a scan.
+Index("ix_outbox_target_status", outbox.c.target, outbox.c.status)
 
 chats = Table(
     "chats",
