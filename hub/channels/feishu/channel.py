@@ -22,9 +22,10 @@ from aiohttp import web
 from hub.channels.base import Channel, ChannelLimits, Ingress, LiveStream, SendRequest, SendResult
 from hub.channels.feishu.api import FeishuApi
 from hub.channels.feishu.crypto import SIGNATURE, EventCrypto, token_matches
-from hub.channels.feishu.parse import CHANNEL, MESSAGE_EVENT, Envelope, envelope, loads, parse_message, resource_of
+from hub.channels.feishu.parse import CHANNEL, MESSAGE_EVENT, Envelope, envelope, parse_message, resource_of
 from hub.channels.feishu.render import FILE_MAX, IMAGE_MAX, TEXT_MAX, FeishuSender, reply_target
 from hub.channels.feishu.stream import FeishuCardStream, create_card
+from hub.channels.payload import parse_object
 from hub.errors import BadPayload, ConfigError, SendError, VerificationFailed
 from hub.events import ChatRef
 from hub.fetch import Fetcher
@@ -160,12 +161,12 @@ class FeishuChannel(Channel):
         if self._crypto is not None and signed:
             # Checked before anything in the body is looked at.
             self._crypto.verify(request.headers, body)
-        data = loads(body)
+        data = parse_object(body)
         encrypted = "encrypt" in data
         if encrypted:
             if self._crypto is None:
                 raise BadPayload("an encrypted event, but no encrypt_key is configured")
-            data = loads(self._crypto.decrypt(data["encrypt"]))
+            data = parse_object(self._crypto.decrypt(data["encrypt"]))
         if data.get("type") == "url_verification":
             return self._challenge(data, keyed=self._crypto is not None and (encrypted or signed))
         if self._crypto is not None and not signed:
@@ -211,7 +212,7 @@ class FeishuChannel(Channel):
     async def _deliver_frame(self, payload: bytes) -> None:
         """An event from the long connection (raises only when it could not be stored)."""
         try:
-            env = envelope(loads(payload))
+            env = envelope(parse_object(payload))
             new = await self._take(env)
         except BadPayload as exc:
             # A shape this version cannot read: acked and skipped rather than redelivered forever.
