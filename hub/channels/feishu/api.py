@@ -20,7 +20,7 @@ import aiohttp
 import lark_oapi as lark
 from lark_oapi.core.model import BaseRequest
 
-from hub.channels.wechat.api import TokenCache
+from hub.channels.tokens import TokenApi, TokenRefused
 from hub.errors import SendError
 
 log = logging.getLogger("hub.feishu")
@@ -63,7 +63,9 @@ def _reset_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-class FeishuApi:
+class FeishuApi(TokenApi):
+    label = "the Feishu channel"
+
     def __init__(
         self,
         api_base: str,
@@ -80,24 +82,7 @@ class FeishuApi:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._upload_timeout = aiohttp.ClientTimeout(total=upload_timeout_s)
         self._rate_wait_max = rate_wait_max_s
-        self._http: aiohttp.ClientSession | None = None
-        self.tokens = TokenCache(self._fetch_token)
-        self.failing = False
-
-    async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-
-    async def stop(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            raise SendError("the Feishu channel is not started", retryable=True, retry_after=5.0)
-        return self._http
+        super().__init__(timeout=self._timeout)
 
     # --- the token ----------------------------------------------------------------------
 
@@ -107,11 +92,7 @@ class FeishuApi:
         token = data.get("tenant_access_token")
         code = _code(data)
         if status != 200 or code != 0 or not isinstance(token, str) or not token:
-            self.failing = True
-            # A wrong secret stays wrong until the configuration changes: retried slowly.
-            error = send_error(TOKEN_PATH, status, code, str(data.get("msg", "")))
-            raise SendError(str(error), retryable=True, retry_after=60.0)
-        self.failing = False
+            raise TokenRefused(str(send_error(TOKEN_PATH, status, code, str(data.get("msg", "")))))
         expire = data.get("expire")
         return token, float(expire) if isinstance(expire, int | float) and expire > 0 else 7200.0
 
