@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from hub.channels.tokens import TokenApi, TokenRefused
+from hub.channels.platform import PlatformApi, TokenRefused
 from hub.errors import SendError
 
 log = logging.getLogger("hub.qq")
@@ -78,7 +78,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-class QQApi(TokenApi):
+class QQApi(PlatformApi):
     """One client session and one token cache for the bot's calls."""
 
     label = "the QQ channel"
@@ -86,12 +86,11 @@ class QQApi(TokenApi):
     def __init__(
         self, app_id: str, secret: str, *, api_base: str | None, token_base: str | None, timeout_s: float = 30.0
     ) -> None:
-        self.api_base = (api_base or DEFAULT_API).rstrip("/")
+        # Tokens live 7200 s; refreshed a minute ahead, one refresh at a time.
+        super().__init__(api_base or DEFAULT_API, timeout_s=timeout_s, token_margin_s=60.0)
         self.token_base = (token_base or DEFAULT_TOKEN).rstrip("/")
         self._app_id = app_id
         self._secret = secret
-        # Tokens live 7200 s; refreshed a minute ahead, one refresh at a time.
-        super().__init__(token_margin_s=60.0, timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     async def _fetch_token(self) -> tuple[str, float]:
         body = {"appId": self._app_id, "clientSecret": self._secret}

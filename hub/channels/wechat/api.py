@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from hub.channels.tokens import TokenApi, TokenRefused
+from hub.channels.platform import PlatformApi, TokenRefused
 from hub.errors import SendError
 
 log = logging.getLogger("hub.wechat_api")
@@ -54,24 +54,13 @@ def send_error(path: str, code: int, errmsg: str) -> SendError:
 FormFactory = Callable[[], aiohttp.FormData]
 
 
-class WeChatApi(TokenApi):
+class WeChatApi(PlatformApi):
     """Calls to `<api_base><path>?access_token=...`, with the token refreshed on 40001/42001/40014."""
 
-    def __init__(
-        self,
-        api_base: str,
-        token_path: str,
-        token_params: Mapping[str, str],
-        *,
-        timeout_s: float = 30.0,
-        upload_timeout_s: float = 180.0,
-    ) -> None:
-        self.api_base = api_base.rstrip("/")
+    def __init__(self, api_base: str, token_path: str, token_params: Mapping[str, str]) -> None:
+        super().__init__(api_base)
         self._token_path = token_path
         self._token_params = dict(token_params)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._upload_timeout = aiohttp.ClientTimeout(total=upload_timeout_s)
-        super().__init__(timeout=self._timeout)
 
     async def _fetch_token(self) -> tuple[str, float]:
         data = await self._request("GET", self._token_path, params=self._token_params)
@@ -133,25 +122,13 @@ class WeChatApi(TokenApi):
         json: Mapping[str, Any] | None = None,
         form: FormFactory | None = None,
     ) -> dict[str, Any]:
-        # Errors name the path, never the URL: its query carries the token or the secret.
-        timeout = self._upload_timeout if form is not None else self._timeout
-        data: Any = form() if form is not None else None
-        headers: dict[str, str] = {}
-        if json is not None:
-            # UTF-8 as is: the platform shows \u escapes literally in some places.
-            data = jsonlib.dumps(json, ensure_ascii=False).encode()
-            headers["Content-Type"] = "application/json; charset=utf-8"
-        try:
-            async with self.http.request(
-                method, self.api_base + path, params=params, data=data, headers=headers, timeout=timeout
-            ) as resp:
-                body = await resp.read()
-                if resp.status >= 500 or resp.status == 429:
-                    raise SendError(f"{path}: HTTP {resp.status}", retryable=True)
-                if resp.status >= 400:
-                    raise SendError(f"{path}: HTTP {resp.status}", retryable=resp.status in (408, 409))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SendError(f"{path}: {type(exc).__name__}", retryable=True) from None
+        status, body, _ = await self.request(
+            method, path, params=params, json=json, form=form() if form is not None else None
+        )
+        if status >= 500 or status == 429:
+            raise SendError(f"{path}: HTTP {status}", retryable=True)
+        if status >= 400:
+            raise SendError(f"{path}: HTTP {status}", retryable=status in (408, 409))
         try:
             answer = jsonlib.loads(body)
         except ValueError:

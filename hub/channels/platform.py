@@ -1,14 +1,16 @@
-"""The access token every platform API client shares the handling of (WeChat and WeCom, Feishu,
-QQ): a session that refuses calls before start, one token cache, refusals retried slowly.
+"""What every platform API client (WeChat and WeCom, Feishu, QQ) shares: one session that refuses
+calls before start, one access-token cache whose refusals are retried slowly, and the request
+that names only the path in its errors (the URL and the headers carry the token or the secret).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import json as jsonlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -86,14 +88,24 @@ class TokenCache:
         return token
 
 
-class TokenApi(HttpClient, abc.ABC):
+class PlatformApi(HttpClient, abc.ABC):
     """A platform API client: one session (opened at start), one token cache over `_fetch_token`."""
 
     # Who is not started, in the error a send before start gets.
     label = "the channel"
 
-    def __init__(self, *, token_margin_s: float = 300.0, **session_options: Any) -> None:
-        super().__init__(**session_options)
+    def __init__(
+        self,
+        api_base: str,
+        *,
+        timeout_s: float = 30.0,
+        upload_timeout_s: float = 180.0,
+        token_margin_s: float = 300.0,
+    ) -> None:
+        self.api_base = api_base.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._upload_timeout = aiohttp.ClientTimeout(total=upload_timeout_s)
+        super().__init__(timeout=self._timeout)
         self.tokens = TokenCache(self._fetch_token, margin_s=token_margin_s)
 
     @abc.abstractmethod
@@ -110,3 +122,30 @@ class TokenApi(HttpClient, abc.ABC):
     def failing(self) -> bool:
         """Whether the platform refused the last token fetch (for /admin status and /healthz)."""
         return self.tokens.refused
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        form: aiohttp.FormData | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """`<api_base><path>`: the status, the whole answer and its headers. A JSON body goes as
+        UTF-8 as is (the platforms show \\u escapes literally in places); a form (an upload) gets
+        the longer timeout; a transport failure is a retryable SendError naming the path."""
+        data: Any = form
+        all_headers = dict(headers or {})
+        if json is not None:
+            data = jsonlib.dumps(json, ensure_ascii=False).encode()
+            all_headers["Content-Type"] = "application/json; charset=utf-8"
+        timeout = self._upload_timeout if form is not None else self._timeout
+        try:
+            async with self.http.request(
+                method, self.api_base + path, params=params, data=data, headers=all_headers, timeout=timeout
+            ) as resp:
+                return resp.status, await resp.read(), resp.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SendError(f"{path}: {type(exc).__name__}", retryable=True) from None
