@@ -8,7 +8,9 @@ ingress hands new events to the dispatcher, which handles them in tracked tasks.
 from __future__ import annotations
 
 import abc
+import asyncio
 import bisect
+import contextlib
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +143,17 @@ class Channel(abc.ABC):
     def status(self) -> str:
         """One word for `/admin status` and /healthz: running, connecting, failing."""
         return "running"
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a channel's background tasks (polling, a long connection, retries) and wait until
+    each has ended, whatever it raised; the list is empty after."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    tasks.clear()
 
 
 # --- text splitting, shared by every channel ------------------------------------------------

@@ -10,7 +10,6 @@ Out: crypto, parsing, the API client, rendering and the streaming card live in t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from hub.channels.base import Channel, ChannelLimits, Ingress, LiveStream, SendRequest, SendResult
+from hub.channels.base import Channel, ChannelLimits, Ingress, LiveStream, SendRequest, SendResult, stop_tasks
 from hub.channels.feishu.api import FeishuApi
 from hub.channels.feishu.crypto import SIGNATURE, EventCrypto, token_matches
 from hub.channels.feishu.parse import CHANNEL, MESSAGE_EVENT, Envelope, envelope, parse_message, resource_of
@@ -55,8 +54,6 @@ class FeishuChannel(Channel):
         db: Database,
         public_url: str | None,
         fetcher: Fetcher,
-        lock_retry_s: float = 5.0,
-        backoff_min_s: float = 1.0,
     ) -> None:
         if not (settings.app_id and settings.app_secret):
             raise ConfigError([("feishu", "app_id and app_secret are required")])
@@ -91,8 +88,6 @@ class FeishuChannel(Channel):
                 endpoint=self.api.ws_endpoint,
                 deliver=self._deliver_frame,
                 db=db,
-                lock_retry_s=lock_retry_s,
-                backoff_min_s=backoff_min_s,
             )
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -111,12 +106,7 @@ class FeishuChannel(Channel):
             self._tasks.append(asyncio.create_task(self.socket.run(), name="feishu-ws"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
+        await stop_tasks(self._tasks)
 
     async def close(self) -> None:
         self._closed = True
