@@ -11,6 +11,7 @@ import abc
 import asyncio
 import bisect
 import contextlib
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,36 @@ class LiveStream(Protocol):
     async def finish(self, text: str) -> SendResult:
         """Show the final text; raises SendError when the platform refused it."""
         ...
+
+
+class EditPace:
+    """When a LiveStream may show its next text: at most once per `interval_s` (the first time
+    `first_after_s` after it opens), and only a text that changes what shows."""
+
+    def __init__(self, interval_s: float, first_after_s: float = 0.0) -> None:
+        self.interval = interval_s
+        self.shown = ""
+        self._next_at = time.monotonic() + first_after_s
+
+    def take(self, text: str, clip: Callable[[str], str]) -> str | None:
+        """`text`, clipped to what the platform shows, when it is to show now; None when it is
+        too soon (the latest text shows with the next edit, or at finish), blank or unchanged."""
+        if time.monotonic() < self._next_at:
+            return None
+        shown = clip(text)
+        return shown if shown.strip() and shown != self.shown else None
+
+    def showed(self, text: str) -> None:
+        self.shown = text
+        self._next_at = time.monotonic() + self.interval
+
+    def hold(self, seconds: float) -> None:
+        """No edit for `seconds` (the platform asked to slow down, or refused one)."""
+        self._next_at = time.monotonic() + seconds
+
+    async def wait(self) -> None:
+        """Until the next edit may go: the final one keeps to the pace too."""
+        await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
 
 
 class LiveSink(Protocol):
