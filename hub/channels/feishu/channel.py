@@ -233,7 +233,7 @@ class FeishuChannel(Channel):
             self.cards_enabled = False
             log.warning("event=feishu_cards_disabled error=%s", exc)
             return None
-        stream = FeishuCardStream(self.api, self._sender, target, reply_target(target, quote, context), card_id)
+        stream = FeishuCardStream(self._sender, target, reply_target(target, quote, context), card_id)
         try:
             await stream.send_card()
         except Exception as exc:

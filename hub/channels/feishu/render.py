@@ -96,7 +96,7 @@ def reply_target(target: ChatRef, quote: str | None, context: Mapping[str, Any] 
 
 class FeishuSender:
     def __init__(self, api: FeishuApi, media: MediaStore, public_url: str | None, fetcher: Fetcher) -> None:
-        self._api = api
+        self.api = api
         self._media = MediaPreparer(
             _Uploads(api),
             media,
@@ -134,7 +134,7 @@ class FeishuSender:
 
     async def _cover_key(self) -> str:
         if self._cover is None:
-            self._cover = await self._api.upload_image(cover_png(), "cover.png", "image/png")
+            self._cover = await self.api.upload_image(cover_png(), "cover.png", "image/png")
         return self._cover
 
     async def post(
@@ -167,7 +167,7 @@ class FeishuSender:
             if uuid:
                 cb = cb.uuid(uuid)
             request = CreateMessageRequest.builder().receive_id_type(receive_type).request_body(cb.build()).build()
-        data = await self._api.execute(request)
+        data = await self.api.execute(request)
         message_id = data.get("message_id")
         if not isinstance(message_id, str):
             return ""

@@ -68,22 +68,13 @@ async def create_card(api: FeishuApi) -> str:
 class FeishuCardStream:
     """The LiveStream of one card: `update` pushes the text so far, `finish` closes the card."""
 
-    def __init__(
-        self,
-        api: FeishuApi,
-        sender: FeishuSender,
-        target: ChatRef,
-        reply_to: str | None,
-        card_id: str,
-        *,
-        interval_s: float = 1.0 / UPDATES_PER_S,
-    ) -> None:
-        self._api = api
+    def __init__(self, sender: FeishuSender, target: ChatRef, reply_to: str | None, card_id: str) -> None:
+        self._api = sender.api
         self._sender = sender
         self._target = target
         self._reply_to = reply_to
         self.card_id = card_id
-        self._pace = EditPace(interval_s)
+        self._pace = EditPace(1.0 / UPDATES_PER_S)
         self._sequence = 0
         self._message_id: str | None = None
         self._closed = False
