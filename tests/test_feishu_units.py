@@ -9,8 +9,9 @@ from fake_feishu import BOT_OPEN_ID, GROUP_CHAT_ID, USER_OPEN_ID, bot_mention, e
 
 from hub.channels.feishu.api import send_error
 from hub.channels.feishu.crypto import EventCrypto
-from hub.channels.feishu.parse import envelope, loads, parse_message, resource_of
+from hub.channels.feishu.parse import envelope, parse_message, resource_of
 from hub.channels.feishu.render import TEXT_MAX, render
+from hub.channels.payload import parse_object as loads
 from hub.errors import BadPayload, VerificationFailed
 from hub.events import Audio, ChatRef, File, Image, Mention, Message, Text, Unsupported, Video
 

@@ -13,8 +13,8 @@ from jobs_helpers import EventStream, has_media, has_text, job_ref, providers_to
 from yarl import URL
 
 from hub.channels.parts import Part
+from hub.channels.uploads import MediaPreparer
 from hub.channels.wechat.api import WeChatApi
-from hub.channels.wechat.outbound import MediaPreparer
 from hub.errors import SendError
 from hub.events import Image, Message
 from hub.fetch import Fetcher, FetchPolicy

@@ -9,8 +9,9 @@ import asyncpg
 import pytest
 from harness import PG_ADMIN_DSN, eventually, pg_database
 
+from hub.backoff import BackoffConfig
 from hub.storage.db import Database
-from hub.storage.leader import leader_lock, lock_key
+from hub.storage.leader import LeaderLoop, leader_lock, lock_key
 
 
 async def test_sqlite_is_always_the_leader(tmp_path: Path) -> None:
@@ -83,3 +84,34 @@ async def test_a_holder_whose_lock_connection_dies_is_cancelled() -> None:
         finally:
             await db.close()
         assert isinstance(lock_key("ws"), int)
+
+
+async def test_a_leader_loop_reports_a_failure_and_leads_again_after_the_backoff(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}")
+
+    failures: list[str] = []
+
+    class Loop(LeaderLoop):
+        runs = 0
+
+        async def lead(self) -> None:
+            self.runs += 1
+            if self.runs == 1:
+                raise RuntimeError("the connection dropped")
+            self.state = "running"
+            await asyncio.Event().wait()
+
+        def failed(self, exc: Exception) -> None:
+            failures.append(f"{self.state}: {exc}")
+
+    loop = Loop(db, "x", BackoffConfig(base=0.01, cap=0.01))
+    task = asyncio.create_task(loop.run())
+    try:
+        await eventually(lambda: loop.runs == 2 and loop.state == "running")
+        assert failures == ["failing: the connection dropped"]
+        assert not task.done()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await db.close()

@@ -11,7 +11,8 @@ from fake_onebot import at, group_message, private_message, reply, text
 from hub.channels.onebot.actions import check_answer, send_action
 from hub.channels.onebot.connections import Connection
 from hub.channels.onebot.cqcode import escape, parse_cq, parse_message, to_cq, unescape
-from hub.channels.onebot.parse import Ignored, load_json, parse_event
+from hub.channels.onebot.parse import Ignored, parse_event
+from hub.channels.payload import parse_object as load_json
 from hub.errors import BadPayload, SendError
 from hub.events import Audio, ChatRef, Event, Image, Mention, Quote, Text, Unsupported, Video
 

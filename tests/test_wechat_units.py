@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hub.channels.parts import render
-from hub.channels.wechat.api import TokenCache, send_error
+from hub.channels.platform import TokenCache
+from hub.channels.wechat.api import send_error
 from hub.channels.wechat.inbound import CallbackCrypto, open_envelope, parse_inbound, signature
 from hub.channels.wechat.passive import EARLIER, HELD_TEXT_MAX, MORE, PASSIVE_TEXT_MAX, plan_answer
 from hub.errors import BadPayload, VerificationFailed

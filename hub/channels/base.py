@@ -8,7 +8,10 @@ ingress hands new events to the dispatcher, which handles them in tracked tasks.
 from __future__ import annotations
 
 import abc
+import asyncio
 import bisect
+import contextlib
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +87,36 @@ class LiveStream(Protocol):
         ...
 
 
+class EditPace:
+    """When a LiveStream may show its next text: at most once per `interval_s` (the first time
+    `first_after_s` after it opens), and only a text that changes what shows."""
+
+    def __init__(self, interval_s: float, first_after_s: float = 0.0) -> None:
+        self.interval = interval_s
+        self.shown = ""
+        self._next_at = time.monotonic() + first_after_s
+
+    def take(self, text: str, clip: Callable[[str], str]) -> str | None:
+        """`text`, clipped to what the platform shows, when it is to show now; None when it is
+        too soon (the latest text shows with the next edit, or at finish), blank or unchanged."""
+        if time.monotonic() < self._next_at:
+            return None
+        shown = clip(text)
+        return shown if shown.strip() and shown != self.shown else None
+
+    def showed(self, text: str) -> None:
+        self.shown = text
+        self._next_at = time.monotonic() + self.interval
+
+    def hold(self, seconds: float) -> None:
+        """No edit for `seconds` (the platform asked to slow down, or refused one)."""
+        self._next_at = time.monotonic() + seconds
+
+    async def wait(self) -> None:
+        """Until the next edit may go: the final one keeps to the pace too."""
+        await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
+
+
 class LiveSink(Protocol):
     """A reply channel held open by the request that asked (the web chat's SSE answer)."""
 
@@ -141,6 +174,17 @@ class Channel(abc.ABC):
     def status(self) -> str:
         """One word for `/admin status` and /healthz: running, connecting, failing."""
         return "running"
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a channel's background tasks (polling, a long connection, retries) and wait until
+    each has ended, whatever it raised; the list is empty after."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    tasks.clear()
 
 
 # --- text splitting, shared by every channel ------------------------------------------------

@@ -25,6 +25,7 @@ TITLE_MAX = 64
 _NO_CAP = 2**62
 
 P = TypeVar("P")
+_PART_KINDS = {"image": "image", "audio": "voice", "video": "video", "file": "file"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +39,22 @@ class Part:
     description: str = ""
 
 
-def render(message: Message, text_bytes: int) -> list[Part]:
-    """The parts of a message for a platform that sends one media per message, in order: text
-    split at `text_bytes` UTF-8 bytes, one part per media.
+def plain_mention(seg: Mention) -> str:
+    return f"@{seg.name or seg.user_id} "
 
-    A media caption follows its media as text, except a video's, which is its title and
-    description. Quotes and unsupported content have no form here.
+
+def render(
+    message: Message,
+    text_bytes: int,
+    *,
+    mention: Callable[[Mention], str] = plain_mention,
+    titled_video: bool = True,
+) -> list[Part]:
+    """The parts of a message for a platform that sends one media per message, in order: text
+    split at `text_bytes` UTF-8 bytes (a mention written by `mention`), one part per media.
+
+    A media caption follows its media as text, except a video's with `titled_video`, which is
+    its title and description. Quotes and unsupported content have no form here.
     """
     parts: list[Part] = []
     buf: list[str] = []
@@ -58,17 +69,17 @@ def render(message: Message, text_bytes: int) -> list[Part]:
         if isinstance(seg, Text):
             buf.append(seg.text)
         elif isinstance(seg, Mention):
-            buf.append(f"@{seg.name or seg.user_id} ")
-        elif isinstance(seg, Video):
+            buf.append(mention(seg))
+        elif isinstance(seg, Video) and titled_video:
             flush()
             caption = (seg.caption or "").strip()
             title = caption.splitlines()[0] if caption else (seg.name or "Video")
             if len(title) > TITLE_MAX:
                 title = title[: TITLE_MAX - 1] + "…"
             parts.append(Part("video", media=seg, title=title, description=caption))
-        elif isinstance(seg, Image | Audio | File):
+        elif isinstance(seg, Image | Audio | Video | File):
             flush()
-            parts.append(Part({Image: "image", Audio: "voice", File: "file"}[type(seg)], media=seg))
+            parts.append(Part(_PART_KINDS[seg.kind], media=seg))
             if seg.caption:
                 buf.append(seg.caption)
     flush()

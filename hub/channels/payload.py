@@ -33,6 +33,17 @@ def parse_json(raw: bytes) -> Any:
     return data
 
 
+def parse_object(raw: bytes | str) -> dict[str, Any]:
+    """The JSON object in `raw` (a body, a WebSocket frame, a decrypted event), or BadPayload.
+
+    Text is read as its UTF-8 form: a lone surrogate in it is refused like one in bytes.
+    """
+    data = parse_json(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if not isinstance(data, dict):
+        raise BadPayload("body is not a JSON object")
+    return data
+
+
 def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 

@@ -9,6 +9,7 @@ it is always the leader.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import hashlib
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from hub.backoff import Backoff, BackoffConfig
 from hub.storage.db import Database, advisory_lock
 
 log = logging.getLogger("hub.leader")
@@ -61,6 +63,56 @@ async def leader_lock(
             with contextlib.suppress(Exception):
                 await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 await conn.commit()
+
+
+class LeaderLoop(abc.ABC):
+    """Work only one process may do, for as long as its owner runs (Telegram long polling, a
+    long connection): `run` waits to lead and calls `lead`; when that returns, fails or loses
+    the lock, `failed` logs why, and after the backoff it waits to lead again, until cancelled.
+
+    `state` is for status(): "connecting" at first, "standby" while another process leads,
+    "failing" after a failure; `lead` sets the rest ("running" once it works).
+    """
+
+    def __init__(
+        self, db: Database, name: str, backoff: BackoffConfig, *, lock_retry_s: float = 5.0, keepalive_s: float = 10.0
+    ) -> None:
+        self._db = db
+        self._lock_name = name
+        self._backoff = Backoff(backoff)
+        self._lock_retry = lock_retry_s
+        self._keepalive = keepalive_s
+        self.state = "connecting"
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await leader_lock(
+                    self._db,
+                    self._lock_name,
+                    self.lead,
+                    retry_s=self._lock_retry,
+                    keepalive_s=self._keepalive,
+                    on_standby=self.standby,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.state = "failing"
+                self.failed(exc)
+                await self._backoff.asleep()
+
+    @abc.abstractmethod
+    async def lead(self) -> None:
+        """The work, while this process leads (cancelled when the lock's connection goes)."""
+
+    def standby(self) -> None:
+        """Called each time the lock is held elsewhere."""
+        self.state = "standby"
+
+    def failed(self, exc: Exception) -> None:
+        """Log a failure of `lead` or of the lock (called inside the `except`)."""
+        log.warning("event=leader_work_failed name=%s error=%r", self._lock_name, exc)
 
 
 async def _work_while_held(conn: AsyncConnection, work: Callable[[], Awaitable[None]], keepalive_s: float) -> None:

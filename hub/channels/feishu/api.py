@@ -20,7 +20,7 @@ import aiohttp
 import lark_oapi as lark
 from lark_oapi.core.model import BaseRequest
 
-from hub.channels.wechat.api import TokenCache
+from hub.channels.platform import PlatformApi, TokenRefused
 from hub.errors import SendError
 
 log = logging.getLogger("hub.feishu")
@@ -63,41 +63,21 @@ def _reset_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-class FeishuApi:
+class FeishuApi(PlatformApi):
+    label = "the Feishu channel"
+
     def __init__(
         self,
         api_base: str,
         app_id: str,
         app_secret: str,
         *,
-        timeout_s: float = 30.0,
-        upload_timeout_s: float = 180.0,
         rate_wait_max_s: float = 10.0,
     ) -> None:
-        self.api_base = api_base.rstrip("/")
+        super().__init__(api_base)
         self._app_id = app_id
         self._app_secret = app_secret
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._upload_timeout = aiohttp.ClientTimeout(total=upload_timeout_s)
         self._rate_wait_max = rate_wait_max_s
-        self._http: aiohttp.ClientSession | None = None
-        self.tokens = TokenCache(self._fetch_token)
-        self.failing = False
-
-    async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-
-    async def stop(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            raise SendError("the Feishu channel is not started", retryable=True, retry_after=5.0)
-        return self._http
 
     # --- the token ----------------------------------------------------------------------
 
@@ -107,11 +87,7 @@ class FeishuApi:
         token = data.get("tenant_access_token")
         code = _code(data)
         if status != 200 or code != 0 or not isinstance(token, str) or not token:
-            self.failing = True
-            # A wrong secret stays wrong until the configuration changes: retried slowly.
-            error = send_error(TOKEN_PATH, status, code, str(data.get("msg", "")))
-            raise SendError(str(error), retryable=True, retry_after=60.0)
-        self.failing = False
+            raise TokenRefused(str(send_error(TOKEN_PATH, status, code, str(data.get("msg", "")))))
         expire = data.get("expire")
         return token, float(expire) if isinstance(expire, int | float) and expire > 0 else 7200.0
 
@@ -174,21 +150,9 @@ class FeishuApi:
         form: aiohttp.FormData | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
-        # Errors name the path, never the headers: they carry the token.
-        timeout = self._upload_timeout if form is not None else self._timeout
-        data: Any = form
-        all_headers = dict(headers or {})
-        if json is not None:
-            data = jsonlib.dumps(json, ensure_ascii=False).encode()
-            all_headers["Content-Type"] = "application/json; charset=utf-8"
-        try:
-            async with self.http.request(
-                method, self.api_base + path, params=params, data=data, headers=all_headers, timeout=timeout
-            ) as resp:
-                body = await resp.read()
-                status, resp_headers = resp.status, resp.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SendError(f"{path}: {type(exc).__name__}", retryable=True) from None
+        status, body, resp_headers = await self.request(
+            method, path, params=params, json=json, form=form, headers=headers
+        )
         try:
             answer = jsonlib.loads(body)
         except ValueError:

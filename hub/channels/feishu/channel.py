@@ -10,7 +10,6 @@ Out: crypto, parsing, the API client, rendering and the streaming card live in t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -19,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from hub.channels.base import Channel, ChannelLimits, Ingress, LiveStream, SendRequest, SendResult
+from hub.channels.base import Channel, ChannelLimits, Ingress, LiveStream, SendRequest, SendResult, stop_tasks
 from hub.channels.feishu.api import FeishuApi
 from hub.channels.feishu.crypto import SIGNATURE, EventCrypto, token_matches
-from hub.channels.feishu.parse import CHANNEL, MESSAGE_EVENT, Envelope, envelope, loads, parse_message, resource_of
+from hub.channels.feishu.parse import CHANNEL, MESSAGE_EVENT, Envelope, envelope, parse_message, resource_of
 from hub.channels.feishu.render import FILE_MAX, IMAGE_MAX, TEXT_MAX, FeishuSender, reply_target
 from hub.channels.feishu.stream import FeishuCardStream, create_card
+from hub.channels.payload import parse_object
 from hub.errors import BadPayload, ConfigError, SendError, VerificationFailed
 from hub.events import ChatRef
 from hub.fetch import Fetcher
@@ -54,8 +54,6 @@ class FeishuChannel(Channel):
         db: Database,
         public_url: str | None,
         fetcher: Fetcher,
-        lock_retry_s: float = 5.0,
-        backoff_min_s: float = 1.0,
     ) -> None:
         if not (settings.app_id and settings.app_secret):
             raise ConfigError([("feishu", "app_id and app_secret are required")])
@@ -90,8 +88,6 @@ class FeishuChannel(Channel):
                 endpoint=self.api.ws_endpoint,
                 deliver=self._deliver_frame,
                 db=db,
-                lock_retry_s=lock_retry_s,
-                backoff_min_s=backoff_min_s,
             )
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -110,12 +106,7 @@ class FeishuChannel(Channel):
             self._tasks.append(asyncio.create_task(self.socket.run(), name="feishu-ws"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
+        await stop_tasks(self._tasks)
 
     async def close(self) -> None:
         self._closed = True
@@ -160,12 +151,12 @@ class FeishuChannel(Channel):
         if self._crypto is not None and signed:
             # Checked before anything in the body is looked at.
             self._crypto.verify(request.headers, body)
-        data = loads(body)
+        data = parse_object(body)
         encrypted = "encrypt" in data
         if encrypted:
             if self._crypto is None:
                 raise BadPayload("an encrypted event, but no encrypt_key is configured")
-            data = loads(self._crypto.decrypt(data["encrypt"]))
+            data = parse_object(self._crypto.decrypt(data["encrypt"]))
         if data.get("type") == "url_verification":
             return self._challenge(data, keyed=self._crypto is not None and (encrypted or signed))
         if self._crypto is not None and not signed:
@@ -211,7 +202,7 @@ class FeishuChannel(Channel):
     async def _deliver_frame(self, payload: bytes) -> None:
         """An event from the long connection (raises only when it could not be stored)."""
         try:
-            env = envelope(loads(payload))
+            env = envelope(parse_object(payload))
             new = await self._take(env)
         except BadPayload as exc:
             # A shape this version cannot read: acked and skipped rather than redelivered forever.
@@ -242,7 +233,7 @@ class FeishuChannel(Channel):
             self.cards_enabled = False
             log.warning("event=feishu_cards_disabled error=%s", exc)
             return None
-        stream = FeishuCardStream(self.api, self._sender, target, reply_target(target, quote, context), card_id)
+        stream = FeishuCardStream(self._sender, target, reply_target(target, quote, context), card_id)
         try:
             await stream.send_card()
         except Exception as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -24,10 +23,15 @@ import lark_oapi as lark
 import lark_oapi.ws.client as lark_ws_client
 from lark_oapi.ws.model import ClientConfig
 
+from hub.backoff import BackoffConfig
 from hub.storage.db import Database
-from hub.storage.leader import leader_lock
+from hub.storage.leader import LeaderLoop
 
 log = logging.getLogger("hub.feishu")
+
+# A lost connection is tried again after about 1 s, doubling up to a minute.
+BACKOFF = BackoffConfig(base=1.0, cap=60.0, low=0.9)
+STORE_TIMEOUT_S = 20.0
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -93,21 +97,7 @@ class _Socket(lark.ws.Client):
             self.closed.set()
 
 
-class Backoff:
-    def __init__(self, min_s: float = 1.0, max_s: float = 60.0) -> None:
-        self._min, self._max = min_s, max_s
-        self._next = min_s
-
-    def reset(self) -> None:
-        self._next = self._min
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._max, self._next * 2)
-        return delay * random.uniform(0.9, 1.1)
-
-
-class LongConnection:
+class LongConnection(LeaderLoop):
     def __init__(
         self,
         *,
@@ -116,84 +106,67 @@ class LongConnection:
         endpoint: Callable[[], Coroutine[Any, Any, tuple[str, dict[str, Any]]]],
         deliver: Callable[[bytes], Coroutine[Any, Any, None]],
         db: Database,
-        lock_retry_s: float = 5.0,
-        backoff_min_s: float = 1.0,
-        store_timeout_s: float = 20.0,
     ) -> None:
+        super().__init__(db, f"feishu-ws:{app_id}", BACKOFF)
         self._app_id = app_id
         self._api_base = api_base
         self._endpoint = endpoint
         self._deliver = deliver
-        self._db = db
-        self._lock_retry = lock_retry_s
-        self._backoff = Backoff(backoff_min_s)
-        self._store_timeout = store_timeout_s
-        self._lock_name = f"feishu-ws:{app_id}"
-        # "standby" while another process holds the long connection, "leader" while this one does.
+        # "standby" while another process holds the long connection, "leader" while this one
+        # does; `state` says how the connection is while leading.
         self.lead_state = "standby"
-        self.state = "connecting"
         self.connections = 0
         self._client: _Socket | None = None
         self._closing = False
 
-    async def run(self) -> None:
-        def standby() -> None:
+    def standby(self) -> None:
+        self.lead_state = "standby"
+
+    def failed(self, exc: Exception) -> None:
+        log.warning("event=feishu_ws_failed error=%r", exc)
+
+    async def lead(self) -> None:
+        # Cancelled by leader_lock when the lock's connection goes: the socket closes then.
+        self.lead_state = "leader"
+        try:
+            while True:
+                await self._connect_once()
+        finally:
             self.lead_state = "standby"
 
-        async def lead() -> None:
-            # Cancelled by leader_lock when the lock's connection goes: the socket closes then.
-            self.lead_state = "leader"
-            try:
-                while True:
-                    await self._connect_once(asyncio.Event())
-            finally:
-                self.lead_state = "standby"
-
-        while True:
-            try:
-                await leader_lock(self._db, self._lock_name, lead, retry_s=self._lock_retry, on_standby=standby)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.state = "failing"
-                log.warning("event=feishu_ws_failed error=%r", exc)
-                await asyncio.sleep(self._backoff.next())
-
-    async def _connect_once(self, lost: asyncio.Event) -> None:
+    async def _connect_once(self) -> None:
+        """One connection, until it ends; then the backoff before the next."""
         hub = asyncio.get_running_loop()
         loop = lark_loop()
 
         def endpoint() -> tuple[str, dict[str, Any]]:  # called on the SDK's thread
             return asyncio.run_coroutine_threadsafe(self._endpoint(), hub).result(timeout=60)
 
-        events = _Events(self._deliver, hub, self._store_timeout)
+        events = _Events(self._deliver, hub, STORE_TIMEOUT_S)
         self._closing = False
         started = time.monotonic()
         done: asyncio.Future[Any] = asyncio.wrap_future(
             asyncio.run_coroutine_threadsafe(self._serve(endpoint, events), loop)
         )
-        watch: asyncio.Future[Any] = asyncio.ensure_future(lost.wait())
         try:
-            await asyncio.wait({done, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if done.done():
-                done.result()
+            # Not `await done`: a cancelled caller must close the socket below, not cancel it.
+            await asyncio.wait({done})
+            done.result()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.state = "failing"
             log.warning("event=feishu_ws_connect_failed error=%s", _why(exc))
         finally:
-            watch.cancel()
             if not done.done():
                 loop.call_soon_threadsafe(self._close_current)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(done), timeout=5.0)
         if time.monotonic() - started > 60:
             self._backoff.reset()
-        if not lost.is_set():
-            if self.state == "running":
-                self.state = "connecting"
-            await asyncio.sleep(self._backoff.next())
+        if self.state == "running":
+            self.state = "connecting"
+        await self._backoff.asleep()
 
     def _close_current(self) -> None:
         self._closing = True

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.channels.payload import parse_json
 from hub.errors import BadPayload
 from hub.events import (
     Audio,
@@ -48,14 +47,6 @@ class Envelope:
     event_type: str
     token: str | None
     body: Mapping[str, Any]
-
-
-def loads(text: str | bytes) -> dict[str, Any]:
-    """A JSON object, or BadPayload (the shared parser: UTF-8, bounded depth, no lone surrogates)."""
-    data = parse_json(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
-    if not isinstance(data, dict):
-        raise BadPayload("body is not a JSON object")
-    return data
 
 
 def _str(value: Any, what: str, *, required: bool = True) -> str:

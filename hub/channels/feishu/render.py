@@ -2,7 +2,7 @@
 
 Text is split at TEXT_MAX bytes; an image is uploaded for an `image_key`; a video goes as
 `media` (an mp4 `file_key` with a cover `image_key`); opus audio as `audio`; anything else as
-`file`; media over the limits as a link (the WeChat channel's MediaPreparer does the sizing,
+`file`; media over the limits as a link (the shared MediaPreparer does the sizing,
 downloading and linking; the upload calls are Feishu's). In a group, or in a thread, every
 part replies to the message that asked; a reply in a thread stays in the thread.
 """
@@ -17,7 +17,7 @@ import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from lark_oapi.api.im.v1 import (
     CreateMessageRequest,
@@ -26,12 +26,13 @@ from lark_oapi.api.im.v1 import (
     ReplyMessageRequestBody,
 )
 
-from hub.channels.base import SendRequest, split_text
+from hub.channels.base import SendRequest
 from hub.channels.feishu.api import FeishuApi
 from hub.channels.feishu.parse import ID
 from hub.channels.parts import Part, send_parts
-from hub.channels.wechat.outbound import MB, MediaPreparer
-from hub.events import Audio, ChatRef, File, Image, Mention, Message, Text, Video
+from hub.channels.parts import render as render_parts
+from hub.channels.uploads import MB, MediaPreparer
+from hub.events import ChatRef, Mention, Message
 from hub.fetch import Fetcher
 from hub.storage.media import MediaStore
 
@@ -45,32 +46,15 @@ SENT_KEPT = 10_000  # ids of recent messages the bot sent, to recognise replies 
 
 
 def render(message: Message) -> list[Part]:
-    """The parts of a message in order: text split at TEXT_MAX, one per media, captions after."""
-    parts: list[Part] = []
-    buf: list[str] = []
+    """The parts of a message in order: text split at TEXT_MAX, one per media, captions after
+    (a video's too: Feishu's media message has no title)."""
+    return render_parts(message, TEXT_MAX, mention=_mention, titled_video=False)
 
-    def flush() -> None:
-        text = "".join(buf).strip()
-        buf.clear()
-        if text:
-            parts.extend(Part("text", chunk) for chunk in split_text(text, TEXT_MAX, "bytes") if chunk.strip())
 
-    for seg in message.segments:
-        if isinstance(seg, Text):
-            buf.append(seg.text)
-        elif isinstance(seg, Mention):
-            if seg.user_id and ID.fullmatch(seg.user_id):
-                buf.append(f'<at user_id="{seg.user_id}">{html.escape(seg.name)}</at> ')
-            else:
-                buf.append(f"@{seg.name} ")
-        elif isinstance(seg, Image | Audio | Video | File):
-            flush()
-            kind = {Image: "image", Audio: "voice", Video: "video", File: "file"}[type(seg)]
-            parts.append(Part(kind, media=seg))
-            if seg.caption:
-                buf.append(seg.caption)
-    flush()
-    return parts
+def _mention(seg: Mention) -> str:
+    if seg.user_id and ID.fullmatch(seg.user_id):
+        return f'<at user_id="{seg.user_id}">{html.escape(seg.name)}</at> '
+    return f"@{seg.name} "
 
 
 def cover_png() -> bytes:
@@ -86,7 +70,7 @@ def cover_png() -> bytes:
 
 
 class _Uploads:
-    """What MediaPreparer needs of a platform API: `upload(kind, data, filename, mime)`."""
+    """The preparer's Uploader over Feishu's two upload calls."""
 
     def __init__(self, api: FeishuApi) -> None:
         self._api = api
@@ -112,10 +96,9 @@ def reply_target(target: ChatRef, quote: str | None, context: Mapping[str, Any] 
 
 class FeishuSender:
     def __init__(self, api: FeishuApi, media: MediaStore, public_url: str | None, fetcher: Fetcher) -> None:
-        self._api = api
-        # MediaPreparer is typed for the WeChat API; it uses only `upload`, which _Uploads has.
+        self.api = api
         self._media = MediaPreparer(
-            cast(Any, _Uploads(api)),
+            _Uploads(api),
             media,
             public_url,
             limits=LIMITS,
@@ -151,7 +134,7 @@ class FeishuSender:
 
     async def _cover_key(self) -> str:
         if self._cover is None:
-            self._cover = await self._api.upload_image(cover_png(), "cover.png", "image/png")
+            self._cover = await self.api.upload_image(cover_png(), "cover.png", "image/png")
         return self._cover
 
     async def post(
@@ -184,7 +167,7 @@ class FeishuSender:
             if uuid:
                 cb = cb.uuid(uuid)
             request = CreateMessageRequest.builder().receive_id_type(receive_type).request_body(cb.build()).build()
-        data = await self._api.execute(request)
+        data = await self.api.execute(request)
         message_id = data.get("message_id")
         if not isinstance(message_id, str):
             return ""

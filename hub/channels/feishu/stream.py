@@ -9,11 +9,9 @@ When creating the card fails, the caller sends the reply whole.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import time
 
 from lark_oapi.api.cardkit.v1 import (
     ContentCardElementRequest,
@@ -24,7 +22,7 @@ from lark_oapi.api.cardkit.v1 import (
     SettingsCardRequestBody,
 )
 
-from hub.channels.base import SendResult, split_text
+from hub.channels.base import EditPace, SendResult, split_text
 from hub.channels.feishu.api import FeishuApi
 from hub.channels.feishu.render import FeishuSender
 from hub.errors import SendError
@@ -70,26 +68,15 @@ async def create_card(api: FeishuApi) -> str:
 class FeishuCardStream:
     """The LiveStream of one card: `update` pushes the text so far, `finish` closes the card."""
 
-    def __init__(
-        self,
-        api: FeishuApi,
-        sender: FeishuSender,
-        target: ChatRef,
-        reply_to: str | None,
-        card_id: str,
-        *,
-        interval_s: float = 1.0 / UPDATES_PER_S,
-    ) -> None:
-        self._api = api
+    def __init__(self, sender: FeishuSender, target: ChatRef, reply_to: str | None, card_id: str) -> None:
+        self._api = sender.api
         self._sender = sender
         self._target = target
         self._reply_to = reply_to
         self.card_id = card_id
-        self._interval = interval_s
+        self._pace = EditPace(1.0 / UPDATES_PER_S)
         self._sequence = 0
-        self._shown = ""
         self._message_id: str | None = None
-        self._next_at = 0.0
         self._closed = False
 
     async def send_card(self) -> None:
@@ -98,17 +85,15 @@ class FeishuCardStream:
             self._message_id = await self._sender.post(self._target, self._reply_to, "interactive", content)
 
     async def update(self, text: str) -> None:
-        if time.monotonic() < self._next_at:
-            return  # the latest text shows with the next update, or at finish
-        shown = text[:CARD_TEXT_MAX]
-        if not shown.strip() or shown == self._shown:
+        shown = self._pace.take(text, lambda t: t[:CARD_TEXT_MAX])
+        if shown is None:
             return
         try:
             await self._push(shown)
         except SendError as exc:
             # One refused update is not worth the whole reply: the next one, or finish, catches up.
             log.info("event=feishu_card_update_failed card=%s error=%s", self.card_id, exc)
-            self._next_at = time.monotonic() + max(self._interval, exc.retry_after or 0.0)
+            self._pace.hold(max(self._pace.interval, exc.retry_after or 0.0))
 
     async def _push(self, text: str) -> None:
         self._sequence += 1
@@ -116,15 +101,15 @@ class FeishuCardStream:
         request = (
             ContentCardElementRequest.builder().card_id(self.card_id).element_id(ELEMENT_ID).request_body(body).build()
         )
-        self._next_at = time.monotonic() + self._interval
+        self._pace.hold(self._pace.interval)  # paced from the call's start: a refused one counts too
         await self._api.execute(request)
-        self._shown = text
+        self._pace.shown = text
 
     async def finish(self, text: str) -> SendResult:
         head, rest = _split_for_card(text.strip())
         try:
-            if head != self._shown:
-                await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
+            if head != self._pace.shown:
+                await self._pace.wait()
                 await self._push(head)
         finally:
             # Even when the last text was refused (the reply then goes whole), stop "generating".

@@ -22,10 +22,11 @@ from hub.channels.onebot.actions import check_answer, send_action, sent_id, spli
 from hub.channels.onebot.auth import check_signature, check_token
 from hub.channels.onebot.connections import Connection, NotConnected, Registry
 from hub.channels.onebot.http_api import HttpApi
-from hub.channels.onebot.parse import CHANNEL, Ignored, load_json, number_id, parse_event
+from hub.channels.onebot.parse import CHANNEL, Ignored, number_id, parse_event
 from hub.channels.onebot.render import MB, Renderer, describe
 from hub.channels.onebot.sent import SentIds
 from hub.channels.parts import send_parts
+from hub.channels.payload import parse_object
 from hub.errors import BadPayload, HubError
 from hub.events import ChatRef
 from hub.settings import OneBotSettings
@@ -101,7 +102,7 @@ class OneBotChannel(Channel):
         started = time.perf_counter()
         body = await request.read()
         check_signature(request, body, self._secret)
-        payload = load_json(body)
+        payload = parse_object(body)
         header_id = request.headers.get("X-Self-ID")
         if header_id is not None and header_id.strip() != str(payload.get("self_id")):
             raise BadPayload("X-Self-ID does not match the event's self_id")
@@ -156,7 +157,7 @@ class OneBotChannel(Channel):
 
     async def _frame(self, conn: Connection, data: str) -> None:
         try:
-            payload = load_json(data)
+            payload = parse_object(data)
             if "post_type" not in payload:
                 if not conn.answer(payload):
                     log.info("event=onebot_stray_answer self_id=%s", conn.self_id)

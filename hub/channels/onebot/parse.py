@@ -12,23 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.channels.onebot.cqcode import RawSegment, parse_message, text_of
-from hub.channels.payload import parse_json
 from hub.errors import BadPayload
-from hub.events import (
-    Audio,
-    ChatRef,
-    Event,
-    File,
-    Image,
-    Mention,
-    Message,
-    Quote,
-    Segment,
-    Text,
-    Unsupported,
-    User,
-    Video,
-)
+from hub.events import MEDIA_TYPES, Audio, ChatRef, Event, Mention, Message, Quote, Segment, Text, Unsupported, User
 
 CHANNEL = "onebot"
 ID_MAX = 20  # QQ numbers and group numbers are at most 20 digits
@@ -42,14 +27,6 @@ class Ignored:
     reason: str
     self_id: str | None = None
     own_message_id: str | None = None
-
-
-def load_json(body: bytes | str) -> dict[str, Any]:
-    """A JSON object (a POST body or a WebSocket frame), or BadPayload."""
-    data = parse_json(body.encode("utf-8", "replace") if isinstance(body, str) else body)
-    if not isinstance(data, dict):
-        raise BadPayload("body is not a JSON object")
-    return data
 
 
 def number_id(value: Any, field: str, *, required: bool = True) -> str:
@@ -159,13 +136,11 @@ def _media(kind: str, data: dict[str, Any]) -> Segment:
     size = int(size_text) if size_text.isdigit() else None
     name = text_of(data, "name", 255) or (file if file and not file.startswith(("http", "base64:")) else "") or None
     handle = file[:255] or None
-    if kind == "image":
-        return Image(url=url or None, name=name, size=size, file_id=handle)
     if kind == "record":
         return Audio(url=url or None, name=name, size=size, file_id=handle, voice=True)
-    if kind == "video":
-        return Video(url=url or None, name=name, size=size, file_id=handle)
-    return File(url=url or None, name=name, size=size, file_id=text_of(data, "file_id", 255) or handle)
+    if kind == "file":
+        handle = text_of(data, "file_id", 255) or handle
+    return MEDIA_TYPES[kind](url=url or None, name=name, size=size, file_id=handle)
 
 
 def _summary(kind: str, data: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.channels.base import split_text
+from hub.channels.parts import MediaLinks
 from hub.errors import SendError
 from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
 from hub.storage.media import MediaStore
@@ -25,21 +26,14 @@ NOUN = {"image": "image", "record": "audio", "video": "video", "file": "file"}
 
 
 def segment_type(seg: Media) -> str:
-    if isinstance(seg, Image):
-        return "image"
-    if isinstance(seg, Audio):
-        return "record"
-    if isinstance(seg, Video):
-        return "video"
-    return "file"
+    return "record" if seg.kind == "audio" else seg.kind
 
 
 class Renderer:
     """Builds the arrays; needs the media store to turn local files into links or payloads."""
 
     def __init__(self, media: MediaStore, public_url: str | None, *, text_max: int, base64_max: int = 8 * MB) -> None:
-        self._media = media
-        self._public_url = public_url.rstrip("/") if public_url else None
+        self._links = MediaLinks(media, public_url or None)
         self._text_max = text_max
         self._base64_max = base64_max
 
@@ -91,28 +85,18 @@ class Renderer:
                 return seg.url
             raise SendError("media without a file, bytes or URL cannot be sent", retryable=False)
         if seg.path is not None:
-            media_id = self._media.id_of_path(seg.path)
-            if media_id is not None and self._public_url:
-                return f"{self._public_url}/media/{media_id}"
+            if self._links.base is not None and self._links.store.id_of_path(seg.path) is not None:
+                return await self._links.link(seg)  # in the media store already: linked, not copied
             try:
                 size = (await asyncio.to_thread(os.stat, seg.path)).st_size
             except OSError as exc:
                 raise SendError(f"media file is gone: {seg.path} ({exc.strerror})", retryable=False) from None
             if size <= self._base64_max:
                 return _b64(await asyncio.to_thread(Path(seg.path).read_bytes))
-            if self._public_url:
-                stored = await self._media.save_bytes(
-                    await asyncio.to_thread(Path(seg.path).read_bytes), name=seg.name, mime=seg.mime
-                )
-                return f"{self._public_url}/media/{stored.id}"
-            return None
-        assert seg.data is not None
-        if len(seg.data) <= self._base64_max:
+        elif seg.data is not None and len(seg.data) <= self._base64_max:
             return _b64(seg.data)
-        if self._public_url:
-            stored = await self._media.save_bytes(seg.data, name=seg.name, mime=seg.mime)
-            return f"{self._public_url}/media/{stored.id}"
-        return None
+        # Too large to send inline: a link, streamed into the store (None without a public address).
+        return await self._links.link(seg)
 
 
 def _b64(data: bytes) -> str:

@@ -10,8 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from hub.channels.wechat.api import TokenCache
-from hub.client import HttpClient
+from hub.channels.platform import PlatformApi, TokenRefused
 from hub.errors import SendError
 
 log = logging.getLogger("hub.qq")
@@ -79,31 +78,27 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-class QQApi(HttpClient):
+class QQApi(PlatformApi):
     """One client session and one token cache for the bot's calls."""
+
+    label = "the QQ channel"
 
     def __init__(
         self, app_id: str, secret: str, *, api_base: str | None, token_base: str | None, timeout_s: float = 30.0
     ) -> None:
-        self.api_base = (api_base or DEFAULT_API).rstrip("/")
+        # Tokens live 7200 s; refreshed a minute ahead, one refresh at a time.
+        super().__init__(api_base or DEFAULT_API, timeout_s=timeout_s, token_margin_s=60.0)
         self.token_base = (token_base or DEFAULT_TOKEN).rstrip("/")
         self._app_id = app_id
         self._secret = secret
-        super().__init__(timeout=aiohttp.ClientTimeout(total=timeout_s))
-        # Tokens live 7200 s; refreshed a minute ahead, one refresh at a time.
-        self.tokens = TokenCache(self._fetch_token, margin_s=60.0)
-        self.failing = False
 
     async def _fetch_token(self) -> tuple[str, float]:
         body = {"appId": self._app_id, "clientSecret": self._secret}
         status, data, _ = await self._request(self.token_base + TOKEN_PATH, TOKEN_PATH, body, {})
         token = data.get("access_token")
         if status >= 400 or not isinstance(token, str) or not token:
-            self.failing = True
-            code = data.get("code")
-            # A wrong secret: retried slowly, so a corrected configuration lets the queue through.
-            raise SendError(f"{TOKEN_PATH}: HTTP {status} code {code}", retryable=True, retry_after=60.0)
-        self.failing = False
+            # A wrong secret.
+            raise TokenRefused(f"{TOKEN_PATH}: HTTP {status} code {data.get('code')}")
         try:
             expires_in = float(data.get("expires_in") or 7200)  # QQ gives it as a string
         except (TypeError, ValueError):
@@ -129,11 +124,10 @@ class QQApi(HttpClient):
     async def _request(
         self, url: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
-        if self._http is None:
-            raise SendError("the QQ channel is not started", retryable=True, retry_after=5.0)
         data = jsonlib.dumps(body, ensure_ascii=False).encode()
+        http = self.http  # SendError before start
         try:
-            async with self._http.post(
+            async with http.post(
                 url, data=data, headers={**headers, "Content-Type": "application/json; charset=utf-8"}
             ) as resp:
                 raw = await resp.content.read(ANSWER_MAX)

@@ -8,7 +8,6 @@ polling in telegram_poll, the cheaper Bot API session in telegram_session.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,7 +19,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from hub.backoff import Backoff
-from hub.channels.base import Channel, Ingress, LiveStream, SendRequest, SendResult
+from hub.channels.base import Channel, Ingress, LiveStream, SendRequest, SendResult, stop_tasks
 from hub.channels.payload import parse_json
 from hub.channels.telegram.parse import (
     CHANNEL,
@@ -85,8 +84,6 @@ class TelegramChannel(Channel):
         db: Database,
         public_url: str | None,
         fetcher: Fetcher,
-        poll_timeout_s: int = 25,
-        lock_retry_s: float = 5.0,
     ) -> None:
         self._settings = settings
         self._ingress = ingress
@@ -101,11 +98,7 @@ class TelegramChannel(Channel):
         self._sender = TelegramSender(
             self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url, fetcher=fetcher
         )
-        self._poller = (
-            Poller(self.bot, self._take, db, timeout_s=poll_timeout_s, lock_retry_s=lock_retry_s)
-            if settings.mode == "polling"
-            else None
-        )
+        self._poller = Poller(self.bot, self._take, db) if settings.mode == "polling" else None
         # Groups that became supergroups, old chat id → new; also recorded on the chat's row.
         self._migrated: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -129,12 +122,7 @@ class TelegramChannel(Channel):
 
     async def stop(self) -> None:
         """Stop taking input (polling); sends go on until `close`, while the outbox drains."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
+        await stop_tasks(self._tasks)
 
     async def close(self) -> None:
         self._closed = True

@@ -26,56 +26,26 @@ from pydantic import ValidationError
 from hub.backoff import Backoff, BackoffConfig
 from hub.channels.telegram.parse import HANDLED_UPDATES, load_update
 from hub.storage.db import Database
-from hub.storage.leader import leader_lock
+from hub.storage.leader import LeaderLoop
 
 log = logging.getLogger("hub.telegram")
 
 BACKOFF = BackoffConfig(base=0.5, cap=30.0)
+POLL_TIMEOUT_S = 25
 
 
-class Poller:
-    def __init__(
-        self,
-        bot: Bot,
-        take: Callable[[Update], Awaitable[None]],
-        db: Database,
-        *,
-        timeout_s: int = 25,
-        lock_retry_s: float = 5.0,
-        keepalive_s: float = 10.0,
-    ) -> None:
+class Poller(LeaderLoop):
+    def __init__(self, bot: Bot, take: Callable[[Update], Awaitable[None]], db: Database) -> None:
+        super().__init__(db, f"telegram-polling:{bot.id}", BACKOFF)
         self._bot = bot
         self._take = take
-        self._db = db
-        self._timeout = timeout_s
-        self._lock_retry = lock_retry_s
-        self._keepalive = keepalive_s
-        self._backoff = Backoff(BACKOFF)
+        self._timeout = POLL_TIMEOUT_S
         self._offset: int | None = None
-        self.state = "connecting"
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await leader_lock(
-                    self._db,
-                    f"telegram-polling:{self._bot.id}",
-                    self._poll,
-                    retry_s=self._lock_retry,
-                    keepalive_s=self._keepalive,
-                    on_standby=self._standby,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("event=telegram_polling_failed")
-                self.state = "failing"
-                await self._backoff.asleep()
+    def failed(self, exc: Exception) -> None:
+        log.exception("event=telegram_polling_failed")
 
-    def _standby(self) -> None:
-        self.state = "standby"
-
-    async def _poll(self) -> None:
+    async def lead(self) -> None:
         while True:
             try:
                 updates = await self._bot(

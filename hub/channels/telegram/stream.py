@@ -4,7 +4,6 @@ edit rate, and the final text (split at 4,096 where it must) on finish."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from aiogram.exceptions import TelegramBadRequest, TelegramRetryAfter
 from aiogram.types import Message as TgMessage
 from aiogram.types import ReplyParameters
 
-from hub.channels.base import SendResult
+from hub.channels.base import EditPace, SendResult
 from hub.channels.telegram.render import TEXT_MAX, chat_id_of, send_error, split_message_text, thread_of, utf16_len
 from hub.events import ChatRef
 
@@ -39,22 +38,18 @@ class TelegramLiveStream:
         self._chat_id = chat_id_of(target)
         self._thread = thread_of(target)
         self._reply = reply
-        self._interval = interval_s
+        self._pace = EditPace(interval_s, first_after_s)
         self._max_wait = max_wait_s
         self._message_id: int | None = None
-        self._shown = ""
-        self._next_at = time.monotonic() + first_after_s
 
     async def update(self, text: str) -> None:
-        if time.monotonic() < self._next_at:
-            return  # the latest text shows with the next edit, or at finish
-        shown = _clip(text)
-        if not shown.strip() or shown == self._shown:
+        shown = self._pace.take(text, _clip)
+        if shown is None:
             return
         try:
             await self._show(shown)
         except TelegramRetryAfter as exc:
-            self._next_at = time.monotonic() + exc.retry_after
+            self._pace.hold(exc.retry_after)
         except Exception as exc:
             raise send_error(exc) from exc
 
@@ -80,17 +75,15 @@ class TelegramLiveStream:
                 chat_id=self._chat_id, text=text, message_thread_id=self._thread, reply_parameters=self._reply
             )
             self._message_id = sent.message_id
-        elif text != self._shown:
+        elif text != self._pace.shown:
             if final:
-                # Keep to the chat's edit rate for the last edit too.
-                await asyncio.sleep(max(0.0, self._next_at - time.monotonic()))
+                await self._pace.wait()  # the chat's edit rate holds for the last edit too
             try:
                 await self._bot.edit_message_text(text=text, chat_id=self._chat_id, message_id=self._message_id)
             except TelegramBadRequest as exc:
                 if "not modified" not in exc.message.lower():
                     raise
-        self._shown = text
-        self._next_at = time.monotonic() + self._interval
+        self._pace.showed(text)
 
     async def _with_patience(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """The final text must get out: wait out a short flood limit, a few times."""

@@ -7,16 +7,15 @@ owns one `WeChatApi` (one client session, one token cache).
 
 from __future__ import annotations
 
-import asyncio
 import json as jsonlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 
-from hub.client import HttpClient
+from hub.channels.platform import PlatformApi, TokenRefused
 from hub.errors import SendError
 
 log = logging.getLogger("hub.wechat_api")
@@ -52,98 +51,25 @@ def send_error(path: str, code: int, errmsg: str) -> SendError:
     return SendError(reason, retryable=False)
 
 
-class TokenCache:
-    """An access_token fetched once, reused until shortly before it expires.
-
-    One refresh at a time: callers that find the token stale, or refused, wait on one lock,
-    and whoever comes second finds the new token there instead of fetching another.
-    """
-
-    def __init__(
-        self,
-        fetch: Callable[[], Awaitable[tuple[str, float]]],
-        *,
-        margin_s: float = 300.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._fetch = fetch
-        self._margin = margin_s
-        self._clock = clock
-        self._token: str | None = None
-        self._refresh_at = 0.0
-        self._lock = asyncio.Lock()
-        self.fetches = 0
-
-    def _fresh(self) -> str | None:
-        return self._token if self._token is not None and self._clock() < self._refresh_at else None
-
-    async def get(self) -> str:
-        token = self._fresh()
-        if token is not None:
-            return token
-        async with self._lock:
-            return self._fresh() or await self._refresh()
-
-    async def renew(self, refused: str) -> str:
-        """The platform refused `refused`: a new token, unless another caller already got one."""
-        async with self._lock:
-            token = self._fresh()
-            if token is not None and token != refused:
-                return token
-            return await self._refresh()
-
-    async def _refresh(self) -> str:
-        self.fetches += 1
-        token, expires_in = await self._fetch()
-        # Refresh ahead of expiry: 5 minutes early, or a tenth of a short lifetime.
-        margin = min(self._margin, expires_in / 10)
-        self._token = token
-        self._refresh_at = self._clock() + max(0.0, expires_in - margin)
-        log.info("event=token_refreshed expires_in=%.0f fetches=%d", expires_in, self.fetches)
-        return token
-
-
 FormFactory = Callable[[], aiohttp.FormData]
 
 
-class WeChatApi(HttpClient):
+class WeChatApi(PlatformApi):
     """Calls to `<api_base><path>?access_token=...`, with the token refreshed on 40001/42001/40014."""
 
-    def __init__(
-        self,
-        api_base: str,
-        token_path: str,
-        token_params: Mapping[str, str],
-        *,
-        timeout_s: float = 30.0,
-        upload_timeout_s: float = 180.0,
-    ) -> None:
-        self.api_base = api_base.rstrip("/")
+    def __init__(self, api_base: str, token_path: str, token_params: Mapping[str, str]) -> None:
+        super().__init__(api_base)
         self._token_path = token_path
         self._token_params = dict(token_params)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._upload_timeout = aiohttp.ClientTimeout(total=upload_timeout_s)
-        super().__init__(timeout=self._timeout)
-        self.tokens = TokenCache(self._fetch_token)
-        self.failing = False
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            raise SendError("the channel is not started", retryable=True, retry_after=5.0)
-        return self._http
 
     async def _fetch_token(self) -> tuple[str, float]:
         data = await self._request("GET", self._token_path, params=self._token_params)
         code = int(data.get("errcode") or 0)
         token = data.get("access_token")
         if code != 0 or not isinstance(token, str) or not token:
-            self.failing = True
-            # Wrong secret or an IP not on the allowlist: retried slowly, so a fixed
-            # configuration lets the waiting messages through.
+            # A wrong secret, or an IP not on the allowlist.
             error = send_error(self._token_path, code, str(data.get("errmsg", "")))
-            raise SendError(str(error), retryable=True, retry_after=error.retry_after or 60.0)
-        self.failing = False
+            raise TokenRefused(str(error), retry_after=error.retry_after or 60.0)
         return token, float(data.get("expires_in") or 7200)
 
     async def call(
@@ -196,25 +122,13 @@ class WeChatApi(HttpClient):
         json: Mapping[str, Any] | None = None,
         form: FormFactory | None = None,
     ) -> dict[str, Any]:
-        # Errors name the path, never the URL: its query carries the token or the secret.
-        timeout = self._upload_timeout if form is not None else self._timeout
-        data: Any = form() if form is not None else None
-        headers: dict[str, str] = {}
-        if json is not None:
-            # UTF-8 as is: the platform shows \u escapes literally in some places.
-            data = jsonlib.dumps(json, ensure_ascii=False).encode()
-            headers["Content-Type"] = "application/json; charset=utf-8"
-        try:
-            async with self.http.request(
-                method, self.api_base + path, params=params, data=data, headers=headers, timeout=timeout
-            ) as resp:
-                body = await resp.read()
-                if resp.status >= 500 or resp.status == 429:
-                    raise SendError(f"{path}: HTTP {resp.status}", retryable=True)
-                if resp.status >= 400:
-                    raise SendError(f"{path}: HTTP {resp.status}", retryable=resp.status in (408, 409))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SendError(f"{path}: {type(exc).__name__}", retryable=True) from None
+        status, body, _ = await self.request(
+            method, path, params=params, json=json, form=form() if form is not None else None
+        )
+        if status >= 500 or status == 429:
+            raise SendError(f"{path}: HTTP {status}", retryable=True)
+        if status >= 400:
+            raise SendError(f"{path}: HTTP {status}", retryable=status in (408, 409))
         try:
             answer = jsonlib.loads(body)
         except ValueError:

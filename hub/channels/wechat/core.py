@@ -20,9 +20,9 @@ from aiohttp import web
 
 from hub.channels.base import Channel, ChannelLimits, Ingress, SendRequest, SendResult
 from hub.channels.parts import Part, render, send_parts
+from hub.channels.uploads import MediaPreparer
 from hub.channels.wechat.api import WeChatApi
 from hub.channels.wechat.inbound import CallbackCrypto, Inbound, open_envelope, parse_inbound
-from hub.channels.wechat.outbound import MediaPreparer
 from hub.errors import SendError
 from hub.events import ChatRef, Event
 from hub.fetch import Fetcher

@@ -1,4 +1,5 @@
-"""Turning a hub Message into WeChat/WeCom sends: parts, media uploaded first, links when too large.
+"""Media parts uploaded first, or links when too large: for the platforms that take an upload
+and send its id (WeChat and WeCom, Feishu).
 
 A message becomes an ordered list of parts (parts.render), one platform call each (so a retried
 send can skip the parts already out). A part is prepared into its wire form, a small JSON-able dict:
@@ -16,10 +17,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hub.channels.parts import MediaLinks, Part
-from hub.channels.wechat.api import WeChatApi
 from hub.errors import SendError
 from hub.events import Media
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
@@ -31,6 +31,14 @@ DEFAULT_EXT = {"image": ".jpg", "voice": ".mp3", "video": ".mp4", "file": ".bin"
 DEFAULT_MIME = {"image": "image/jpeg", "voice": "audio/mpeg", "video": "video/mp4", "file": "application/octet-stream"}
 VOICE_MAX_S = 60.0
 DOWNLOAD_TIMEOUT_S = 180.0
+
+
+class Uploader(Protocol):
+    """What the preparer needs of a platform API (WeChatApi has it; Feishu's maps the kinds)."""
+
+    async def upload(self, kind: str, data: bytes, filename: str, mime: str) -> str:
+        """Upload media of a platform type (image, voice, video, file); its platform id."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +58,7 @@ class MediaPreparer:
 
     def __init__(
         self,
-        api: WeChatApi,
+        api: Uploader,
         media: MediaStore,
         public_url: str | None,
         *,
