@@ -146,6 +146,11 @@ def _section_type(annotation: Any) -> Any:
 
 
 def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
+    return _channel_problems(s) + _entry_problems(s)
+
+
+def _channel_problems(s: Settings) -> list[tuple[str, str]]:
+    """What the enabled channels (and the web chat's token) need."""
     problems: list[tuple[str, str]] = []
     for name in CHANNEL_NAMES:
         section = getattr(s, name)
@@ -178,6 +183,12 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
         problems.append(("web.token", f"required when {where}"))
     if s.web.token_is_admin and s.web.token is None:
         problems.append(("web.token_is_admin", "needs [web] token (a request carrying it acts as an admin)"))
+    return problems
+
+
+def _entry_problems(s: Settings) -> list[tuple[str, str]]:
+    """Models, personas, aliases, access lists, admins and providers, entry by entry."""
+    problems: list[tuple[str, str]] = []
     names = [m.name for m in s.models]
     for i, m in enumerate(s.models):
         if names.count(m.name) > 1:

@@ -110,6 +110,17 @@ class Router:
 
     # --- dispatch -----------------------------------------------------------------------
 
+    async def _admin_rights(self, event: Event) -> tuple[bool, bool]:
+        """(whether the sender acts as an admin, whether they would but for an unsigned body)."""
+        # The web channel marks a request that carried the web token under `token_is_admin`.
+        web_admin = event.channel == "web" and event.context.get("web_admin") is True
+        is_admin = web_admin or await self._is_admin(event.sender.key)
+        # A body no signature covers (WeChat plain mode) could come from anyone who saw one
+        # callback URL: it carries no admin rights (not /admin, nor quotas, allowlists, /cancel).
+        if is_admin and event.body_unauthenticated and not self._trust_unsigned(event.channel):
+            return False, True
+        return is_admin, False
+
     async def handle(self, event: Event, replier: Replier) -> None:
         """Route one event to its skill. Never raises: a failing skill gets an apology."""
         started = time.perf_counter()
@@ -129,15 +140,7 @@ class Router:
                 return
         else:
             info = self._skills.get(command.name)
-        # The web channel marks a request that carried the web token under `token_is_admin`.
-        is_admin = (event.channel == "web" and event.context.get("web_admin") is True) or await self._is_admin(
-            event.sender.key
-        )
-        # A body no signature covers (WeChat plain mode) could come from anyone who saw one
-        # callback URL: it carries no admin rights (not /admin, nor quotas, allowlists, /cancel).
-        unsigned_admin = is_admin and event.body_unauthenticated and not self._trust_unsigned(event.channel)
-        if unsigned_admin:
-            is_admin = False
+        is_admin, unsigned_admin = await self._admin_rights(event)
         refusal, reason = _refusal(command, info, chat, is_admin)
         if unsigned_admin and info is not None and info.admin_only:
             fix = UNSIGNED_FIX.get(event.channel, "")
