@@ -230,7 +230,6 @@ def build_admin(
         ops=ops,
         args=args,
         model_names=[m.name for m in settings.models],
-        allow_unauthenticated=settings.wechat.allow_admin_in_plain_mode,
         model_changed=model_choice.forget if model_choice is not None else None,
     )
     router.register("admin", admin, description="run the bot (admins)", usage="/admin help", admin_only=True)

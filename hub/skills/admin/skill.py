@@ -22,12 +22,6 @@ from hub.storage.admin import DEFAULT_SUBJECT
 from hub.storage.outbox import NewMessage
 
 log = logging.getLogger("hub.admin")
-UNAUTHENTICATED = (
-    "Sorry, /admin is refused here: this WeChat account runs in plain mode, where the signature does "
-    "not cover the message, so anyone who saw one callback URL could send this as you. "
-    "Set [wechat] encoding_aes_key (safe mode) to use /admin over WeChat, "
-    "or allow_admin_in_plain_mode = true to accept the risk."
-)
 # Answers that name people and what they did: never into a group where every member reads them.
 PRIVATE_ANSWERS = frozenset({"who", "audit"})
 # Platforms where a user's private chat with the bot has the user's own id (Telegram).
@@ -50,7 +44,6 @@ class AdminSkill:
         args: AdminArgs,
         model_names: Collection[str],
         model_changed: Callable[[], None] | None = None,
-        allow_unauthenticated: bool = False,
     ) -> None:
         self._people = people
         self._users = repos.users
@@ -65,7 +58,6 @@ class AdminSkill:
         self._args = args
         self._models = tuple(model_names)
         # `[wechat] allow_admin_in_plain_mode`: trust bodies no signature covers.
-        self._allow_unauthenticated = allow_unauthenticated
         # Lets the chat skill drop its cached default at once, in this process.
         self._model_changed = model_changed
         self.subcommands: Mapping[str, Subcommand] = {s.name: s for s in self._table(ops)}
@@ -124,12 +116,6 @@ class AdminSkill:
             # The router refuses first; this guards a wiring that forgot `admin_only`.
             await ctx.reply("Sorry, that command is for the bot's admins only.")
             await self._audit.record(ctx.user, f"admin {name}", "refused", chat=where, detail=rest)
-            return
-        if ctx.event.body_unauthenticated and not self._allow_unauthenticated:
-            await ctx.reply(UNAUTHENTICATED)
-            log.warning("event=admin_refused reason=unauthenticated_body actor=%s chat=%s", ctx.user, where)
-            detail = f"{rest} (body not covered by a signature)".strip()
-            await self._audit.record(ctx.user, f"admin {name}"[:64], "refused", chat=where, detail=detail)
             return
         sub = self.subcommands.get(name)
         if sub is None:
