@@ -208,7 +208,15 @@ class Outbox:
 
             # The one window DESIGN.md allows: dying inside this await may send twice.
             result = await channel.send(
-                SendRequest(item.target, item.message, item.quote, item.context, item.progress, on_progress)
+                SendRequest(
+                    item.target,
+                    item.message,
+                    item.quote,
+                    item.context,
+                    item.progress,
+                    on_progress,
+                    progress_after_last=False,  # marked sent at once instead
+                )
             )
         except asyncio.CancelledError:
             raise

@@ -53,7 +53,8 @@ class SendRequest:
 
     `context` is what the inbound event carried for replies (a platform message id, a reply
     token); `progress` is how many parts an earlier attempt already sent, to be skipped, and
-    `on_progress` is awaited with the new count after each part.
+    `on_progress` is awaited with the new count after each part (after the last one too unless
+    `progress_after_last` is off: the outbox marks the message sent at once, which says more).
     """
 
     target: ChatRef
@@ -62,6 +63,7 @@ class SendRequest:
     context: Mapping[str, object] = field(default_factory=dict)
     progress: int = 0
     on_progress: OnProgress | None = None
+    progress_after_last: bool = True
 
     async def sent(self, parts: int) -> None:
         """Record that `parts` parts are out (no-op without a recorder)."""

@@ -102,13 +102,15 @@ async def send_parts(
     """Send `parts` in order with `send_one(index, part)` (the platform's message id, if it
     gives one), skipping the first `request.progress` and recording progress after each."""
     ids: list[str] = []
+    last = len(parts) - 1
     for n, part in enumerate(parts):
         if n < request.progress:
             continue
         sent_id = await send_one(n, part)
         if sent_id:
             ids.append(sent_id)
-        await request.sent(n + 1)
+        if n < last or request.progress_after_last:
+            await request.sent(n + 1)
     return ids
 
 

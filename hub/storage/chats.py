@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, delete, select, update
 
 from hub.storage.db import Database, utcnow
 from hub.storage.models import audit, chats, inbox, kv, users
@@ -38,7 +37,7 @@ class ChatRepo:
         # Misses of many chats at once are read together, in one query (the batch writer's
         # transaction): a query per event costs more than the rest of routing it.
         self._k_get = f"chats.get:{id(self)}"
-        db.writer.register(self._k_get, self._get_batch)
+        db.writer.register_sync(self._k_get, self._get_batch)
 
     async def get(self, ref: str) -> ChatSettings:
         hit = self._cache.get(ref)
@@ -53,11 +52,11 @@ class ChatRepo:
             self._cache[ref] = (now, found)
         return found
 
-    async def _get_batch(self, conn: AsyncConnection, refs: list[str]) -> Sequence[ChatSettings]:
+    def _get_batch(self, conn: Connection, refs: list[str]) -> Sequence[ChatSettings]:
         rows: dict[str, ChatSettings] = {}
         unique = list(dict.fromkeys(refs))
         for i in range(0, len(unique), 500):
-            for r in await conn.execute(select(chats).where(chats.c.ref.in_(unique[i : i + 500]))):
+            for r in conn.execute(select(chats).where(chats.c.ref.in_(unique[i : i + 500]))):
                 skills_off = frozenset(r.skills_off or ())
                 rows[r.ref] = ChatSettings(r.ref, r.persona, r.model, skills_off, bool(r.unreachable))
         return [rows.get(ref) or ChatSettings(ref) for ref in refs]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, String, func, literal, text, type_coerce
+from sqlalchemy import ColumnElement, Connection, Engine, String, create_engine, func, literal, text, type_coerce
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from hub import jsoncodec
 
 log = logging.getLogger("hub.storage")
 T = TypeVar("T")
@@ -51,10 +54,15 @@ class Database:
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         # Statement parameters are messages and tokens: never in an error's text (and so a log).
-        self.engine: AsyncEngine = create_async_engine(url, hide_parameters=True, **kwargs)
+        self.engine: AsyncEngine = create_async_engine(
+            url, hide_parameters=True, json_serializer=jsoncodec.dumps, json_deserializer=jsoncodec.loads, **kwargs
+        )
+        thread_engine: Engine | None = None
         if self.is_sqlite:
             sa_event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.writer = BatchWriter(self.engine)
+            if path and path != ":memory:":
+                thread_engine = _thread_engine(self.engine)
+        self.writer = BatchWriter(self.engine, thread_engine)
 
     def now(self, after_s: float = 0.0) -> ColumnElement[datetime]:
         """The database's clock (plus `after_s`), for lease deadlines and their expiry checks.
@@ -104,7 +112,44 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _thread_engine(engine: AsyncEngine) -> Engine:
+    """A synchronous engine on the same SQLite file, for the batch writer's own thread.
+
+    Through aiosqlite every cursor, statement, fetch and commit is a hop to its thread and back
+    (a queue put, a wake-up, a callback into the loop); a batch of a dozen statements made some
+    forty. On this engine the whole batch is one hop. Listeners on the main engine's statements
+    (a test's injected fault, say) see this engine's statements too.
+    """
+    sync_url = engine.url.set(drivername="sqlite")
+    thread = create_engine(
+        sync_url,
+        hide_parameters=True,
+        json_serializer=jsoncodec.dumps,
+        json_deserializer=jsoncodec.loads,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=1,
+        max_overflow=0,
+    )
+    sa_event.listen(thread, "connect", _sqlite_pragmas)
+    main = engine.sync_engine.dispatch
+
+    # The main engine's own listeners only: those on the Engine class hear this engine already.
+    def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        for fn in main.before_cursor_execute.listeners:
+            fn(conn, cursor, statement, params, context, many)
+
+    def after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        for fn in main.after_cursor_execute.listeners:
+            fn(conn, cursor, statement, params, context, many)
+
+    sa_event.listen(thread, "before_cursor_execute", before)
+    sa_event.listen(thread, "after_cursor_execute", after)
+    return thread
+
+
 BatchFn = Callable[[AsyncConnection, list[Any]], Awaitable[Sequence[Any]]]
+SyncBatchFn = Callable[[Connection, list[Any]], Sequence[Any]]
+_Entries = list[tuple[Any, "asyncio.Future[Any]"]]
 
 
 class BatchWriter:
@@ -113,12 +158,19 @@ class BatchWriter:
     `await submit(kind, item)` returns when the item is committed (its result, per the kind's
     function). While one commit is in flight the next batch gathers, so batches grow with load
     and an idle hub commits at once.
+
+    Kinds registered with `register_sync` are plain functions on a synchronous connection: on
+    a SQLite file they run in the writer's own thread, the whole batch at once; elsewhere in
+    the async transaction, beside the async kinds.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, thread_engine: Engine | None = None) -> None:
         self._engine = engine
+        self._thread_engine = thread_engine
+        self._thread: ThreadPoolExecutor | None = None
         self._kinds: dict[str, BatchFn] = {}
-        self._pending: dict[str, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._sync: dict[str, SyncBatchFn] = {}
+        self._pending: dict[str, _Entries] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -129,9 +181,17 @@ class BatchWriter:
         self._kinds[kind] = fn
         self._pending.setdefault(kind, [])
 
+    def register_sync(self, kind: str, fn: SyncBatchFn) -> None:
+        """Like `register`, for a function on a synchronous connection (it must not block on
+        anything but the database)."""
+        self._sync[kind] = fn
+        self._pending.setdefault(kind, [])
+
     async def start(self) -> None:
         if self._task is None:
             self._closing = False
+            if self._thread_engine is not None:
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
             self._task = asyncio.create_task(self._run(), name="batch-writer")
 
     async def stop(self) -> None:
@@ -140,16 +200,28 @@ class BatchWriter:
         if self._task is not None:
             await self._task
             self._task = None
+        if self._thread is not None:
+            assert self._thread_engine is not None
+            # Its connection was opened in that thread: closed there too.
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._thread_engine.dispose)
+            self._thread.shutdown()
+            self._thread = None
 
     async def submit(self, kind: str, item: Any) -> Any:
         if self._task is None:
             # Not started (a CLI command, a test): write at once.
             async with self._engine.begin() as conn:
-                return (await self._kinds[kind](conn, [item]))[0]
+                return (await self._call(conn, kind, [item]))[0]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[kind].append((item, fut))
         self._wake.set()
         return await fut
+
+    async def _call(self, conn: AsyncConnection, kind: str, items: list[Any]) -> Sequence[Any]:
+        sync = self._sync.get(kind)
+        if sync is not None:
+            return await conn.run_sync(sync, items)
+        return await self._kinds[kind](conn, items)
 
     async def _run(self) -> None:
         while True:
@@ -163,12 +235,20 @@ class BatchWriter:
             elif self._closing:
                 return
 
-    async def _flush(self, batch: dict[str, list[tuple[Any, asyncio.Future[Any]]]]) -> None:
+    async def _flush(self, batch: dict[str, _Entries]) -> None:
+        if self._thread is not None:
+            threaded = {k: v for k, v in batch.items() if k in self._sync}
+            if threaded:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._thread, self._flush_in_thread, loop, threaded)
+            batch = {k: v for k, v in batch.items() if k not in self._sync}
+            if not batch:
+                return
         try:
             results: dict[str, Sequence[Any]] = {}
             async with self._engine.begin() as conn:
                 for kind, entries in batch.items():
-                    results[kind] = await self._kinds[kind](conn, [i for i, _ in entries])
+                    results[kind] = await self._call(conn, kind, [i for i, _ in entries])
             self.commits += 1
         except Exception:
             # One bad item must not sink the others: retry each alone and fail only the culprit.
@@ -177,17 +257,58 @@ class BatchWriter:
                 for item, fut in entries:
                     try:
                         async with self._engine.begin() as conn:
-                            res = (await self._kinds[kind](conn, [item]))[0]
-                        if not fut.done():
-                            fut.set_result(res)
+                            res = (await self._call(conn, kind, [item]))[0]
+                        _settle(fut, res)
                     except Exception as exc:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                        _settle(fut, exc=exc)
             return
-        for kind, entries in batch.items():
-            for (_, fut), res in zip(entries, results[kind], strict=True):
-                if not fut.done():
-                    fut.set_result(res)
+        _settle_all(batch, results)
+
+    def _flush_in_thread(self, loop: asyncio.AbstractEventLoop, batch: dict[str, _Entries]) -> None:
+        """The batch in one transaction, in the writer's thread; its futures are settled in the
+        loop's thread, all in one callback."""
+        assert self._thread_engine is not None
+        try:
+            results: dict[str, Sequence[Any]] = {}
+            with self._thread_engine.begin() as conn:
+                for kind, entries in batch.items():
+                    results[kind] = self._sync[kind](conn, [i for i, _ in entries])
+            self.commits += 1
+        except Exception:
+            log.exception("event=batch_failed kinds=%s size=%d", ",".join(batch), sum(map(len, batch.values())))
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            for kind, entries in batch.items():
+                for item, fut in entries:
+                    try:
+                        with self._thread_engine.begin() as conn:
+                            outcomes.append((fut, self._sync[kind](conn, [item])[0], None))
+                    except Exception as exc:
+                        outcomes.append((fut, None, exc))
+            loop.call_soon_threadsafe(_settle_each, outcomes)
+            return
+        # Settled from here rather than when the writer resumes: the waiting acks go out first.
+        loop.call_soon_threadsafe(_settle_all, batch, results)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _settle_each(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in outcomes:
+        _settle(fut, result, exc)
+
+
+def _settle_all(batch: dict[str, _Entries], results: dict[str, Sequence[Any]]) -> None:
+    for kind, entries in batch.items():
+        for (_, fut), res in zip(entries, results[kind], strict=True):
+            if not fut.done():
+                fut.set_result(res)
 
 
 async def advisory_lock(conn: AsyncConnection, key: int) -> bool:

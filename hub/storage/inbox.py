@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, func, or_, select, update
 
 from hub.events import Event, event_from_dict, event_to_dict
 from hub.storage.db import Database, utcnow
@@ -30,15 +29,15 @@ class InboxRepo:
         # Kinds are per repository: two repos on one database keep their own settings.
         self._k_store = f"inbox.store:{id(self)}"
         self._k_done = f"inbox.done:{id(self)}"
-        db.writer.register(self._k_store, self._store_batch)
-        db.writer.register(self._k_done, self._done_batch)
+        db.writer.register_sync(self._k_store, self._store_batch)
+        db.writer.register_sync(self._k_done, self._done_batch)
 
     async def store(self, event: Event) -> int | None:
         """Store one event; the row id when new, None when it is a duplicate. Batched."""
         result: int | None = await self._db.writer.submit(self._k_store, event)
         return result
 
-    async def _store_batch(self, conn: AsyncConnection, events: list[Event]) -> Sequence[int | None]:
+    def _store_batch(self, conn: Connection, events: list[Event]) -> Sequence[int | None]:
         rows: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
         for ev in events:
@@ -68,10 +67,10 @@ class InboxRepo:
         )
         new: dict[tuple[str, str], int] = {}
         if len(rows) == 1:
-            for r in await conn.execute(stmt, rows[0]):
+            for r in conn.execute(stmt, rows[0]):
                 new[(r.channel, r.event_id)] = r.id
         else:
-            for r in await conn.execute(stmt, rows):
+            for r in conn.execute(stmt, rows):
                 new[(r.channel, r.event_id)] = r.id
         out: list[int | None] = []
         for ev in events:
@@ -81,18 +80,18 @@ class InboxRepo:
     async def mark_done(self, row_id: int, error: str | None = None) -> None:
         await self._db.writer.submit(self._k_done, (row_id, error))
 
-    async def _done_batch(self, conn: AsyncConnection, items: list[tuple[int, str | None]]) -> Sequence[None]:
+    def _done_batch(self, conn: Connection, items: list[tuple[int, str | None]]) -> Sequence[None]:
         now = utcnow()
         ok = [i for i, e in items if e is None]
         if ok:
-            await conn.execute(
+            conn.execute(
                 update(inbox)
                 .where(inbox.c.id.in_(ok))
                 .values(status="done", handled_at=now, holder=None, lease_until=None)
             )
         for row_id, err in items:
             if err is not None:
-                await conn.execute(
+                conn.execute(
                     update(inbox)
                     .where(inbox.c.id == row_id)
                     .values(status="failed", handled_at=now, error=err[:2000], holder=None, lease_until=None)

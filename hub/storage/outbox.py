@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.events import ChatRef, Message, message_from_list, message_to_list
@@ -61,6 +61,11 @@ def _row_to_item(r: Any) -> OutboxItem:
 
 async def enqueue_in(db: Database, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]) -> list[int]:
     """Insert messages on `conn`, in its transaction: what a job's state change queues with it."""
+    return await conn.run_sync(lambda sync: enqueue_sync(db, sync, items))
+
+
+def enqueue_sync(db: Database, conn: Connection, items: list[tuple[NewMessage, bool]]) -> list[int]:
+    """`enqueue_in` on a synchronous connection (the batch writer's)."""
     now = utcnow()
     rows = [
         {
@@ -86,7 +91,7 @@ async def enqueue_in(db: Database, conn: AsyncConnection, items: list[tuple[NewM
     if unkeyed:
         stmt = db.insert(outbox).values(next_attempt_at=due).returning(outbox.c.id)
         for i in unkeyed:
-            ids[i] = (await conn.execute(stmt.values(rows[i]))).scalar_one()
+            ids[i] = conn.execute(stmt.values(rows[i])).scalar_one()
     if keyed:
         stmt = (
             db.insert(outbox)
@@ -96,14 +101,14 @@ async def enqueue_in(db: Database, conn: AsyncConnection, items: list[tuple[NewM
         )
         by_key: dict[str, int] = {}
         batch = [rows[i] for i in keyed]
-        result = await (conn.execute(stmt, batch[0]) if len(batch) == 1 else conn.execute(stmt, batch))
+        result = conn.execute(stmt, batch[0]) if len(batch) == 1 else conn.execute(stmt, batch)
         for r in result:
             by_key[r.idempotency_key] = r.id
         keys: list[str] = [str(rows[i]["idempotency_key"]) for i in keyed]
         missing = [k for k in keys if k not in by_key]
         if missing:
             q = select(outbox.c.id, outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(missing))
-            for r in await conn.execute(q):
+            for r in conn.execute(q):
                 by_key[r.idempotency_key] = r.id
         for i, key in zip(keyed, keys, strict=True):
             ids[i] = by_key[key]
@@ -118,8 +123,14 @@ class OutboxRepo:
         # Kinds are per repository: two repos on one database keep their own settings.
         self._k_enqueue = f"outbox.enqueue:{id(self)}"
         self._k_sent = f"outbox.sent:{id(self)}"
-        db.writer.register(self._k_enqueue, self._enqueue_batch)
-        db.writer.register(self._k_sent, self._sent_batch)
+        self._k_progress = f"outbox.progress:{id(self)}"
+        self._k_claim = f"outbox.claim:{id(self)}"
+        # In this order in a batch's transaction: a claim sees the messages queued and the
+        # marks made beside it.
+        db.writer.register_sync(self._k_enqueue, self._enqueue_batch)
+        db.writer.register_sync(self._k_sent, self._sent_batch)
+        db.writer.register_sync(self._k_progress, self._progress_batch)
+        db.writer.register_sync(self._k_claim, self._claim_batch)
 
     async def enqueue(self, msg: NewMessage, *, already_sent: bool = False) -> int:
         """Queue a message (batched); returns its id, or the existing id for a known key.
@@ -130,8 +141,8 @@ class OutboxRepo:
         result: int = await self._db.writer.submit(self._k_enqueue, (msg, already_sent))
         return result
 
-    async def _enqueue_batch(self, conn: AsyncConnection, items: list[tuple[NewMessage, bool]]) -> Sequence[int]:
-        return await enqueue_in(self._db, conn, items)
+    def _enqueue_batch(self, conn: Connection, items: list[tuple[NewMessage, bool]]) -> Sequence[int]:
+        return enqueue_sync(self._db, conn, items)
 
     async def claim_due(self, limit: int) -> list[OutboxItem]:
         """Lease up to `limit` due messages, keeping each chat's messages in order.
@@ -139,6 +150,20 @@ class OutboxRepo:
         A chat is skipped while any of its messages is leased (being sent) or an earlier one
         waits for a retry: at most one sender per chat, and nothing overtakes a message.
         """
+        if self._db.is_sqlite:
+            # SQLite has one writer: a claim of its own would wait for the batch writer's lock.
+            items: list[OutboxItem] = await self._db.writer.submit(self._k_claim, limit)
+            return items
+        async with self._db.engine.begin() as conn:
+            # Claims take turns over the cluster: a claim running beside another would not
+            # see that one's leases yet and could start a second sender for the same chat.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
+            return await conn.run_sync(self._claim, limit)
+
+    def _claim_batch(self, conn: Connection, limits: list[int]) -> Sequence[list[OutboxItem]]:
+        return [self._claim(conn, limit) for limit in limits]
+
+    def _claim(self, conn: Connection, limit: int) -> list[OutboxItem]:
         now = self._db.now()
         earlier = outbox.alias("earlier")
         blocked = (
@@ -171,12 +196,7 @@ class OutboxRepo:
             .values(holder=self.holder, lease_until=self._db.now(self.lease_s))
             .returning(*outbox.c)
         )
-        async with self._db.engine.begin() as conn:
-            if not self._db.is_sqlite:
-                # Claims take turns over the cluster: a claim running beside another would not
-                # see that one's leases yet and could start a second sender for the same chat.
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK})
-            rows = (await conn.execute(stmt)).all()
+        rows = conn.execute(stmt).all()
         items = [_row_to_item(r) for r in rows]
         items.sort(key=lambda i: i.id)
         return items
@@ -184,7 +204,7 @@ class OutboxRepo:
     async def mark_sent(self, item_id: int, sent_ids: Sequence[str] = ()) -> None:
         await self._db.writer.submit(self._k_sent, (item_id, list(sent_ids)))
 
-    async def _sent_batch(self, conn: AsyncConnection, items: list[tuple[int, list[str]]]) -> Sequence[None]:
+    def _sent_batch(self, conn: Connection, items: list[tuple[int, list[str]]]) -> Sequence[None]:
         # One executemany for the batch: a statement per row costs a driver round trip each.
         # Fenced: only the holder, or anyone once no live lease is left (the send happened, and
         # recording it beats sending it again); never over another process's live lease.
@@ -207,13 +227,21 @@ class OutboxRepo:
                 lease_until=None,
             )
         )
-        await conn.execute(stmt, [{"b_id": item_id, "b_sent": sent_ids} for item_id, sent_ids in items])
+        conn.execute(stmt, [{"b_id": item_id, "b_sent": sent_ids} for item_id, sent_ids in items])
         return [None] * len(items)
 
     async def set_progress(self, item_id: int, progress: int) -> None:
-        """Record how many parts of a split message went out, so a retry skips them."""
-        async with self._db.engine.begin() as conn:
-            await conn.execute(update(outbox).where(*self._mine(item_id)).values(progress=progress))
+        """Record how many parts of a split message went out, so a retry skips them. Batched."""
+        await self._db.writer.submit(self._k_progress, (item_id, progress))
+
+    def _progress_batch(self, conn: Connection, items: list[tuple[int, int]]) -> Sequence[None]:
+        stmt = (
+            update(outbox)
+            .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "pending", outbox.c.holder == self.holder)
+            .values(progress=bindparam("b_progress"))
+        )
+        conn.execute(stmt, [{"b_id": item_id, "b_progress": n} for item_id, n in items])
+        return [None] * len(items)
 
     async def renew(self, ids: Sequence[int]) -> None:
         if not ids:
