@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     from hub.logs import setup_logging
-    from hub.serving import serve
+    from hub.serving import run, serve
 
     workers: int = args.workers
     if workers < 1:
@@ -56,14 +56,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
         setup_logging(settings.log_level)
         argv = ["--config", args.config] if args.config else []
-        return asyncio.run(supervise(settings, workers, argv))
+        return run(supervise(settings, workers, argv))
     setup_logging(settings.log_level)
     try:
         if args.listen_fd is not None:
             import socket
 
-            return asyncio.run(serve(settings, inherited=socket.socket(fileno=args.listen_fd)))
-        return asyncio.run(serve(settings))
+            return run(serve(settings, inherited=socket.socket(fileno=args.listen_fd)))
+        return run(serve(settings))
     except KeyboardInterrupt:
         return 0
 

@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
@@ -26,6 +28,8 @@ from sqlalchemy.engine import make_url
 from hub.settings import Settings
 
 log = logging.getLogger("hub.serving")
+# Allocations between two young collections (the default is 700).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 class StartError(Exception):
@@ -78,6 +82,17 @@ def bind(host: str, port: int) -> socket.socket:
         raise StartError(f"cannot listen on {where}: {exc.strerror}; check [http] host and [http] port") from None
     sock.setblocking(False)
     return sock
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run the process's event loop: uvloop's where it installs (its sockets and callbacks cost a
+    fraction of the default loop's), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def _starting(request: web.Request) -> web.Response:
@@ -135,6 +150,7 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
         finally:
             if placeholder is not None:
                 await placeholder.cleanup()
+        settle_heap()
         print(listening_line(settings.http.host, sock), flush=True)
         await stop.wait()
         log.info("event=stopping")
@@ -147,6 +163,15 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
     finally:
         for held in locks:
             held.close()
+
+
+def settle_heap() -> None:
+    """Once started: what exists now lives as long as the process, so the collector stops
+    walking it, and it runs less often. Each event allocates thousands of short-lived objects;
+    at the default threshold the collector ran every few events and took a fifth of the CPU."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def sqlite_locks(settings: Settings) -> list[IO[str]]:
