@@ -3,6 +3,10 @@ planning, and the one mapping of Bot API failures to SendError."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import random
+
 import pytest
 from aiogram.exceptions import (
     TelegramBadRequest,
@@ -16,13 +20,20 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import SendMessage
 from aiogram.types import MessageEntity, User
-from fake_telegram import message_update
+from fake_telegram import command_entity, mention_entity, message_update
 from pydantic import ValidationError
 
-from hub.channels.telegram.parse import BotIdentity, load_update, parse_update, strip_bot_mentions
+from hub.channels.telegram.parse import (
+    NOT_PLAIN,
+    BotIdentity,
+    load_update,
+    parse_plain,
+    parse_update,
+    strip_bot_mentions,
+)
 from hub.channels.telegram.render import MediaPart, TextPart, plan, send_error
 from hub.errors import SendError
-from hub.events import File, Image, Message, Video
+from hub.events import Event, File, Image, Message, Video
 
 ME = BotIdentity(123456789, "HubTestBot")
 METHOD = SendMessage(chat_id=1, text="x")
@@ -154,3 +165,76 @@ def test_send_error_mapping(
     assert isinstance(err, SendError)
     assert (err.retryable, err.retry_after, err.final_for_chat) == (retryable, retry_after, final_for_chat)
     assert type(exc).__name__ in str(err)
+
+
+def _slow(data: dict[str, object]) -> Event | None:
+    update = load_update(data)
+    assert update is not None
+    return parse_update(update, ME)
+
+
+def _same(a: Event | None, b: Event | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return dataclasses.replace(a, received_at=b.received_at) == b
+
+
+PLAIN_SAMPLES = [
+    message_update("/help", entities=command_entity("/help")),
+    message_update("hello there"),
+    message_update(
+        "@HubTestBot hi",
+        chat_id=-100123,
+        chat_type="supergroup",
+        entities=[mention_entity("@HubTestBot hi", "@HubTestBot")],
+    ),
+    message_update(
+        "👋🏽 hi @hubtestbot, up?",
+        chat_id=-5,
+        chat_type="group",
+        entities=[mention_entity("👋🏽 hi @hubtestbot, up?", "@hubtestbot")],
+    ),
+    message_update("just talking", chat_id=-5, chat_type="group"),
+    message_update("from a bot", from_user={"id": 42, "is_bot": True, "first_name": "B"}),
+    message_update("no last name", from_user={"id": 43, "is_bot": False, "first_name": "Ann"}),
+    message_update("   "),
+    message_update("a channel", chat_type="channel"),
+]
+
+
+@pytest.mark.parametrize("data", PLAIN_SAMPLES)
+def test_a_plain_message_reads_the_same_without_aiogram(data: dict[str, object]) -> None:
+    fast = parse_plain(data, ME)
+    assert fast is not NOT_PLAIN
+    assert _same(fast, _slow(data))
+
+
+def test_whatever_the_plain_reader_takes_aiogram_reads_the_same() -> None:
+    rng = random.Random(7)
+    odd: list[object] = ["12", 12.0, True, None, -1, 2**60, "", [], {}, {"id": 1}, "x" * 5]
+    taken = 0
+    for n in range(3000):
+        data = copy.deepcopy(rng.choice(PLAIN_SAMPLES))
+        msg = data["message"]
+        assert isinstance(msg, dict)
+        where = rng.choice([data, msg, msg["chat"], msg["from"], *msg.get("entities", [])])
+        key = rng.choice([*where, "extra", "reply_to_message", "sender_chat"])
+        where[key] = rng.choice(odd)
+        fast = parse_plain(data, ME)
+        if fast is NOT_PLAIN:
+            continue
+        taken += 1
+        assert _same(fast, _slow(data)), (n, data)
+    assert taken > 100
+
+
+def test_an_update_the_plain_reader_leaves_to_aiogram() -> None:
+    reply = message_update("hi", reply_to_message={"message_id": 1, "date": 1, "chat": {"id": 1, "type": "private"}})
+    for data in (
+        reply,
+        message_update("x", message_id="12"),  # aiogram coerces it
+        message_update("x", chat_id=2**60),  # out of Telegram's range: refused there
+        message_update(None, caption="a photo", photo=[]),
+        {"update_id": 1, "edited_message": {}},
+    ):
+        assert parse_plain(data, ME) is NOT_PLAIN

@@ -28,6 +28,7 @@ from hub.channels.telegram.parse import (
     check_ids,
     is_id,
     load_update,
+    parse_plain,
     parse_update,
 )
 from hub.channels.telegram.poll import BACKOFF, Poller
@@ -42,7 +43,7 @@ from hub.channels.telegram.render import (
 from hub.channels.telegram.session import JsonSession
 from hub.channels.telegram.stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
-from hub.events import ChatRef
+from hub.events import ChatRef, Event
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
@@ -183,6 +184,13 @@ class TelegramChannel(Channel):
         data = parse_json(await request.read())
         if not isinstance(data, dict) or not is_id(data.get("update_id")):
             raise BadPayload("not a Telegram update (no update_id)")
+        plain = parse_plain(data, self._me)
+        if plain is None:
+            log.debug("event=telegram_ignored update_id=%d", data["update_id"])
+            return web.Response(status=200)
+        if isinstance(plain, Event):
+            await self._ingress.submit(plain)
+            return web.Response(status=200)
         try:
             update = load_update(data)
         except ValidationError as exc:

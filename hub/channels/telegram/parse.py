@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiogram.types import Message as TgMessage
-from aiogram.types import MessageEntity, Update
+from aiogram.types import Update
 from pydantic import ValidationError
 
 from hub.errors import BadPayload
@@ -146,7 +146,109 @@ def _sender(msg: TgMessage) -> User | None:
     return User(CHANNEL, str(msg.from_user.id), msg.from_user.full_name)
 
 
-def strip_bot_mentions(text: str, entities: Sequence[MessageEntity], me: BotIdentity) -> tuple[str, bool]:
+# --- the plain text message, read without aiogram's models ------------------------------------
+
+# What a plain text message may hold to be read by hand, each key with the type it must have;
+# anything else (media, a reply, a forward, a topic, a service field) goes through aiogram.
+_PLAIN_MESSAGE = {"message_id": int, "date": int, "chat": dict, "from": dict, "text": str, "entities": list}
+_PLAIN_CHAT = {"id": int, "type": str, "title": str, "username": str, "first_name": str, "last_name": str}
+_PLAIN_USER = {
+    "id": int,
+    "is_bot": bool,
+    "first_name": str,
+    "last_name": str,
+    "username": str,
+    "language_code": str,
+    "is_premium": bool,
+}
+_PLAIN_ENTITY = {"type": str, "offset": int, "length": int}
+# Dates a Telegram message can carry (seconds since 1970, before 2100).
+_DATE_LIMIT = 4_102_444_800
+
+
+class NotPlain:
+    """The update is not a plain text message: read it with aiogram's models."""
+
+
+NOT_PLAIN = NotPlain()
+
+
+@dataclass(frozen=True, slots=True)
+class PlainEntity:
+    """The part of a MessageEntity that mention stripping reads."""
+
+    type: str
+    offset: int
+    length: int
+    user: None = None
+
+
+def _typed(obj: Mapping[str, Any], schema: Mapping[str, type], required: tuple[str, ...]) -> bool:
+    """Every key known with exactly its type (no bool for an int, no coercion), the required ones
+    present."""
+    for key, value in obj.items():
+        want = schema.get(key)
+        if want is None or type(value) is not want:
+            return False
+    return all(key in obj for key in required)
+
+
+def parse_plain(data: Mapping[str, Any], me: BotIdentity) -> Event | NotPlain | None:
+    """The Event of a plain text message (the updates nearly every bot gets most), read straight
+    from the JSON; None when Hub does not handle it; NOT_PLAIN for any other update, which
+    `load_update` and `parse_update` read. Both ways give the same Event for the same update.
+
+    Only exactly-typed fields of a known set are read here: an update aiogram would coerce,
+    refuse or read more of is left to it.
+    """
+    msg = data.get("message")
+    if len(data) != 2 or type(msg) is not dict or not is_id(data.get("update_id")):
+        return NOT_PLAIN
+    if not _typed(msg, _PLAIN_MESSAGE, ("message_id", "date", "chat", "from", "text")):
+        return NOT_PLAIN
+    chat, user = msg["chat"], msg["from"]
+    if not _typed(chat, _PLAIN_CHAT, ("id", "type")) or not _typed(user, _PLAIN_USER, ("id", "is_bot", "first_name")):
+        return NOT_PLAIN
+    if not (is_id(msg["message_id"]) and is_id(chat["id"]) and is_id(user["id"]) and 0 <= msg["date"] < _DATE_LIMIT):
+        return NOT_PLAIN
+    entities: list[PlainEntity] = []
+    for ent in msg.get("entities", ()):
+        if type(ent) is not dict or not _typed(ent, _PLAIN_ENTITY, ("type", "offset", "length")):
+            return NOT_PLAIN
+        entities.append(PlainEntity(ent["type"], ent["offset"], ent["length"]))
+    kind = _CHAT_KINDS.get(chat["type"])
+    if kind is None or user["is_bot"]:
+        return None
+    text, mentioned = strip_bot_mentions(msg["text"], entities, me)
+    if not text:
+        return None
+    last = user.get("last_name")
+    name = f"{user['first_name']} {last}" if last else user["first_name"]
+    segments: list[Segment] = [Mention(str(me.id), me.username or "")] if mentioned else []
+    segments.append(Text(text))
+    return Event(
+        id=str(data["update_id"]),
+        channel=CHANNEL,
+        chat=ChatRef(CHANNEL, kind, str(chat["id"])),
+        sender=User(CHANNEL, str(user["id"]), name),
+        message=Message(tuple(segments)),
+        mentions_bot=mentioned,
+        context={"message_id": msg["message_id"]},
+    )
+
+
+class _Entity(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def user(self) -> Any: ...
+
+
+def strip_bot_mentions(text: str, entities: Sequence[_Entity], me: BotIdentity) -> tuple[str, bool]:
     """Remove mentions of the bot (`@name` entities and text_mentions of its id) from the text.
 
     Entity offsets count UTF-16 code units, so the cut happens on the UTF-16 form.

@@ -35,6 +35,7 @@ from aiogram.types import Message as TgMessage
 
 from hub.channels.base import ChannelLimits, SendRequest, split_text
 from hub.channels.parts import MediaLinks, send_parts
+from hub.channels.telegram.session import JsonSession
 from hub.errors import SendError
 from hub.events import Audio, ChatRef, File, Image, Media, Message, Video
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
@@ -218,18 +219,23 @@ class TelegramSender:
                 await on_migrate(exc.migrate_to_chat_id)
                 chat_id = exc.migrate_to_chat_id
                 sent = await self._send_part(chat_id, thread, part, reply if n == 0 else None)
-            return str(sent.message_id)
+            return str(sent)
 
         return await send_parts(parts, request, send_one)
 
     async def _send_part(
         self, chat_id: int | str, thread: int | None, part: Part, reply: ReplyParameters | None
-    ) -> TgMessage:
+    ) -> int:
+        """One call; the message id Telegram gave it."""
         if isinstance(part, TextPart):
-            return await self.bot.send_message(
+            session = self.bot.session
+            if isinstance(session, JsonSession):
+                return await session.send_text(self.bot, chat_id, part.text, thread, reply)
+            sent = await self.bot.send_message(
                 chat_id=chat_id, text=part.text, message_thread_id=thread, reply_parameters=reply
             )
-        return await self._send_media(chat_id, thread, part.media, part.caption, reply)
+            return sent.message_id
+        return (await self._send_media(chat_id, thread, part.media, part.caption, reply)).message_id
 
     async def _send_media(
         self, chat_id: int | str, thread: int | None, seg: Media, caption: str | None, reply: ReplyParameters | None

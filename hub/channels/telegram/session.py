@@ -3,27 +3,35 @@
 aiogram posts every call as a form (URL-encoding the whole body in Python) and parametrises
 its generic `Response[...]` answer model per call, which pydantic rebuilds whenever its weak
 cache has let go of it. The Bot API takes JSON bodies as well; uploads still go as multipart
-through aiogram's own path.
+through aiogram's own path. A text message, the reply nearly every event gets, skips aiogram's
+models altogether (`send_text`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.exceptions import TelegramNetworkError
-from aiogram.methods import Response, TelegramMethod
+from aiogram.methods import Response, SendMessage, TelegramMethod
 from aiogram.methods.base import TelegramType
+from aiogram.types import Message as TgMessage
+from aiogram.types import ReplyParameters
 from aiohttp import ClientError, ClientTimeout
+
+from hub import jsoncodec
 
 if TYPE_CHECKING:
     from aiogram.client.bot import Bot
     from aiogram.types import InputFile
 
+_JSON = {"Content-Type": "application/json"}
+
 
 class JsonSession(AiohttpSession):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(json_loads=jsoncodec.loads, json_dumps=jsoncodec.dumps, **kwargs)
         # Strong references: a parametrised model built once stays built.
         self._answer_types: dict[Any, Any] = {}
 
@@ -41,22 +49,63 @@ class JsonSession(AiohttpSession):
                 payload[key] = prepared
         if files:
             return await super().make_request(bot, method, timeout)
+        status, raw = await self._post(bot, method.__api_method__, payload, timeout, lambda: method)
+        response = self.check_response(bot=bot, method=method, status_code=status, content=raw)
+        return cast(TelegramType, response.result)
+
+    async def send_text(
+        self, bot: Bot, chat_id: int | str, text: str, thread: int | None, reply: ReplyParameters | None
+    ) -> int:
+        """sendMessage without aiogram's models: the body built by hand, and of the answer only
+        `message_id` read. What is not a plain success (an error, an odd answer) takes aiogram's
+        own check, so it raises the same exceptions."""
+        payload: dict[str, Any] = {"chat_id": chat_id, "text": text}
+        if thread is not None:
+            payload["message_thread_id"] = thread
+        if reply is not None:
+            payload["reply_parameters"] = {
+                "message_id": reply.message_id,
+                "allow_sending_without_reply": reply.allow_sending_without_reply,
+            }
+
+        def method() -> SendMessage:
+            return SendMessage(chat_id=chat_id, text=text, message_thread_id=thread, reply_parameters=reply)
+
+        status, raw = await self._post(bot, "sendMessage", payload, None, method)
+        if 200 <= status <= 226:
+            try:
+                data = jsoncodec.loads(raw)
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and data.get("ok") is True and isinstance(data.get("result"), dict):
+                message_id = data["result"].get("message_id")
+                if isinstance(message_id, int) and not isinstance(message_id, bool):
+                    return message_id
+        sent = cast(TgMessage, self.check_response(bot=bot, method=method(), status_code=status, content=raw).result)
+        return sent.message_id
+
+    async def _post(
+        self,
+        bot: Bot,
+        api_method: str,
+        payload: dict[str, Any],
+        total_s: float | None,
+        method: Callable[[], TelegramMethod[Any]],
+    ) -> tuple[int, str]:
         session = await self.create_session()
-        url = self.api.api_url(token=bot.token, method=method.__api_method__)
+        url = self.api.api_url(token=bot.token, method=api_method)
         try:
             async with session.post(
                 url,
-                data=self.json_dumps(payload),
-                headers={"Content-Type": "application/json"},
-                timeout=ClientTimeout(total=self.timeout if timeout is None else timeout),
+                data=jsoncodec.dumps_bytes(payload),
+                headers=_JSON,
+                timeout=ClientTimeout(total=self.timeout if total_s is None else total_s),
             ) as resp:
-                raw = await resp.text()
+                return resp.status, await resp.text()
         except TimeoutError as exc:
-            raise TelegramNetworkError(method=method, message="Request timeout error") from exc
+            raise TelegramNetworkError(method=method(), message="Request timeout error") from exc
         except ClientError as exc:
-            raise TelegramNetworkError(method=method, message=f"{type(exc).__name__}: {exc}") from exc
-        response = self.check_response(bot=bot, method=method, status_code=resp.status, content=raw)
-        return cast(TelegramType, response.result)
+            raise TelegramNetworkError(method=method(), message=f"{type(exc).__name__}: {exc}") from exc
 
     def check_response(
         self, bot: Bot, method: TelegramMethod[TelegramType], status_code: int, content: str
