@@ -129,12 +129,16 @@ class Dispatcher:
                 work = lane.queue[0]
                 try:
                     async with self._active:
-                        await self._handle_one(work)
+                        handled = await self._handle_one(work)
+                    if handled is not None:
+                        # Outside the slot: another chat's event is handled while this commits.
+                        await self._mark_done(work, *handled)
                 except Exception:
                     # Marking it done failed (the database is busy or full): the lane goes on,
                     # and the row, no longer renewed, is taken again by recovery.
                     log.exception("event=lane_item_failed id=%s row=%d", work.event.id, work.row_id)
                 finally:
+                    self._inflight.discard(work.row_id)
                     lane.queue.popleft()
                     if work.done is not None and not work.done.done():
                         work.done.set_result(None)
@@ -143,33 +147,31 @@ class Dispatcher:
             if not lane.queue and self._lanes.get(key) is lane:
                 del self._lanes[key]
 
-    async def _handle_one(self, work: _Work) -> None:
-        """Handle one event, again while the database refuses writes (within the retry budget),
-        then mark it done. Past the budget it stays pending and recovery takes it later."""
+    async def _handle_one(self, work: _Work) -> tuple[str | None, float] | None:
+        """Handle one event, again while the database refuses writes (within the retry budget):
+        (the error of a bug, the budget's deadline) for the mark that follows. None past the
+        budget: it stays pending and recovery takes it later."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._retry_budget
         tries = 0
-        try:
-            if work.recovered:
-                try:
-                    await self._inbox.note_attempt(work.row_id)
-                except Exception as exc:
-                    log.warning("event=note_attempt_failed id=%s error=%r", work.event.id, exc)
-            while True:
-                finished, error = await self._attempt(work)
-                if finished:
-                    break
-                tries += 1
-                if loop.time() >= deadline:
-                    log.warning("event=handle_deferred id=%s tries=%d", work.event.id, tries)
-                    return
-                await asyncio.sleep(backoff_delay(tries, base=0.1, cap=RETRY_CAP_S))
-            self._metrics.handling.labels(work.event.channel).observe(
-                max(0.0, (utcnow() - work.event.received_at).total_seconds())
-            )
-            await self._mark_done(work, error, deadline)
-        finally:
-            self._inflight.discard(work.row_id)
+        if work.recovered:
+            try:
+                await self._inbox.note_attempt(work.row_id)
+            except Exception as exc:
+                log.warning("event=note_attempt_failed id=%s error=%r", work.event.id, exc)
+        while True:
+            finished, error = await self._attempt(work)
+            if finished:
+                break
+            tries += 1
+            if loop.time() >= deadline:
+                log.warning("event=handle_deferred id=%s tries=%d", work.event.id, tries)
+                return None
+            await asyncio.sleep(backoff_delay(tries, base=0.1, cap=RETRY_CAP_S))
+        self._metrics.handling.labels(work.event.channel).observe(
+            max(0.0, (utcnow() - work.event.received_at).total_seconds())
+        )
+        return error, deadline
 
     async def _attempt(self, work: _Work) -> tuple[bool, str | None]:
         """One handling: (finished, the error of a bug); not finished when storage refused."""

@@ -24,6 +24,12 @@ class _Formatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info") -> None:
+    # Nothing the formatter prints: not looking up the caller, thread and process of every
+    # record halves what a line costs, and the hub writes a few per event.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger()

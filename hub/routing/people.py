@@ -27,8 +27,8 @@ class People:
             # One query for all the events that found the cache stale at once, not one each.
             if time.monotonic() - self._loaded_at < self._ttl:
                 return
-            self._db_admins = set(await self._users.admins())
-            self._banned = await self._users.banned()
+            admins, self._banned = await self._users.standing()
+            self._db_admins = set(admins)
             self._loaded_at = time.monotonic()
 
     def invalidate(self) -> None:

@@ -147,6 +147,8 @@ def _thread_engine(engine: AsyncEngine) -> Engine:
     return thread
 
 
+# Items of one kind in one transaction, at most.
+MAX_BATCH = 256
 BatchFn = Callable[[AsyncConnection, list[Any]], Awaitable[Sequence[Any]]]
 SyncBatchFn = Callable[[Connection, list[Any]], Sequence[Any]]
 _Entries = list[tuple[Any, "asyncio.Future[Any]"]]
@@ -212,7 +214,8 @@ class BatchWriter:
             # Not started (a CLI command, a test): write at once.
             async with self._engine.begin() as conn:
                 return (await self._call(conn, kind, [item]))[0]
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # The writer's own loop: asking for the running one costs a system call (getpid) each time.
+        fut: asyncio.Future[Any] = self._task.get_loop().create_future()
         self._pending[kind].append((item, fut))
         self._wake.set()
         return await fut
@@ -227,11 +230,28 @@ class BatchWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch = {k: v for k, v in self._pending.items() if v}
-            for k in batch:
-                self._pending[k] = []
+            batch: dict[str, _Entries] = {}
+            for k, entries in self._pending.items():
+                if entries:
+                    # A burst is committed in bounded transactions: an ack waits for one of
+                    # these, not for a thousand rows.
+                    batch[k], self._pending[k] = entries[:MAX_BATCH], entries[MAX_BATCH:]
+                    if self._pending[k]:
+                        self._wake.set()
             if batch:
-                await self._flush(batch)
+                try:
+                    await self._flush(batch)
+                except Exception as exc:
+                    # Not the database (each item was tried alone): a bug. The waiters hear of
+                    # it, and the writer goes on.
+                    log.exception("event=batch_writer_failed kinds=%s", ",".join(batch))
+                    for entries in batch.values():
+                        for _, fut in entries:
+                            _settle(fut, exc=exc)
+                if self._closing:
+                    # Stopping: once more, for what came during this commit (else it would wait
+                    # for a wake-up that never comes).
+                    self._wake.set()
             elif self._closing:
                 return
 

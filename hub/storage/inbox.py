@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 
 from hub.events import Event, event_from_dict, event_to_dict
 from hub.storage.db import Database, utcnow
@@ -31,6 +31,25 @@ class InboxRepo:
         self._k_done = f"inbox.done:{id(self)}"
         db.writer.register_sync(self._k_store, self._store_batch)
         db.writer.register_sync(self._k_done, self._done_batch)
+        # Built once: every batch runs them, and a statement kept is compiled (and its cache
+        # key computed) once, not per batch.
+        self._insert = (
+            db.insert(inbox)
+            # The lease ends by the database's clock, the one every process checks it against.
+            .values(lease_until=db.now(lease_s))
+            .on_conflict_do_nothing(index_elements=["channel", "event_id"])
+            .returning(inbox.c.id, inbox.c.channel, inbox.c.event_id)
+        )
+        self._done = (
+            update(inbox)
+            .where(inbox.c.id.in_(bindparam("ids", expanding=True)))
+            .values(
+                status="done",
+                handled_at=bindparam("at", type_=inbox.c.handled_at.type),
+                holder=None,
+                lease_until=None,
+            )
+        )
 
     async def store(self, event: Event) -> int | None:
         """Store one event; the row id when new, None when it is a duplicate. Batched."""
@@ -58,13 +77,7 @@ class InboxRepo:
                     "received_at": ev.received_at,
                 }
             )
-        stmt = (
-            self._db.insert(inbox)
-            # The lease ends by the database's clock, the one every process checks it against.
-            .values(lease_until=self._db.now(self.lease_s))
-            .on_conflict_do_nothing(index_elements=["channel", "event_id"])
-            .returning(inbox.c.id, inbox.c.channel, inbox.c.event_id)
-        )
+        stmt = self._insert
         new: dict[tuple[str, str], int] = {}
         if len(rows) == 1:
             for r in conn.execute(stmt, rows[0]):
@@ -84,11 +97,7 @@ class InboxRepo:
         now = utcnow()
         ok = [i for i, e in items if e is None]
         if ok:
-            conn.execute(
-                update(inbox)
-                .where(inbox.c.id.in_(ok))
-                .values(status="done", handled_at=now, holder=None, lease_until=None)
-            )
+            conn.execute(self._done, {"ids": ok, "at": now})
         for row_id, err in items:
             if err is not None:
                 conn.execute(

@@ -93,12 +93,7 @@ def enqueue_sync(db: Database, conn: Connection, items: list[tuple[NewMessage, b
         for i in unkeyed:
             ids[i] = conn.execute(stmt.values(rows[i])).scalar_one()
     if keyed:
-        stmt = (
-            db.insert(outbox)
-            .values(next_attempt_at=due)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(outbox.c.id, outbox.c.idempotency_key)
-        )
+        stmt = _keyed_insert(db)
         by_key: dict[str, int] = {}
         batch = [rows[i] for i in keyed]
         result = conn.execute(stmt, batch[0]) if len(batch) == 1 else conn.execute(stmt, batch)
@@ -113,6 +108,23 @@ def enqueue_sync(db: Database, conn: Connection, items: list[tuple[NewMessage, b
         for i, key in zip(keyed, keys, strict=True):
             ids[i] = by_key[key]
     return [int(i) for i in ids if i is not None]
+
+
+# The keyed insert every reply takes, by dialect: a statement kept is compiled once.
+_KEYED_INSERTS: dict[bool, Any] = {}
+
+
+def _keyed_insert(db: Database) -> Any:
+    stmt = _KEYED_INSERTS.get(db.is_sqlite)
+    if stmt is None:
+        stmt = _KEYED_INSERTS[db.is_sqlite] = (
+            db.insert(outbox)
+            # Due by the database's clock, the one claims compare it with.
+            .values(next_attempt_at=db.now())
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(outbox.c.id, outbox.c.idempotency_key)
+        )
+    return stmt
 
 
 class OutboxRepo:
@@ -131,6 +143,14 @@ class OutboxRepo:
         db.writer.register_sync(self._k_sent, self._sent_batch)
         db.writer.register_sync(self._k_progress, self._progress_batch)
         db.writer.register_sync(self._k_claim, self._claim_batch)
+        # Built once: a statement kept is compiled (and its cache key computed) once, not per batch.
+        self._claim_stmt = self._build_claim()
+        self._sent_stmt = self._build_sent()
+        self._progress_stmt = (
+            update(outbox)
+            .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "pending", outbox.c.holder == holder)
+            .values(progress=bindparam("b_progress"))
+        )
 
     async def enqueue(self, msg: NewMessage, *, already_sent: bool = False) -> int:
         """Queue a message (batched); returns its id, or the existing id for a known key.
@@ -164,6 +184,12 @@ class OutboxRepo:
         return [self._claim(conn, limit) for limit in limits]
 
     def _claim(self, conn: Connection, limit: int) -> list[OutboxItem]:
+        rows = conn.execute(self._claim_stmt, {"limit": limit}).all()
+        items = [_row_to_item(r) for r in rows]
+        items.sort(key=lambda i: i.id)
+        return items
+
+    def _build_claim(self) -> Any:
         now = self._db.now()
         earlier = outbox.alias("earlier")
         blocked = (
@@ -187,28 +213,29 @@ class OutboxRepo:
                 ~blocked,
             )
             .order_by(outbox.c.id)
-            .limit(limit)
+            .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
-        stmt = (
+        return (
             update(outbox)
             .where(outbox.c.id.in_(sub.scalar_subquery()))
             .values(holder=self.holder, lease_until=self._db.now(self.lease_s))
             .returning(*outbox.c)
         )
-        rows = conn.execute(stmt).all()
-        items = [_row_to_item(r) for r in rows]
-        items.sort(key=lambda i: i.id)
-        return items
 
     async def mark_sent(self, item_id: int, sent_ids: Sequence[str] = ()) -> None:
         await self._db.writer.submit(self._k_sent, (item_id, list(sent_ids)))
 
     def _sent_batch(self, conn: Connection, items: list[tuple[int, list[str]]]) -> Sequence[None]:
         # One executemany for the batch: a statement per row costs a driver round trip each.
+        now = utcnow()
+        conn.execute(self._sent_stmt, [{"b_id": i, "b_sent": sent, "b_at": now} for i, sent in items])
+        return [None] * len(items)
+
+    def _build_sent(self) -> Any:
         # Fenced: only the holder, or anyone once no live lease is left (the send happened, and
         # recording it beats sending it again); never over another process's live lease.
-        stmt = (
+        return (
             update(outbox)
             .where(
                 outbox.c.id == bindparam("b_id"),
@@ -221,26 +248,19 @@ class OutboxRepo:
             )
             .values(
                 status="sent",
-                sent_at=utcnow(),
+                sent_at=bindparam("b_at", type_=outbox.c.sent_at.type),
                 sent_ids=bindparam("b_sent", type_=outbox.c.sent_ids.type),
                 holder=None,
                 lease_until=None,
             )
         )
-        conn.execute(stmt, [{"b_id": item_id, "b_sent": sent_ids} for item_id, sent_ids in items])
-        return [None] * len(items)
 
     async def set_progress(self, item_id: int, progress: int) -> None:
         """Record how many parts of a split message went out, so a retry skips them. Batched."""
         await self._db.writer.submit(self._k_progress, (item_id, progress))
 
     def _progress_batch(self, conn: Connection, items: list[tuple[int, int]]) -> Sequence[None]:
-        stmt = (
-            update(outbox)
-            .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "pending", outbox.c.holder == self.holder)
-            .values(progress=bindparam("b_progress"))
-        )
-        conn.execute(stmt, [{"b_id": item_id, "b_progress": n} for item_id, n in items])
+        conn.execute(self._progress_stmt, [{"b_id": item_id, "b_progress": n} for item_id, n in items])
         return [None] * len(items)
 
     async def renew(self, ids: Sequence[int]) -> None:

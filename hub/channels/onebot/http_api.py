@@ -8,12 +8,14 @@ network errors are retried with the outbox's backoff.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
 
+from hub import jsoncodec
 from hub.errors import SendError
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class HttpApi:
@@ -36,7 +38,9 @@ class HttpApi:
         if self._session is None:
             raise SendError("the OneBot HTTP API client is not started", retryable=True)
         try:
-            async with self._session.post(f"{self._base}/{action}", json=params) as resp:
+            async with self._session.post(
+                f"{self._base}/{action}", data=jsoncodec.dumps_bytes(params), headers=_JSON
+            ) as resp:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -48,6 +52,6 @@ class HttpApi:
         if status >= 300:
             raise SendError(f"{action}: HTTP {status}", retryable=True)
         try:
-            return json.loads(body)
+            return jsoncodec.loads(body)
         except (ValueError, RecursionError):
             raise SendError(f"{action}: answer is not JSON", retryable=True) from None

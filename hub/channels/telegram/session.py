@@ -19,6 +19,7 @@ from aiogram.methods.base import TelegramType
 from aiogram.types import Message as TgMessage
 from aiogram.types import ReplyParameters
 from aiohttp import ClientError, ClientTimeout
+from yarl import URL
 
 from hub import jsoncodec
 
@@ -34,6 +35,8 @@ class JsonSession(AiohttpSession):
         super().__init__(json_loads=jsoncodec.loads, json_dumps=jsoncodec.dumps, **kwargs)
         # Strong references: a parametrised model built once stays built.
         self._answer_types: dict[Any, Any] = {}
+        self._urls: dict[tuple[str, str], URL] = {}
+        self._timeout = ClientTimeout(total=self.timeout)
 
     async def make_request(
         self,
@@ -93,13 +96,16 @@ class JsonSession(AiohttpSession):
         method: Callable[[], TelegramMethod[Any]],
     ) -> tuple[int, str]:
         session = await self.create_session()
-        url = self.api.api_url(token=bot.token, method=api_method)
+        url = self._urls.get((bot.token, api_method))
+        if url is None:
+            # Parsed once per method, not per call.
+            url = self._urls[bot.token, api_method] = URL(self.api.api_url(token=bot.token, method=api_method))
         try:
             async with session.post(
                 url,
                 data=jsoncodec.dumps_bytes(payload),
                 headers=_JSON,
-                timeout=ClientTimeout(total=self.timeout if total_s is None else total_s),
+                timeout=self._timeout if total_s is None else ClientTimeout(total=total_s),
             ) as resp:
                 return resp.status, await resp.text()
         except TimeoutError as exc:
