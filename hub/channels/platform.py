@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import json as jsonlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -15,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from hub import jsoncodec
 from hub.client import HttpClient
 from hub.errors import SendError
 
@@ -139,7 +139,7 @@ class PlatformApi(HttpClient, abc.ABC):
         data: Any = form
         all_headers = dict(headers or {})
         if json is not None:
-            data = jsonlib.dumps(json, ensure_ascii=False).encode()
+            data = jsoncodec.dumps_bytes(json)
             all_headers["Content-Type"] = "application/json; charset=utf-8"
         timeout = self._upload_timeout if form is not None else self._timeout
         try:

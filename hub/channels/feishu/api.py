@@ -20,6 +20,7 @@ import aiohttp
 import lark_oapi as lark
 from lark_oapi.core.model import BaseRequest
 
+from hub import jsoncodec
 from hub.channels.platform import PlatformApi, TokenRefused
 from hub.errors import SendError
 
@@ -154,7 +155,7 @@ class FeishuApi(PlatformApi):
             method, path, params=params, json=json, form=form, headers=headers
         )
         try:
-            answer = jsonlib.loads(body)
+            answer = jsoncodec.loads(body)
         except ValueError:
             raise SendError(f"{path}: HTTP {status}, answer is not JSON", retryable=status >= 500) from None
         if not isinstance(answer, dict):

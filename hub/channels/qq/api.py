@@ -3,13 +3,13 @@ the one mapping of its error codes to what the outbox should do."""
 
 from __future__ import annotations
 
-import json as jsonlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
+from hub import jsoncodec
 from hub.channels.platform import PlatformApi, TokenRefused
 from hub.errors import SendError
 
@@ -124,7 +124,7 @@ class QQApi(PlatformApi):
     async def _request(
         self, url: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
-        data = jsonlib.dumps(body, ensure_ascii=False).encode()
+        data = jsoncodec.dumps_bytes(body)
         http = self.http  # SendError before start
         try:
             async with http.post(
@@ -136,7 +136,7 @@ class QQApi(PlatformApi):
             # Errors name the path, never the headers: they carry the token.
             raise SendError(f"{path}: {type(exc).__name__}", retryable=True) from None
         try:
-            answer = jsonlib.loads(raw) if raw else {}
+            answer = jsoncodec.loads(raw) if raw else {}
         except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):

@@ -6,12 +6,12 @@ never an exception of another kind, whatever its nesting, types or sizes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hub import jsoncodec
 from hub.errors import BadPayload
 from hub.events import Audio, ChatRef, Event, File, Image, Message, Segment, Text, User, Video
 
@@ -47,7 +47,7 @@ def _str(value: Any, what: str, *, max_len: int = ID_MAX, required: bool = True)
 def envelope(body: bytes) -> Envelope:
     """Decode the body's JSON envelope (already verified: this is QQ speaking)."""
     try:
-        data = json.loads(body)
+        data = jsoncodec.loads(body)
     except (ValueError, RecursionError):
         raise BadPayload("the body is not JSON") from None
     if not isinstance(data, dict):

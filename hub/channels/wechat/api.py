@@ -7,7 +7,6 @@ owns one `WeChatApi` (one client session, one token cache).
 
 from __future__ import annotations
 
-import json as jsonlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -15,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from hub import jsoncodec
 from hub.channels.platform import PlatformApi, TokenRefused
 from hub.errors import SendError
 
@@ -130,7 +130,7 @@ class WeChatApi(PlatformApi):
         if status >= 400:
             raise SendError(f"{path}: HTTP {status}", retryable=status in (408, 409))
         try:
-            answer = jsonlib.loads(body)
+            answer = jsoncodec.loads(body)
         except ValueError:
             raise SendError(f"{path}: answer is not JSON", retryable=True) from None
         if not isinstance(answer, dict):
