@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.storage.db import Database, utcnow
 from hub.storage.models import pairing, quotas, usage
@@ -41,6 +40,11 @@ class QuotaRepo:
         self._db = db
         self._ttl = ttl_s
         self._cache: tuple[float, dict[tuple[str, str], int]] | None = None
+        self._changes = 0
+        # Read beside the batch writer's writes: the messages that find the copy stale at once
+        # share one read, rather than each taking a connection of its own.
+        self._k_table = f"quotas.table:{id(self)}"
+        db.writer.register_sync(self._k_table, self._table_batch)
 
     async def set(self, subject: str, skill: str, per_day: int | None) -> None:
         """Set a limit; `None` removes the override (the configured default applies again)."""
@@ -48,16 +52,22 @@ class QuotaRepo:
             await conn.execute(delete(quotas).where(quotas.c.subject == subject, quotas.c.skill == skill))
             if per_day is not None:
                 await conn.execute(quotas.insert().values(subject=subject, skill=skill, per_day=per_day))
+        self._changes += 1
         self._cache = None
 
     async def _table(self) -> dict[tuple[str, str], int]:
         now = time.monotonic()
         if self._cache is not None and now - self._cache[0] < self._ttl:
             return self._cache[1]
-        async with self._db.engine.connect() as conn:
-            found = {(r.subject, r.skill): int(r.per_day) for r in await conn.execute(select(quotas))}
-        self._cache = (now, found)
+        changes = self._changes
+        found: dict[tuple[str, str], int] = await self._db.writer.submit(self._k_table, None)
+        if changes == self._changes:  # a read that overlapped a `set` is not kept
+            self._cache = (now, found)
         return found
+
+    def _table_batch(self, conn: Connection, asks: list[None]) -> Sequence[dict[tuple[str, str], int]]:
+        found = {(r.subject, r.skill): int(r.per_day) for r in conn.execute(select(quotas))}
+        return [found] * len(asks)
 
     async def lookup(self, user: str, skill: str) -> tuple[int | None, int | None]:
         """The user's own override and the `default` override for one skill (None: not set)."""
@@ -82,8 +92,28 @@ class UsageRepo:
         self._db = db
         self._k_take = f"usage.take:{id(self)}"
         self._k_back = f"usage.back:{id(self)}"
-        db.writer.register(self._k_take, self._take_batch)
-        db.writer.register(self._k_back, self._back_batch)
+        db.writer.register_sync(self._k_take, self._take_batch)
+        db.writer.register_sync(self._k_back, self._back_batch)
+        # One upsert: a first use inserts 1; a later one adds 1 while under the limit.
+        insert = db.insert(usage).values(user=bindparam("u"), skill=bindparam("s"), day=bindparam("d"), count=1)
+        self._take_any, self._take_under = (
+            insert.on_conflict_do_update(
+                index_elements=["user", "skill", "day"],
+                set_={"count": usage.c.count + 1},
+                where=where,
+            ).returning(usage.c.count)
+            for where in (None, usage.c.count < bindparam("limit"))
+        )
+        self._back = (
+            update(usage)
+            .where(
+                usage.c.user == bindparam("u"),
+                usage.c.skill == bindparam("s"),
+                usage.c.day == bindparam("d"),
+                usage.c.count > 0,
+            )
+            .values(count=usage.c.count - 1)
+        )
 
     async def take(self, user: str, skill: str, day: str, limit: int | None) -> int | None:
         """Count one use if the user is under `limit` (None: no limit); the new count, or None
@@ -95,25 +125,15 @@ class UsageRepo:
         result: int | None = await self._db.writer.submit(self._k_take, (user, skill, day, limit))
         return result
 
-    async def _take_batch(self, conn: AsyncConnection, items: list[Take]) -> Sequence[int | None]:
+    def _take_batch(self, conn: Connection, items: list[Take]) -> Sequence[int | None]:
         out: list[int | None] = [None] * len(items)
         # In key order, so that two processes' batches lock shared rows in the same order.
         for i in sorted(range(len(items)), key=lambda i: items[i][:3]):
             user, skill, day, limit = items[i]
             if limit is not None and limit <= 0:
                 continue
-            # One upsert: a first use inserts 1; a later one adds 1 while under the limit.
-            stmt = (
-                self._db.insert(usage)
-                .values(user=user, skill=skill, day=day, count=1)
-                .on_conflict_do_update(
-                    index_elements=["user", "skill", "day"],
-                    set_={"count": usage.c.count + 1},
-                    where=None if limit is None else usage.c.count < limit,
-                )
-                .returning(usage.c.count)
-            )
-            row = (await conn.execute(stmt)).first()
+            params = {"u": user, "s": skill, "d": day, "limit": limit}
+            row = conn.execute(self._take_any if limit is None else self._take_under, params).first()
             out[i] = None if row is None else int(row[0])
         return out
 
@@ -121,13 +141,9 @@ class UsageRepo:
         """Undo one `take` (the skill failed before doing anything the user could use)."""
         await self._db.writer.submit(self._k_back, (user, skill, day))
 
-    async def _back_batch(self, conn: AsyncConnection, items: list[tuple[str, str, str]]) -> Sequence[None]:
+    def _back_batch(self, conn: Connection, items: list[tuple[str, str, str]]) -> Sequence[None]:
         for user, skill, day in sorted(items):
-            await conn.execute(
-                update(usage)
-                .where(usage.c.user == user, usage.c.skill == skill, usage.c.day == day, usage.c.count > 0)
-                .values(count=usage.c.count - 1)
-            )
+            conn.execute(self._back, {"u": user, "s": skill, "d": day})
         return [None] * len(items)
 
     async def forget_before(self, day: str) -> int:

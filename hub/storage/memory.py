@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, delete, func, select
 
 from hub.storage.db import Database, utcnow
 from hub.storage.models import memory
@@ -58,7 +57,7 @@ class MemoryRepo:
         self._db = db
         self._keep = keep_rows
         self._kind = f"memory.add:{id(self)}"
-        db.writer.register(self._kind, self._add_batch)
+        db.writer.register_sync(self._kind, self._add_batch)
 
     async def add_exchange(
         self, chat: str, *, user: str, assistant: str, name: str | None = None, event_id: str | None = None
@@ -66,7 +65,7 @@ class MemoryRepo:
         """Store a completed exchange; the same `event_id` twice stores it once."""
         await self._db.writer.submit(self._kind, _Exchange(chat, user, assistant, name, event_id))
 
-    async def _add_batch(self, conn: AsyncConnection, items: list[_Exchange]) -> Sequence[None]:
+    def _add_batch(self, conn: Connection, items: list[_Exchange]) -> Sequence[None]:
         now = utcnow()
         rows: list[dict[str, Any]] = []
         for ex in items:
@@ -95,7 +94,7 @@ class MemoryRepo:
         stmt = self._db.insert(memory).on_conflict_do_nothing(index_elements=["chat", "event_id", "role"])
         # One statement per row keeps each exchange's two ids adjacent and in order.
         for row in rows:
-            await conn.execute(stmt, row)
+            conn.execute(stmt, row)
         for chat in {ex.chat for ex in items}:
             oldest_kept = (
                 select(memory.c.id)
@@ -105,7 +104,7 @@ class MemoryRepo:
                 .limit(1)
                 .scalar_subquery()
             )
-            await conn.execute(delete(memory).where(memory.c.chat == chat, memory.c.id < oldest_kept))
+            conn.execute(delete(memory).where(memory.c.chat == chat, memory.c.id < oldest_kept))
         return [None] * len(items)
 
     async def recent(self, chat: str, budget_tokens: int) -> list[Turn]:
