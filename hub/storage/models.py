@@ -88,7 +88,9 @@ outbox = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("sent_at", UTCDateTime()),
 )
-Index("ix_outbox_status_next", outbox.c.status, outbox.c.next_attempt_at)
+# A claim walks the pending messages in order and stops at its limit (an index on the due time
+# instead made it sort every due message, each claim).
+Index("ix_outbox_status_id", outbox.c.status, outbox.c.id)
 # A claim asks, per candidate, whether its chat has a message in flight: by chat, not a scan.
 Index("ix_outbox_target_status", outbox.c.target, outbox.c.status)
 
