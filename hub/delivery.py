@@ -224,7 +224,10 @@ class Outbox:
             return await self._failed(item, attempts, exc)
         await self._record_sent(item, list(result.message_ids))
         self._metrics.replies_out.labels(item.target.channel).inc()
-        log.info(
+        # The event's own line is the router's (event=handled), and the outbox row keeps when
+        # it went: a send is worth a line of its own when it took retries.
+        log.log(
+            logging.INFO if attempts > 1 else logging.DEBUG,
             "event=sent outbox_id=%d target=%s attempts=%d ms=%.1f",
             item.id,
             item.target,

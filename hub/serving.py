@@ -28,8 +28,9 @@ from sqlalchemy.engine import make_url
 from hub.settings import Settings
 
 log = logging.getLogger("hub.serving")
-# Allocations between two young collections (the default is 700).
-GC_YOUNG_THRESHOLD = 20_000
+# Allocations between two young collections (the default is 700): a few events' worth, each
+# collection a couple of milliseconds at most.
+GC_YOUNG_THRESHOLD = 5_000
 
 
 class StartError(Exception):
@@ -150,7 +151,7 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
         finally:
             if placeholder is not None:
                 await placeholder.cleanup()
-        settle_runtime()
+        settle_heap()
         print(listening_line(settings.http.host, sock), flush=True)
         await stop.wait()
         log.info("event=stopping")
@@ -165,16 +166,13 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
             held.close()
 
 
-def settle_runtime() -> None:
+def settle_heap() -> None:
     """Once started: what exists now lives as long as the process, so the collector stops
     walking it, and it runs less often. Each event allocates thousands of short-lived objects;
     at the default threshold the collector ran every few events and took a fifth of the CPU."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    # The batch writer's thread builds statements while the loop answers webhooks: the loop
-    # gets the interpreter back within a millisecond rather than five.
-    sys.setswitchinterval(0.001)
 
 
 def sqlite_locks(settings: Settings) -> list[IO[str]]:

@@ -139,6 +139,8 @@ def utf16_len(text: str) -> int:
 
 def split_message_text(text: str, limit: int = TEXT_MAX) -> list[str]:
     """Split at `limit` as Telegram counts it (UTF-16 code units)."""
+    if len(text) * 2 <= limit:  # fits, whatever its characters (at most two units each)
+        return [text] if text.strip() else []
     return [p for p in split_text(text, limit, "utf16") if p.strip()]
 
 

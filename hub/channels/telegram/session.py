@@ -53,7 +53,7 @@ class JsonSession(AiohttpSession):
         if files:
             return await super().make_request(bot, method, timeout)
         status, raw = await self._post(bot, method.__api_method__, payload, timeout, lambda: method)
-        response = self.check_response(bot=bot, method=method, status_code=status, content=raw)
+        response = self.check_response(bot=bot, method=method, status_code=status, content=_text(raw))
         return cast(TelegramType, response.result)
 
     async def send_text(
@@ -84,7 +84,8 @@ class JsonSession(AiohttpSession):
                 message_id = data["result"].get("message_id")
                 if isinstance(message_id, int) and not isinstance(message_id, bool):
                     return message_id
-        sent = cast(TgMessage, self.check_response(bot=bot, method=method(), status_code=status, content=raw).result)
+        answer = self.check_response(bot=bot, method=method(), status_code=status, content=_text(raw))
+        sent = cast(TgMessage, answer.result)
         return sent.message_id
 
     async def _post(
@@ -94,7 +95,7 @@ class JsonSession(AiohttpSession):
         payload: dict[str, Any],
         total_s: float | None,
         method: Callable[[], TelegramMethod[Any]],
-    ) -> tuple[int, str]:
+    ) -> tuple[int, bytes]:
         session = await self.create_session()
         url = self._urls.get((bot.token, api_method))
         if url is None:
@@ -107,7 +108,7 @@ class JsonSession(AiohttpSession):
                 headers=_JSON,
                 timeout=self._timeout if total_s is None else ClientTimeout(total=total_s),
             ) as resp:
-                return resp.status, await resp.text()
+                return resp.status, await resp.read()
         except TimeoutError as exc:
             raise TelegramNetworkError(method=method(), message="Request timeout error") from exc
         except ClientError as exc:
@@ -131,3 +132,8 @@ class JsonSession(AiohttpSession):
                     pass  # let aiogram's own check report it
         # Errors (and anything odd) take aiogram's path, which maps them to its exceptions.
         return super().check_response(bot=bot, method=method, status_code=status_code, content=content)
+
+
+def _text(raw: bytes) -> str:
+    """The Bot API answers UTF-8 JSON; aiogram's checks take text."""
+    return raw.decode("utf-8", "replace")
