@@ -46,6 +46,7 @@ from hub.wiring import (
     build_access,
     build_admin,
     build_jobs,
+    build_languages,
     build_routing,
     build_skills,
     build_storage,
@@ -107,14 +108,17 @@ def build_app(
     fetch_policy = policy_from_settings(settings)
     fetcher = Fetcher(fetch_policy)
     outbox = Outbox(store.outbox_repo, store.media, channels, store.chats, metrics)
-    router, dispatcher = build_routing(settings, store, people, outbox, channels, metrics, recovery_interval_s)
+    languages = build_languages(settings, store)
+    router, dispatcher = build_routing(
+        settings, store, people, outbox, channels, metrics, recovery_interval_s, languages
+    )
     _build_channels(
         settings, channels, store, dispatcher=dispatcher, fetcher=fetcher, outbox=outbox, qq_windows=qq_windows
     )
     for ch in extra_channels:
         channels[ch.name] = ch
     jobs = build_jobs(store, outbox, metrics, settings, fetch_policy)
-    gateway, model_choice = build_skills(settings, router, store, jobs)
+    gateway, model_choice = build_skills(settings, router, store, jobs, languages)
     access = build_access(settings, router, store)
     admin = build_admin(settings, router, store, people, access, outbox, jobs, channels, model_choice)
     hub = Hub(

@@ -100,8 +100,27 @@ class DatabaseSettings(Section):
         return v
 
 
+# Chinese names for the commands, shipped as defaults: `[commands] aliases` replaces the whole
+# table (an empty table removes them).
+DEFAULT_ALIASES = {
+    "视频": "video",
+    "图片": "image",
+    "音乐": "music",
+    "帮助": "help",
+    "任务": "jobs",
+    "取消": "cancel",
+    "管理": "admin",
+    "语言": "lang",
+}
+
+
 class CommandsSettings(Section):
-    aliases: dict[str, str] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
+
+
+class BotSettings(Section):
+    # The language the bot answers in where a chat chose none (`auto`: the platform's hint).
+    language: Literal["zh", "en", "auto"] = "auto"
 
 
 class ApiSettings(Section):
@@ -225,7 +244,8 @@ class PersonaSettings(Section):
     style: str = ""
     knowledge: str = ""
     greeting: str = ""
-    language: Literal["zh", "en"] = "zh"
+    # For the prompt's frame (Chinese when unset) and the chat's language when set.
+    language: Literal["zh", "en"] | None = None
     restate: bool = True
     default: bool = False
 
@@ -287,6 +307,8 @@ class AccessSettings(AccessRules):
     groups: Literal["open", "allowlist"] | None = "open"
     allow: list[str] | None = Field(default_factory=list)
     pairing_ttl_s: int | None = Field(3600, gt=0)
+    # Who may change a group's persona, model, memory and language there.
+    group_settings: Literal["admins", "anyone"] = "admins"
     telegram: AccessRules | None = None
     wechat: AccessRules | None = None
     wecom: AccessRules | None = None
@@ -321,6 +343,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http: HttpSettings = HttpSettings()
     database: DatabaseSettings = DatabaseSettings()
+    bot: BotSettings = BotSettings()
     commands: CommandsSettings = CommandsSettings()
     api: ApiSettings = ApiSettings()
     web: WebSettings = WebSettings()

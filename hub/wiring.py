@@ -14,6 +14,8 @@ from hub.channels.base import Channel
 from hub.delivery import Outbox
 from hub.events import Event
 from hub.fetch import FetchPolicy
+from hub.i18n import N_
+from hub.i18n.language import ChatLanguages
 from hub.inbound import Dispatcher, tell_unhandled
 from hub.jobs.images import ImageJobs
 from hub.jobs.results import JobDelivery
@@ -30,11 +32,12 @@ from hub.skills.admin.args import AdminArgs
 from hub.skills.admin.ops import AdminOps
 from hub.skills.admin.repos import AdminRepos
 from hub.skills.admin.skill import AdminSkill
-from hub.skills.chat import ChatSkill, ModelChoice, NoModelChat
+from hub.skills.chat import ChatSkill, ModelChoice, NoModelChat, persona_for
+from hub.skills.language import LanguageSkill
 from hub.skills.media import MediaSkills
 from hub.skills.persona import ChatCommands
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
-from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
+from hub.storage.chats import AuditRepo, ChatRepo, ChatSettings, KeyValueRepo, UserRepo
 from hub.storage.db import Database
 from hub.storage.inbox import InboxRepo
 from hub.storage.jobs import JobRepo
@@ -93,6 +96,16 @@ def build_storage(settings: Settings, holder: str, lease_s: float) -> Storage:
     )
 
 
+def build_languages(settings: Settings, store: Storage) -> ChatLanguages:
+    """Which language each chat is answered in."""
+
+    async def persona_language(chat: ChatSettings) -> str | None:
+        persona = await persona_for(store.personas, chat)
+        return persona.language if persona is not None else None
+
+    return ChatLanguages(chats=store.chats.get, persona_language=persona_language, bot=settings.bot.language)
+
+
 def build_routing(
     settings: Settings,
     store: Storage,
@@ -101,11 +114,19 @@ def build_routing(
     channels: Mapping[str, Channel],
     metrics: Metrics,
     recovery_interval_s: float,
+    languages: ChatLanguages,
 ) -> tuple[Router, Dispatcher]:
+    async def group_admin(event: Event) -> bool:
+        channel = channels.get(event.channel)
+        return channel is not None and await channel.is_group_admin(event)
+
     router = Router(
         aliases=settings.commands.aliases,
         bot_names=lambda name: channels[name].bot_names if name in channels else (),
         chat_settings=store.chats.get,
+        language=languages.of_event,
+        group_admin=group_admin,
+        group_settings=settings.access.group_settings,
         mark_reachable=store.chats.mark_reachable,
         is_admin=people.is_admin,
         is_banned=people.is_banned,
@@ -144,9 +165,9 @@ def build_jobs(
 
 
 def build_skills(
-    settings: Settings, router: Router, store: Storage, jobs: JobService
+    settings: Settings, router: Router, store: Storage, jobs: JobService, languages: ChatLanguages
 ) -> tuple[ModelGateway | None, ModelChoice | None]:
-    router.register("help", router.help_skill, description="list the commands you may use")
+    router.register("help", router.help_skill, description=N_("list the commands you may use"))
     gateway: ModelGateway | None = None
     model_choice: ModelChoice | None = None
     if settings.models:
@@ -156,20 +177,47 @@ def build_skills(
         model_choice = ModelChoice(gateway, store.kv)
         router.set_fallback(ChatSkill(gateway, model_choice, store.memory, store.personas))
     else:
-        router.set_fallback(NoModelChat())
+        router.set_fallback(NoModelChat(), needs="[[models]]")
+    no_model = None if settings.models else "[[models]]"
     chat_commands = ChatCommands(store.chats, store.memory, store.personas, model_choice)
     router.register(
-        "persona", chat_commands.persona, description="show or switch this chat's persona", usage="/persona [name]"
+        "persona",
+        chat_commands.persona,
+        description=N_("show or switch this chat's persona"),
+        usage=N_("/persona [name]"),
     )
-    router.register("reset", chat_commands.reset, description="clear this chat's memory")
-    router.register("model", chat_commands.model, description="show or switch this chat's model", usage="/model [name]")
-    media_skills = MediaSkills(jobs)
-    router.register("image", media_skills.image, description="make an image", usage="/image <prompt>", skill="image")
-    router.register("video", media_skills.video, description="make a video", usage="/video <prompt>", skill="video")
-    router.register("music", media_skills.music, description="make music", usage="/music <prompt>", skill="music")
-    router.register("jobs", media_skills.list_jobs, description="list your recent jobs and their state")
-    router.register("cancel", media_skills.cancel, description="cancel one of your jobs", usage="/cancel <job id>")
+    router.register("reset", chat_commands.reset, description=N_("clear this chat's memory"))
+    router.register(
+        "model",
+        chat_commands.model,
+        description=N_("show or switch this chat's model"),
+        usage=N_("/model [name]"),
+        needs=no_model,
+    )
+    router.register(
+        "lang",
+        LanguageSkill(store.chats, languages),
+        description=N_("show or switch the language I answer this chat in"),
+        usage=N_("/lang [zh|en]"),
+    )
+    media_skills = MediaSkills(jobs, usable=router.usable)
+    for name, description, usage in (
+        ("image", N_("make an image"), N_("/image <prompt>")),
+        ("video", N_("make a video"), N_("/video <prompt>")),
+        ("music", N_("make music"), N_("/music <prompt>")),
+    ):
+        handler = {"image": media_skills.image, "video": media_skills.video, "music": media_skills.music}[name]
+        needs = None if jobs.configured(name) else SECTION_OF[name]
+        router.register(name, handler, description=description, usage=usage, skill=name, needs=needs)
+    router.register("jobs", media_skills.list_jobs, description=N_("list your recent jobs and their state"))
+    router.register(
+        "cancel", media_skills.cancel, description=N_("cancel one of your jobs"), usage=N_("/cancel <job id>")
+    )
     return gateway, model_choice
+
+
+# The configuration section each generation skill needs.
+SECTION_OF = {"image": "[providers.image]", "video": "[providers.hunyuan]", "music": "[providers.music]"}
 
 
 def build_access(settings: Settings, router: Router, store: Storage) -> AccessControl:
@@ -232,7 +280,9 @@ def build_admin(
         model_names=[m.name for m in settings.models],
         model_changed=model_choice.forget if model_choice is not None else None,
     )
-    router.register("admin", admin, description="run the bot (admins)", usage="/admin help", admin_only=True)
+    router.register(
+        "admin", admin, description=N_("run the bot (admins)"), usage=N_("/admin help"), admin_only=True
+    )
     router.on_refusal(admin.on_refusal)
     return admin
 

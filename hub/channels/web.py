@@ -20,6 +20,7 @@ from hub.channels.base import Channel, ChannelLimits, LiveSink, SendRequest, Sen
 from hub.channels.parts import MediaLinks
 from hub.channels.payload import parse_json
 from hub.events import Audio, ChatRef, Event, File, Image, Message, Text, User, Video
+from hub.i18n.language import from_accept_language
 from hub.settings import HttpSettings, WebSettings, is_loopback_host
 from hub.storage.media import MediaStore
 from hub.storage.web_events import WebEventRepo
@@ -158,6 +159,17 @@ class WebChannel(Channel):
         host = request.headers.get("Host", "").lower()
         return origin in (self._public_origin, f"http://{host}", f"https://{host}")
 
+    def _context(self, request: web.Request) -> dict[str, object]:
+        context: dict[str, object] = {}
+        # Only a request that carried the token gets here when a token is set.
+        if self._settings.token_is_admin and self._settings.token:
+            context["web_admin"] = True
+        # The browser's language: the chat's language where nothing else chose one.
+        lang = from_accept_language(request.headers.get("Accept-Language"))
+        if lang is not None:
+            context["lang"] = lang
+        return context
+
     def _refusal(self, request: web.Request) -> web.StreamResponse | None:
         """The answer to a request for the page's API that may not go on, else None."""
         if not self._host_ok(request):
@@ -193,8 +205,7 @@ class WebChannel(Channel):
             chat=ChatRef("web", "private", session),
             sender=User("web", session, "web user"),
             message=Message((Text(text),)),
-            # Only a request that carried the token gets here when a token is set.
-            context={"web_admin": True} if self._settings.token_is_admin and self._settings.token else {},
+            context=self._context(request),
         )
         response = _sse_response()
         await response.prepare(request)

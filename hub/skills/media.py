@@ -6,6 +6,8 @@ held up (an image waits at most `job_after_s` before it becomes a job too).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hub.durations import ago
 from hub.events import Image, Message
 from hub.jobs.service import JobRequest, JobService
@@ -48,8 +50,10 @@ def status_text(job: Job) -> str:
 
 
 class MediaSkills:
-    def __init__(self, jobs: JobService) -> None:
+    def __init__(self, jobs: JobService, usable: Callable[[Context, str], bool] | None = None) -> None:
         self._jobs = jobs
+        # Whether a command is one this person can run on this hub (what /jobs may suggest).
+        self._usable = usable or (lambda ctx, name: self._jobs.configured(name))
 
     def _request(self, ctx: Context, skill: str) -> JobRequest:
         ev = ctx.event

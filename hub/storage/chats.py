@@ -22,6 +22,7 @@ class ChatSettings:
     model: str | None = None
     skills_off: frozenset[str] = field(default_factory=frozenset)
     unreachable: bool = False
+    language: str | None = None
 
 
 class ChatRepo:
@@ -59,7 +60,7 @@ class ChatRepo:
         for i in range(0, len(unique), 500):
             for r in await conn.execute(select(chats).where(chats.c.ref.in_(unique[i : i + 500]))):
                 skills_off = frozenset(r.skills_off or ())
-                rows[r.ref] = ChatSettings(r.ref, r.persona, r.model, skills_off, bool(r.unreachable))
+                rows[r.ref] = ChatSettings(r.ref, r.persona, r.model, skills_off, bool(r.unreachable), r.language)
         return [rows.get(ref) or ChatSettings(ref) for ref in refs]
 
     async def update(self, ref: str, **values: Any) -> None:

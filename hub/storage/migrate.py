@@ -13,7 +13,7 @@ from hub.storage.db import Database
 
 log = logging.getLogger("hub.storage")
 # The newest revision in migrations/versions; a test checks it matches alembic's head.
-HEAD = "0005_outbox_target"
+HEAD = "0006_chat_language"
 MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x4855425F4D4947  # "HUB_MIG": serialises migrations of processes starting together
 

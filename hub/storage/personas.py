@@ -33,7 +33,7 @@ class Persona:
     style: str = ""
     knowledge: str = ""
     greeting: str = ""
-    language: str = "zh"
+    language: str | None = None
     restate: bool = True
     default: bool = False
     source: str = "config"
