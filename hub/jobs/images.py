@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from hub.durations import duration
 from hub.errors import ProviderError
+from hub.i18n import texts
 from hub.jobs.results import JobDelivery
 from hub.providers.generation import GeneratedImage, ImageProvider
 from hub.storage.db import utcnow
@@ -138,7 +139,7 @@ class ImageJobs:
                 stored = await self._store(job, image)
                 outcome = ImageOutcome("done", job, media=stored)
             except TimeoutError:
-                limit = duration(timedelta(seconds=images.timeout_s))
+                limit = duration(timedelta(seconds=images.timeout_s), texts("en"))
                 outcome = ImageOutcome("failed", job, error=f"no image within {limit}", timed_out=True)
             except MediaTooLarge as exc:
                 outcome = ImageOutcome("failed", job, error=f"the image is larger than {exc.limit // (1024 * 1024)} MB")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hub.durations import duration
 from hub.errors import ProviderError
+from hub.i18n import texts
 from hub.jobs.images import IMAGE_PROVIDER, ImageJobs
 from hub.jobs.results import JobDelivery
 from hub.metrics import Metrics
@@ -221,7 +222,7 @@ class JobPoller:
             await self._images.resume(job)
         elif job.deadline_at is not None and utcnow() >= job.deadline_at:
             await self._delivery.finish_badly(
-                job, TIMED_OUT, f"no result within {duration(job.deadline_at - job.created_at)}"
+                job, TIMED_OUT, f"no result within {duration(job.deadline_at - job.created_at, texts('en'))}"
             )
         else:
             await self._advance(job)

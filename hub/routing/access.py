@@ -176,7 +176,7 @@ class AccessControl:
         if rules.private == "pairing":
             ttl = rules.pairing_ttl_s or 3600
             code = await self._pairing.issue(ctx.user, where, ttl)
-            left = describe_wait((code.expires_at - self._clock()).total_seconds())
+            left = describe_wait((code.expires_at - self._clock()).total_seconds(), ctx.t)
             if answer:
                 await ctx.reply(
                     "Hello! This bot talks only with people its admins have approved.\n"
@@ -218,7 +218,7 @@ class AccessControl:
             ctx.user, "rate", "refused", chat=str(event.chat), detail=f"over {per_minute} messages a minute"
         )
         if first:  # say it once per burst, not once per dropped message
-            await ctx.reply(f"Too many messages in this chat; please wait {describe_wait(wait)} and try again.")
+            await ctx.reply(f"Too many messages in this chat; please wait {describe_wait(wait, ctx.t)} and try again.")
 
     # --- how much -----------------------------------------------------------------------
 
@@ -254,7 +254,8 @@ class AccessControl:
             what = "chat messages" if skill == "chat" else f"/{skill} requests"
             await ctx.reply(
                 f"You have used all {limit} of your {what} for today. "
-                f"Your quota resets at {reset:%Y-%m-%d %H:%M} UTC (in {describe_wait((reset - now).total_seconds())})."
+                f"Your quota resets at {reset:%Y-%m-%d %H:%M} UTC "
+                f"(in {describe_wait((reset - now).total_seconds(), ctx.t)})."
             )
             log.info("event=refused reason=quota user=%s skill=%s limit=%d", ctx.user, skill, limit)
             await self._audit.record(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from hub.durations import ago
 from hub.events import Image, Message
+from hub.i18n import texts
 from hub.jobs.service import JobRequest, JobService
 from hub.routing.context import Context
 from hub.storage.jobs import CANCELLED, IN_FLIGHT, SUCCEEDED, Job, parse_job_id
@@ -42,7 +43,7 @@ def answer_only(ctx: Context) -> bool:
 
 def status_text(job: Job) -> str:
     """One line on where a job stands, for the same request asked again."""
-    age = ago(job.created_at)
+    age = ago(job.created_at, texts("en"))
     return (
         f"You already asked for that: {job.ref} is {job.state} (asked {age}). "
         f"I'll post it here when it's ready, {USUALLY[job.skill]}."
@@ -117,7 +118,7 @@ class MediaSkills:
         lines = ["Your recent jobs:"]
         for job in jobs:
             state = WAITING_FOR_YOU if job.id in waiting else job.state
-            lines.append(f"{job.ref} {job.skill} · {state} · {_short(job.prompt)} ({ago(job.created_at)})")
+            lines.append(f"{job.ref} {job.skill} · {state} · {_short(job.prompt)} ({ago(job.created_at, ctx.t)})")
         await ctx.reply("\n".join(lines))
 
     async def cancel(self, ctx: Context) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from hub.delivery import Outbox
 from hub.durations import describe_wait
 from hub.events import ChatRef, Message
+from hub.i18n import texts
 from hub.jobs.service import JobService
 from hub.routing.access import SKILLS, AccessControl
 from hub.routing.context import Context
@@ -25,7 +26,7 @@ LIST_LIMIT = 20
 
 
 def job_line(job: Job, now: datetime) -> str:
-    age = describe_wait((now - job.created_at).total_seconds())
+    age = describe_wait((now - job.created_at).total_seconds(), texts("en"))
     prompt = job.prompt if len(job.prompt) <= 40 else job.prompt[:39] + "…"
     return f"{job.ref} {job.skill} {job.state} · {job.owner} in {job.chat} · {age} ago · {prompt!r}"
 
@@ -68,7 +69,8 @@ class AdminOps:
         failed_jobs = await self._jobs.repo.failures_since(hour_ago)
         return "\n".join(
             [
-                f"Up {describe_wait(time.monotonic() - self._started)} (since {self._started_at:%Y-%m-%d %H:%M} UTC)",
+                f"Up {describe_wait(time.monotonic() - self._started, texts('en'))} "
+                f"(since {self._started_at:%Y-%m-%d %H:%M} UTC)",
                 f"Channels: {channels}",
                 f"Backlog: inbox {await self._repos.inbox.backlog()}, outbox {await self._repos.outbox.backlog()}",
                 f"Jobs: {jobs}",
