@@ -374,7 +374,7 @@ pairing_ttl_s = 120
 """
     async with started(tmp_path, toml) as env:
         assert "(valid for 2 minutes)" in await env.web("someone", "hello")
-        assert "(valid for 1 h)" in await env.fake("someone", "hello")
+        assert "(valid for 1 hour)" in await env.fake("someone", "hello")
 
 
 async def test_rate_limit_per_chat_says_so_once_and_spares_admins_and_other_chats(tmp_path: Path) -> None:
