@@ -100,8 +100,10 @@ class DatabaseSettings(Section):
         return v
 
 
-# Chinese names for the commands, shipped as defaults: `[commands] aliases` replaces the whole
-# table (an empty table removes them).
+# The commands people type (DESIGN.md), which aliases may name.
+COMMANDS = ("help", "persona", "reset", "model", "lang", "image", "video", "music", "jobs", "cancel", "admin")
+# Chinese names for the commands, shipped as defaults: `[commands] aliases` adds to them, changes
+# one (`"视频" = "image"`) or removes one (`"视频" = ""`).
 DEFAULT_ALIASES = {
     "视频": "video",
     "图片": "image",
@@ -115,7 +117,18 @@ DEFAULT_ALIASES = {
 
 
 class CommandsSettings(Section):
-    aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    def effective_aliases(self) -> dict[str, str]:
+        """The defaults with the configured changes: alias (no slash) → command."""
+        merged = dict(DEFAULT_ALIASES)
+        for alias, command in self.aliases.items():
+            key = alias.strip().lstrip("/")
+            if command.strip():
+                merged[key] = command.strip().lstrip("/").lower()
+            else:
+                merged.pop(key, None)
+        return merged
 
 
 class BotSettings(Section):

@@ -121,7 +121,7 @@ def build_routing(
         return channel is not None and await channel.is_group_admin(event)
 
     router = Router(
-        aliases=settings.commands.aliases,
+        aliases=settings.commands.effective_aliases(),
         bot_names=lambda name: channels[name].bot_names if name in channels else (),
         chat_settings=store.chats.get,
         language=languages.of_event,
