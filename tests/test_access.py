@@ -15,8 +15,8 @@ from sqlalchemy import update
 from test_admin import TOKEN_ADMIN, VIDEO, WebEnv, started
 
 from hub.durations import describe_wait, within
-from hub.i18n import texts
 from hub.events import ChatRef, Event, Message, Text, User
+from hub.i18n import texts
 from hub.routing.access import AccessControl, TokenBuckets, next_utc_midnight
 from hub.routing.commands import CommandObject
 from hub.routing.context import Context, ReplyStream
