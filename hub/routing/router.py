@@ -129,7 +129,8 @@ class Router:
         t = ctx.t
         lines = [t("Commands:")]
         for info in self.available(ctx):
-            usage = t(info.usage)
+            # A bare `/name` is not a text to translate; a usage with arguments is (`/video <描述>`).
+            usage = info.usage if info.usage == f"/{info.name}" else t(info.usage)
             if t.lang == "zh" and (aliases := self.aliases_of(info.name)):
                 usage = t("%(usage)s (also %(aliases)s)", usage=usage, aliases=", ".join(f"/{a}" for a in aliases))
             if info.needs is not None:
