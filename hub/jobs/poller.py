@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from hub.durations import duration
@@ -26,7 +26,7 @@ from hub.jobs.results import JobDelivery
 from hub.metrics import Metrics
 from hub.providers.generation import JobProvider, Poll
 from hub.storage.db import utcnow
-from hub.storage.jobs import FAILED, QUEUED, RUNNING, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo
+from hub.storage.jobs import FAILED, QUEUED, RUNNING, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo, NextPoll
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -245,7 +245,7 @@ class JobPoller:
                     submitted_at=utcnow(),
                     attempts=0,
                     error=None,
-                    next_poll_at=self._next_poll(job, provider.poll_interval_s),
+                    next_poll_at=NextPoll(provider.poll_interval_s),
                 ):
                     log.info(
                         "event=job_submitted job=%s provider=%s provider_job=%s", job.id, job.provider, provider_job_id
@@ -284,14 +284,9 @@ class JobPoller:
                 progress_noted=True,
                 attempts=0,
                 error=None,
-                next_poll_at=self._next_poll(job, provider.poll_interval_s),
+                next_poll_at=NextPoll(provider.poll_interval_s),
             )
         else:
             await self.repo.change(
-                job.id, [job.state], attempts=0, error=None, next_poll_at=self._next_poll(job, provider.poll_interval_s)
+                job.id, [job.state], attempts=0, error=None, next_poll_at=NextPoll(provider.poll_interval_s)
             )
-
-    def _next_poll(self, job: Job, interval_s: float) -> datetime:
-        at = utcnow() + timedelta(seconds=interval_s)
-        # Never sleep past the deadline: a job that will not finish is told so on time.
-        return min(at, job.deadline_at) if job.deadline_at is not None and job.state != SUCCEEDED else at
