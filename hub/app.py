@@ -117,7 +117,7 @@ def build_app(
     )
     for ch in extra_channels:
         channels[ch.name] = ch
-    jobs = build_jobs(store, outbox, metrics, settings, fetch_policy)
+    jobs = build_jobs(store, outbox, metrics, settings, fetch_policy, languages)
     gateway, model_choice = build_skills(settings, router, store, jobs, languages)
     access = build_access(settings, router, store)
     admin = build_admin(settings, router, store, people, access, outbox, jobs, channels, model_choice)

@@ -34,7 +34,7 @@ from hub.skills.admin.repos import AdminRepos
 from hub.skills.admin.skill import AdminSkill
 from hub.skills.chat import ChatSkill, ModelChoice, NoModelChat, persona_for
 from hub.skills.language import LanguageSkill
-from hub.skills.media import MediaSkills
+from hub.skills.media import SECTION_OF, MediaSkills
 from hub.skills.persona import ChatCommands
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
 from hub.storage.chats import AuditRepo, ChatRepo, ChatSettings, KeyValueRepo, UserRepo
@@ -149,11 +149,16 @@ def build_routing(
 
 
 def build_jobs(
-    store: Storage, outbox: Outbox, metrics: Metrics, settings: Settings, fetch_policy: FetchPolicy
+    store: Storage,
+    outbox: Outbox,
+    metrics: Metrics,
+    settings: Settings,
+    fetch_policy: FetchPolicy,
+    languages: ChatLanguages,
 ) -> JobService:
     """Long jobs: providers only for the [providers.*] sections that are set."""
     job_providers, image_provider = _generation_providers(settings)
-    job_delivery = JobDelivery(store.job_repo, outbox, store.media, fetch_policy=fetch_policy)
+    job_delivery = JobDelivery(store.job_repo, outbox, store.media, fetch_policy=fetch_policy, languages=languages)
     return JobService(
         store.job_repo,
         job_delivery,
@@ -216,10 +221,6 @@ def build_skills(
     return gateway, model_choice
 
 
-# The configuration section each generation skill needs.
-SECTION_OF = {"image": "[providers.image]", "video": "[providers.hunyuan]", "music": "[providers.music]"}
-
-
 def build_access(settings: Settings, router: Router, store: Storage) -> AccessControl:
     """The access policy, rate and quotas, as the router's middlewares."""
     access = AccessControl(
@@ -280,9 +281,7 @@ def build_admin(
         model_names=[m.name for m in settings.models],
         model_changed=model_choice.forget if model_choice is not None else None,
     )
-    router.register(
-        "admin", admin, description=N_("run the bot (admins)"), usage=N_("/admin help"), admin_only=True
-    )
+    router.register("admin", admin, description=N_("run the bot (admins)"), usage=N_("/admin help"), admin_only=True)
     router.on_refusal(admin.on_refusal)
     return admin
 

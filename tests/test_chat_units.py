@@ -10,8 +10,13 @@ import pytest
 from harness import pg_database
 from sqlalchemy import func, select
 
+from hub.events import ChatRef, Event, Image, Message, User
+from hub.i18n.language import choose
+from hub.routing.context import Context, ReplyStream
 from hub.settings import PersonaSettings
+from hub.skills.chat import ChatSkill
 from hub.skills.prompt import build_messages, opening, reply_reserve, system_prompt, tokens_of
+from hub.storage.chats import ChatSettings
 from hub.storage.db import Database
 from hub.storage.memory import MemoryRepo, Turn, estimate_tokens
 from hub.storage.migrate import migrate
@@ -222,3 +227,41 @@ async def test_another_process_sees_a_change_within_the_ttl(db: Database) -> Non
     await mine.add("Zed", {})
     await asyncio.sleep(0.06)
     assert [p.name for p in await theirs.list()] == ["Zed"]
+
+
+# --- what the chat skill says itself -----------------------------------------------------------
+
+
+class _Said:
+    """A replier that keeps what was said."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def reply(self, message: Message, *, quote: bool = True) -> None:
+        self.texts.append(message.text)
+
+    def stream(self) -> ReplyStream:
+        raise AssertionError("no stream for a message it cannot read")
+
+    async def action(self, kind: str = "typing") -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("channel", "said"),
+    [
+        ("qq", "我目前只能看懂文字：请用文字发送你的消息。"),
+        ("web", "I can only read text for now: please write your message."),
+    ],
+)
+async def test_a_picture_alone_is_answered_in_the_chats_language(channel: str, said: str) -> None:
+    event = Event(
+        "e1", channel, ChatRef(channel, "private", "u1"), User(channel, "u1"), Message((Image(url="https://x/y.png"),))
+    )
+    replier = _Said()
+    lang = choose(chat=None, persona=None, bot="auto", channel=channel)
+    ctx = Context(event=event, command=None, chat=ChatSettings("c"), is_admin=False, replier=replier, lang=lang)
+    skill = ChatSkill(None, None, None, None)  # type: ignore[arg-type]  # never reached for a picture alone
+    await skill(ctx)
+    assert replier.texts == [said]

@@ -19,13 +19,14 @@ from sqlalchemy import event, update
 from hub.delivery import Outbox
 from hub.events import ChatRef, Message
 from hub.fetch import policy_from_settings
+from hub.i18n.language import ChatLanguages
 from hub.jobs.images import ImageJobs
 from hub.jobs.results import JobDelivery
 from hub.jobs.service import JobRequest, JobService
 from hub.metrics import Metrics
 from hub.providers.generation import Poll
 from hub.settings import Settings
-from hub.storage.chats import ChatRepo
+from hub.storage.chats import ChatRepo, ChatSettings
 from hub.storage.db import Database, utcnow
 from hub.storage.jobs import JOB_ID_RE, Job, JobRepo, NewJob, NextPoll, parse_job_id
 from hub.storage.media import MediaStore
@@ -44,8 +45,13 @@ def make_service(db: Database, settings: Settings, holder: str) -> JobService:
     media = MediaStore(db, settings.media_dir)
     outbox = Outbox(OutboxRepo(db, holder), media, {}, ChatRepo(db), metrics)
     repo = JobRepo(db, holder, 30)
-    delivery = JobDelivery(repo, outbox, media, fetch_policy=policy_from_settings(settings))
+    languages = ChatLanguages(chats=ChatRepo(db).get, persona_language=_no_persona, bot=settings.bot.language)
+    delivery = JobDelivery(repo, outbox, media, fetch_policy=policy_from_settings(settings), languages=languages)
     return JobService(repo, delivery, ImageJobs(repo, delivery, media, images), metrics, providers=providers)
+
+
+async def _no_persona(chat: ChatSettings) -> str | None:
+    return None
 
 
 @dataclasses.dataclass
