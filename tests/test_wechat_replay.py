@@ -169,7 +169,8 @@ async def test_admin_is_refused_over_plain_mode_unless_allowed(
         (sent,) = api.sent()
         assert sent["touser"] == ADMIN
         text = sent["text"]["content"]
-        assert "refused" in text and all(hint in text for hint in REFUSED_HINTS)
+        # WeChat chats are Chinese: the refusal, and the fix it names, in Chinese.
+        assert "不接受管理命令" in text and all(hint in text for hint in REFUSED_HINTS)
         assert "Channels:" not in text
         (entry,) = await rows(h, audit)
         assert (entry.actor, entry.outcome) == (f"wechat:{ADMIN}", "refused")
