@@ -116,9 +116,18 @@ def build_routing(
     recovery_interval_s: float,
     languages: ChatLanguages,
 ) -> tuple[Router, Dispatcher]:
+    def trust_unsigned(channel: str) -> bool:
+        return channel == "wechat" and settings.wechat.allow_admin_in_plain_mode
+
     async def group_admin(event: Event) -> bool:
         channel = channels.get(event.channel)
-        return channel is not None and await channel.is_group_admin(event)
+        if channel is None:
+            return False
+        # A body no signature covers could name anyone as its sender: like admin rights,
+        # a group's admin rights are not taken from it.
+        if event.body_unauthenticated and not trust_unsigned(event.channel):
+            return False
+        return await channel.is_group_admin(event)
 
     router = Router(
         aliases=settings.commands.effective_aliases(),
@@ -130,7 +139,7 @@ def build_routing(
         mark_reachable=store.chats.mark_reachable,
         is_admin=people.is_admin,
         is_banned=people.is_banned,
-        trust_unsigned=lambda channel: channel == "wechat" and settings.wechat.allow_admin_in_plain_mode,
+        trust_unsigned=trust_unsigned,
     )
 
     def make_replier(event: Event, live: LiveSink | None) -> Replier:

@@ -28,7 +28,7 @@ from hub.channels.onebot.sent import SentIds
 from hub.channels.parts import send_parts
 from hub.channels.payload import parse_object
 from hub.errors import BadPayload, HubError
-from hub.events import ChatRef
+from hub.events import ChatRef, Event
 from hub.settings import OneBotSettings
 from hub.storage.media import MediaStore
 
@@ -37,6 +37,8 @@ log = logging.getLogger("hub.onebot")
 TEXT_MAX = 3000  # characters; QQ takes about 4,500, a margin for the implementations' own
 WS_PATH = "/onebot/v11/ws"
 HTTP_PATH = "/onebot/v11/http"
+# Sender roles (parse keeps them as context["group_role"]) of a group's own admins.
+GROUP_ADMIN_ROLES = frozenset({"owner", "admin"})
 
 
 class OneBotChannel(Channel):
@@ -95,6 +97,11 @@ class OneBotChannel(Channel):
 
     def status(self) -> str:
         return "running" if self.connections.accounts or self._api is not None else "connecting"
+
+    async def is_group_admin(self, event: Event) -> bool:
+        # The implementation tells each group message's sender role (owner, admin, member);
+        # it is as trustworthy as the connection it came by (access_token, HMAC).
+        return event.chat.kind == "group" and event.context.get("group_role") in GROUP_ADMIN_ROLES
 
     # --- in: HTTP POST ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from hub.backoff import Backoff
 from hub.channels.base import Channel, Ingress, LiveStream, SendRequest, SendResult, stop_tasks
 from hub.channels.payload import parse_json
+from hub.channels.telegram.members import GroupAdmins
 from hub.channels.telegram.parse import (
     CHANNEL,
     HANDLED_UPDATES,
@@ -42,7 +43,7 @@ from hub.channels.telegram.render import (
 from hub.channels.telegram.session import JsonSession
 from hub.channels.telegram.stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
-from hub.events import ChatRef
+from hub.events import ChatRef, Event
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
@@ -98,6 +99,7 @@ class TelegramChannel(Channel):
         self._sender = TelegramSender(
             self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url, fetcher=fetcher
         )
+        self._group_admins = GroupAdmins(self.bot)
         self._poller = Poller(self.bot, self._take, db) if settings.mode == "polling" else None
         # Groups that became supergroups, old chat id → new; also recorded on the chat's row.
         self._migrated: dict[str, int] = {}
@@ -126,6 +128,7 @@ class TelegramChannel(Channel):
 
     async def close(self) -> None:
         self._closed = True
+        self._group_admins.close()
         await self.bot.session.close()
 
     async def _learn_me(self) -> bool:
@@ -221,6 +224,9 @@ class TelegramChannel(Channel):
             await self._chats.update(str(old), migrated_to=str(new))
         except Exception:
             log.exception("event=telegram_migration_record_failed old=%s", old)
+
+    async def is_group_admin(self, event: Event) -> bool:
+        return await self._group_admins.is_admin(event)
 
     # --- outbound -------------------------------------------------------------------------
 
