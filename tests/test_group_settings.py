@@ -205,7 +205,12 @@ async def test_telegram_the_other_group_settings_follow_the_same_rule(tg_hub: Ru
     # A member is now refused in the group's new language; /help is for everyone.
     assert await tg_say(tg_hub, tg, "/lang en", USER) == refused("lang", "zh")
     assert (await tg_hub.hub.chats.get(TG_GROUP_REF)).language == "zh"
-    assert "/help" in await tg_say(tg_hub, tg, "/help", USER)
+    # /help is for everyone, and lists to a member only what a member may use here.
+    member_help = await tg_say(tg_hub, tg, "/help", USER)
+    assert "/help" in member_help and "/jobs" in member_help
+    assert not any(f"/{c}" in member_help for c in ("persona", "model", "reset", "lang"))
+    admin_help = await tg_say(tg_hub, tg, "/help", TG_ADMIN)
+    assert all(f"/{c}" in admin_help for c in ("persona", "model", "reset", "lang"))
 
 
 async def test_telegram_an_anonymous_admin_speaks_as_the_group_and_needs_no_call(

@@ -125,10 +125,19 @@ class Router:
         info = self._skills.get(name)
         return info is not None and info.needs is None and info in self.available(ctx)
 
+    async def _may_change_group(self, ctx: Context) -> bool:
+        """Whether this person may change this chat's settings (always, outside a group)."""
+        if ctx.event.chat.kind != "group" or self._group_settings_open or ctx.is_admin:
+            return True
+        return self._group_admin is not None and await self._group_admin(ctx.event)
+
     async def help_skill(self, ctx: Context) -> None:
         t = ctx.t
         lines = [t("Commands:")]
-        for info in self.available(ctx):
+        shown = self.available(ctx)
+        if not await self._may_change_group(ctx):
+            shown = [info for info in shown if info.name not in GROUP_SETTINGS]
+        for info in shown:
             # A bare `/name` is not a text to translate; a usage with arguments is (`/video <描述>`).
             usage = info.usage if info.usage == f"/{info.name}" else t(info.usage)
             if t.lang == "zh" and (aliases := self.aliases_of(info.name)):
@@ -248,14 +257,7 @@ class Router:
             return t(
                 "/%(command)s is switched off in this chat. An admin can turn it back on.", command=info.name
             ), None
-        if (
-            command is not None
-            and info.name in GROUP_SETTINGS
-            and ctx.event.chat.kind == "group"
-            and not self._group_settings_open
-            and not ctx.is_admin
-            and not (self._group_admin is not None and await self._group_admin(ctx.event))
-        ):
+        if command is not None and info.name in GROUP_SETTINGS and not await self._may_change_group(ctx):
             return (
                 t(
                     "In a group, /%(command)s changes the whole group: only the group's admins and the bot's "
