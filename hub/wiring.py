@@ -84,7 +84,9 @@ def build_storage(settings: Settings, holder: str, lease_s: float) -> Storage:
         kv=KeyValueRepo(db),
         media=MediaStore(db, settings.media_dir, settings.media_retention_days),
         web_events=WebEventRepo(db),
-        memory=MemoryRepo(db),
+        # On SQLite this process is the database's one user (the data_dir lock): like the
+        # inbox's recovery, the memory may trust what it wrote itself.
+        memory=MemoryRepo(db, sole_user=db.is_sqlite),
         personas=PersonaRepo(db),
         pairing=PairingRepo(db),
         quotas=QuotaRepo(db),
