@@ -1,12 +1,11 @@
 """The model gateway: OpenAI-compatible chat models from `[[models]]`, streamed.
 
-One `AsyncOpenAI` client per model, opened at start and closed at stop (its connection pool is
-reused by every call). A call gets its first
-token within `first_token_timeout_s` and finishes within `timeout_s`; 429 and 5xx answers (and
-refused connections) before the first token are retried with capped, jittered backoff inside
-that first-token budget. Whatever goes wrong surfaces as one ProviderError, for the skill to
-turn into a plain sentence. A global semaphore bounds the model calls in flight, so a slow
-model holds at most that many chats and never the ingress.
+One `AsyncOpenAI` client per model, opened at start and closed at stop; every call reuses its
+connections. A call gets its first token within `first_token_timeout_s` and finishes within
+`timeout_s`; 429 and 5xx answers (and refused connections) before the first token are retried
+with capped, jittered backoff inside that first-token budget. Whatever goes wrong surfaces as
+one ProviderError, for the skill to turn into a plain sentence. A global semaphore bounds the
+model calls in flight, so a slow model holds at most that many chats and never the ingress.
 
 The request goes through the client's own `post` with the chunks left as decoded JSON: the
 SDK's typed path walks the parameters through its transform and builds a pydantic model per
