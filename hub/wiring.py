@@ -5,10 +5,11 @@ Each constructs one component from settings and the parts built before it; nothi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from hub.channels.base import Channel
 from hub.delivery import Outbox
@@ -75,22 +76,34 @@ class Storage:
         return {f.name: getattr(self, f.name) for f in fields(Storage)}
 
 
+class _Ttl(TypedDict, total=False):
+    ttl_s: float
+
+
+def sole_user_ttl(db: Database) -> _Ttl:
+    """On SQLite this process is the database's one user (the data_dir lock, which the inbox's
+    recovery relies on too): settings it caches change only through it, so none need expire.
+    Users are not among them: `hub admin` writes those from another process."""
+    return _Ttl(ttl_s=math.inf) if db.is_sqlite else _Ttl()
+
+
 def build_storage(settings: Settings, holder: str, lease_s: float) -> Storage:
     db = Database(settings.database_url)
+    kept = sole_user_ttl(db)
     return Storage(
         db=db,
         inbox=InboxRepo(db, holder, lease_s),
         outbox_repo=OutboxRepo(db, holder, lease_s),
-        chats=ChatRepo(db),
+        chats=ChatRepo(db, **kept),
         users=UserRepo(db),
         audit=AuditRepo(db),
         kv=KeyValueRepo(db),
         media=MediaStore(db, settings.media_dir, settings.media_retention_days),
         web_events=WebEventRepo(db),
-        memory=MemoryRepo(db),
-        personas=PersonaRepo(db),
+        memory=MemoryRepo(db, sole_user=db.is_sqlite),
+        personas=PersonaRepo(db, **kept),
         pairing=PairingRepo(db),
-        quotas=QuotaRepo(db),
+        quotas=QuotaRepo(db, **kept),
         usage=UsageRepo(db),
         job_repo=JobRepo(db, holder, lease_s),
     )

@@ -198,6 +198,27 @@ async def test_a_use_that_broke_is_given_back(db: Database) -> None:
     assert await run(access, context("u", "image")) is False
 
 
+async def test_an_unlimited_use_is_counted_once_the_skill_is_done(db: Database) -> None:
+    access = control(db, lambda: datetime.now(UTC))
+    usage = UsageRepo(db)
+    day = datetime.now(UTC).date().isoformat()
+    seen: list[int] = []
+
+    async def chat(event: Event, c: Context) -> None:
+        seen.append(await usage.count(c.user, "chat", day))
+
+    async def broken(event: Event, c: Context) -> None:
+        raise RuntimeError("model down")
+
+    ctx = context("u", "chat")
+    await access.quota(chat, ctx.event, ctx)
+    with pytest.raises(RuntimeError):
+        await access.quota(broken, ctx.event, ctx)
+    await access.quota(chat, ctx.event, ctx)
+    # Nothing stood before the skill; a use that broke did not count.
+    assert seen == [0, 1] and await usage.count(ctx.user, "chat", day) == 2
+
+
 async def test_housekeeping_keeps_five_weeks_of_usage(db: Database) -> None:
     usage = UsageRepo(db)
     for day in ("2025-04-26", "2025-04-27", "2025-06-01"):

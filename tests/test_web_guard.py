@@ -56,6 +56,14 @@ async def test_a_body_that_is_not_json_gets_415(tmp_path: Path) -> None:
                 assert resp.status == 200  # a GET has no body to check
 
 
+async def test_a_message_to_a_stopping_hub_gets_503(tmp_path: Path) -> None:
+    # Nothing was written before the refusal: it has its own status, for the page to show.
+    async with running_hub(make_settings(tmp_path)) as h:
+        await h.hub.dispatcher.stop()
+        status, text = await post_chat(h.url, chat_body(), JSON)
+        assert status == 503 and "shutting down" in json.loads(text)["error"]
+
+
 async def test_an_origin_that_is_not_the_hubs_gets_403(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, '[http]\npublic_url = "http://127.0.0.1:9"\n')
     async with running_hub(settings) as h:

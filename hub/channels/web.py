@@ -40,13 +40,18 @@ def sse(data: dict[str, Any] | str) -> bytes:
 
 
 class _SseSink:
-    """The live answer to one POST: chunks and media straight onto the response."""
+    """The live answer to one POST: chunks and media straight onto the response.
+
+    The response starts with its first write (a chunk, a keep-alive, the end): its headers then
+    go out in the same packet as the first token, and a refusal before any (the hub is
+    stopping) still gets its own status.
+    """
 
     def __init__(
         self,
         response: web.StreamResponse,
         render: Callable[[Message], Awaitable[list[dict[str, Any]]]],
-        request: web.Request | None = None,
+        request: web.Request,
     ) -> None:
         self._response = response
         self._request = request
@@ -58,13 +63,15 @@ class _SseSink:
     def open(self) -> bool:
         # A reader that went away after the last write (a reload) has not seen the end: the
         # stream is then finished through the outbox, which reaches the page's event stream.
-        if self._request is not None and (self._request.transport is None or self._request.transport.is_closing()):
+        if self._request.transport is None or self._request.transport.is_closing():
             self._open = False
         return self._open
 
     async def _write(self, data: bytes) -> None:
         async with self._lock:
             try:
+                if not self._response.prepared:
+                    await self._response.prepare(self._request)
                 await self._response.write(data)
             except (ConnectionError, RuntimeError):
                 self._open = False
@@ -80,6 +87,12 @@ class _SseSink:
     async def comment(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self._write(b": keep-alive\n\n")
+
+    async def done(self) -> web.StreamResponse:
+        """The end of the answer; the response, started now if nothing was written before."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._write(sse("[DONE]"))
+        return self._response
 
 
 class WebChannel(Channel):
@@ -207,17 +220,13 @@ class WebChannel(Channel):
             message=Message((Text(text),)),
             context=self._context(request),
         )
-        response = _sse_response()
-        await response.prepare(request)
-        sink = _SseSink(response, self.render, request)
+        sink = _SseSink(_sse_response(), self.render, request)
         keepalive = asyncio.create_task(_keepalive(sink))
         try:
             await self._submit_and_wait(event, sink)
         finally:
             keepalive.cancel()
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await response.write(sse("[DONE]"))
-        return response
+        return await sink.done()
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         refused = self._refusal(request)

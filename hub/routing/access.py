@@ -248,6 +248,9 @@ class AccessControl:
         limit = await self.limit_for(ctx.user, skill, is_admin=ctx.is_admin)
         now = self._clock()
         day = now.astimezone(UTC).date().isoformat()
+        if limit is None:
+            await self._count_after(call_next, event, ctx, skill, day)
+            return
         if await self._usage.take(ctx.user, skill, day, limit) is None:
             assert limit is not None
             reset = next_utc_midnight(now)
@@ -269,3 +272,14 @@ class AccessControl:
             # handled again after restart): this use did not happen.
             await self._usage.give_back(ctx.user, skill, day)
             raise
+
+    async def _count_after(self, call_next: Handler, event: Event, ctx: Context, skill: str, day: str) -> None:
+        """With no limit there is nothing to refuse: the use is counted once the skill is done,
+        not before it (the count's commit would otherwise stand before a chat's first token).
+        A use that broke is not counted, as with a limit."""
+        await call_next(event, ctx)
+        try:
+            await self._usage.take(ctx.user, skill, day, None)
+        except Exception as exc:
+            # The answer is out: not worth taking back, or sending twice, for an unlimited use.
+            log.warning("event=usage_count_failed user=%s skill=%s error=%r", ctx.user, skill, exc)

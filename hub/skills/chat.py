@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from hub.errors import ProviderError
@@ -12,6 +11,7 @@ from hub.events import ChatRef
 from hub.i18n import N_
 from hub.routing.context import Context
 from hub.skills.prompt import Msg, build_messages, opening, reply_reserve, tokens_of
+from hub.storage.cached import Cached
 from hub.storage.chats import ChatRepo, ChatSettings, KeyValueRepo
 from hub.storage.memory import MemoryRepo, estimate_tokens, speaker_content
 from hub.storage.personas import Persona, PersonaRepo
@@ -48,20 +48,18 @@ class ModelChoice:
     def __init__(self, gateway: ModelGateway, kv: KeyValueRepo, ttl_s: float = 2.0) -> None:
         self._gateway = gateway
         self._kv = kv
-        self._ttl = ttl_s
-        self._cached: tuple[float, str | None] = (-1e9, None)
+        self._cached: Cached[str | None] = Cached(self._read, ttl_s)
 
     async def default(self) -> str:
-        at, name = self._cached
-        if time.monotonic() - at >= self._ttl:
-            stored = await self._kv.get(DEFAULT_MODEL_KEY)
-            name = self._gateway.find(stored) if isinstance(stored, str) else None
-            self._cached = (time.monotonic(), name)
-        return name or self._gateway.default
+        return await self._cached.get() or self._gateway.default
+
+    async def _read(self) -> str | None:
+        stored = await self._kv.get(DEFAULT_MODEL_KEY)
+        return self._gateway.find(stored) if isinstance(stored, str) else None
 
     def forget(self) -> None:
         """Read the admins' default again at the next message (after changing it here)."""
-        self._cached = (-1e9, None)
+        self._cached.invalidate()
 
     @property
     def names(self) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from hub.storage.cached import Cached
 from hub.storage.db import Database, utcnow
 from hub.storage.models import pairing, quotas, usage
 
@@ -39,8 +39,7 @@ class QuotaRepo:
 
     def __init__(self, db: Database, ttl_s: float = 3.0) -> None:
         self._db = db
-        self._ttl = ttl_s
-        self._cache: tuple[float, dict[tuple[str, str], int]] | None = None
+        self._cache: Cached[dict[tuple[str, str], int]] = Cached(self._read, ttl_s)
 
     async def set(self, subject: str, skill: str, per_day: int | None) -> None:
         """Set a limit; `None` removes the override (the configured default applies again)."""
@@ -48,16 +47,14 @@ class QuotaRepo:
             await conn.execute(delete(quotas).where(quotas.c.subject == subject, quotas.c.skill == skill))
             if per_day is not None:
                 await conn.execute(quotas.insert().values(subject=subject, skill=skill, per_day=per_day))
-        self._cache = None
+        self._cache.invalidate()
 
     async def _table(self) -> dict[tuple[str, str], int]:
-        now = time.monotonic()
-        if self._cache is not None and now - self._cache[0] < self._ttl:
-            return self._cache[1]
+        return await self._cache.get()
+
+    async def _read(self) -> dict[tuple[str, str], int]:
         async with self._db.engine.connect() as conn:
-            found = {(r.subject, r.skill): int(r.per_day) for r in await conn.execute(select(quotas))}
-        self._cache = (now, found)
-        return found
+            return {(r.subject, r.skill): int(r.per_day) for r in await conn.execute(select(quotas))}
 
     async def lookup(self, user: str, skill: str) -> tuple[int | None, int | None]:
         """The user's own override and the `default` override for one skill (None: not set)."""

@@ -31,6 +31,15 @@ class InboxRepo:
         self._k_store = f"inbox.store:{id(self)}"
         self._k_done = f"inbox.done:{id(self)}"
         db.writer.register(self._k_store, self._store_batch)
+        # Built once: building the statement (and its cache key) per event cost more than
+        # running it.
+        self._store = (
+            db.insert(inbox)
+            # The lease ends by the database's clock, the one every process checks it against.
+            .values(lease_until=db.now(lease_s))
+            .on_conflict_do_nothing(index_elements=["channel", "event_id"])
+            .returning(inbox.c.id, inbox.c.channel, inbox.c.event_id)
+        )
         db.writer.register(self._k_done, self._done_batch)
 
     async def store(self, event: Event) -> int | None:
@@ -59,13 +68,7 @@ class InboxRepo:
                     "received_at": ev.received_at,
                 }
             )
-        stmt = (
-            self._db.insert(inbox)
-            # The lease ends by the database's clock, the one every process checks it against.
-            .values(lease_until=self._db.now(self.lease_s))
-            .on_conflict_do_nothing(index_elements=["channel", "event_id"])
-            .returning(inbox.c.id, inbox.c.channel, inbox.c.event_id)
-        )
+        stmt = self._store
         new: dict[tuple[str, str], int] = {}
         if len(rows) == 1:
             for r in await conn.execute(stmt, rows[0]):
