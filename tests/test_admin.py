@@ -477,7 +477,19 @@ async def _cancelled(env: Env, v: dict[str, str]) -> bool:
 
 async def _restarted(env: Env, v: dict[str, str]) -> bool:
     job = await env.job(v["job"])
-    return job.retries == 1 and job.state != "failed"
+    if job.retries != 1:
+        return False
+
+    # Made again: the provider gets the prompt a second time (and it fails again, as its prompt
+    # says, so the job's state alone would race with the fake).
+    async def submitted_twice() -> bool:
+        prompts = [c.json.get("prompt") for c in env.hunyuan.server.calls("/v1/api/video/submit")]
+        return prompts.count(job.prompt) == 2
+
+    await eventually(submitted_twice)
+    # The job's owner hears of it too.
+    notice = f"An admin restarted your job #{v['job']}; it comes here when it is done."
+    return await env.delivered(env.private("maker"), notice) == 1
 
 
 async def _victim_heard_first(env: Env) -> dict[str, str]:
