@@ -120,7 +120,7 @@ def build_app(
     jobs = build_jobs(store, outbox, metrics, settings, fetch_policy, languages)
     gateway, model_choice = build_skills(settings, router, store, jobs, languages)
     access = build_access(settings, router, store)
-    admin = build_admin(settings, router, store, people, access, outbox, jobs, channels, model_choice)
+    admin = build_admin(settings, router, store, people, access, outbox, jobs, channels, model_choice, languages)
     hub = Hub(
         **store.parts(),
         settings=settings,

@@ -270,6 +270,7 @@ def build_admin(
     jobs: JobService,
     channels: Mapping[str, Channel],
     model_choice: ModelChoice | None,
+    languages: ChatLanguages,
 ) -> AdminSkill:
     repos = AdminRepos(
         users=store.users,
@@ -292,6 +293,7 @@ def build_admin(
         jobs=jobs,
         people=people,
         access=access,
+        languages=languages,
     )
     admin = AdminSkill(
         repos=repos,
@@ -300,6 +302,7 @@ def build_admin(
         outbox=outbox,
         ops=ops,
         args=args,
+        languages=languages,
         model_names=[m.name for m in settings.models],
         model_changed=model_choice.forget if model_choice is not None else None,
     )

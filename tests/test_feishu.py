@@ -337,4 +337,4 @@ async def test_admin_is_refused_over_an_unsigned_webhook(tmp_path: Path, fs: Fak
         await fs.wait_for(lambda: len(fs.messages()) == 1)
         text = fs.messages()[0].content["text"]
         # Feishu is a Chinese platform: the refusal, and what to do, in Chinese.
-        assert "不接受管理命令" in text and "[feishu] encrypt_key" in text and "Channels:" not in text
+        assert "不接受管理命令" in text and "[feishu] encrypt_key" in text and "渠道：" not in text

@@ -171,7 +171,7 @@ async def test_admin_is_refused_over_plain_mode_unless_allowed(
         text = sent["text"]["content"]
         # WeChat chats are Chinese: the refusal, and the fix it names, in Chinese.
         assert "不接受管理命令" in text and all(hint in text for hint in REFUSED_HINTS)
-        assert "Channels:" not in text
+        assert "渠道：" not in text
         (entry,) = await rows(h, audit)
         assert (entry.actor, entry.outcome) == (f"wechat:{ADMIN}", "refused")
         # A plain message from the admin is still answered as usual.
@@ -183,7 +183,7 @@ async def test_admin_is_refused_over_plain_mode_unless_allowed(
     async with running_hub(allowed) as h:
         await plain.post(h.url, text_xml("/admin status", "8108", sender=ADMIN))
         await api.wait_sent(3)
-        assert "Channels:" in api.sent()[2]["text"]["content"]
+        assert "渠道：" in api.sent()[2]["text"]["content"]
 
 
 async def test_passive_mode_retry_of_a_plain_message_still_gets_the_reply(
