@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _started() -> None:
     """The hub is ready: what start-up built stays out of the collector's sight (gc.freeze), so
-    its later full passes are short and the exit does not walk it all again (~0.3 s of a stop)."""
+    its later full passes are short and the exit does not walk it all again (up to ~1 s on a
+    busy machine)."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
