@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from hub.api import DeliveryApi
 from hub.channels.base import Channel
 from hub.channels.web import WebChannel
 from hub.delivery import Outbox
@@ -38,7 +37,6 @@ from hub.settings import Settings
 from hub.skills.admin.skill import AdminSkill
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database
-from hub.storage.deliveries import DeliveryRepo
 from hub.storage.media import MediaStore
 from hub.storage.personas import PersonaRepo
 from hub.wiring import (
@@ -277,16 +275,20 @@ def _build_http(hub: Hub, fetcher: Fetcher) -> web.Application:
         metrics_token=settings.http.metrics_token or (settings.web.token if _web_token_required(settings) else None),
     )
     app.add_routes(server.routes())
-    api = DeliveryApi(
-        settings.api,
-        outbox=hub.outbox,
-        deliveries=DeliveryRepo(hub.db),
-        media=hub.media,
-        channels=hub.channels,
-        metrics=hub.metrics,
-        public_url=settings.http.public_url,
-    )
-    app.add_routes(api.routes())
+    if settings.api.token:  # no token, no API (its paths answer 404): nothing to import
+        from hub.api import DeliveryApi
+        from hub.storage.deliveries import DeliveryRepo
+
+        api = DeliveryApi(
+            settings.api,
+            outbox=hub.outbox,
+            deliveries=DeliveryRepo(hub.db),
+            media=hub.media,
+            channels=hub.channels,
+            metrics=hub.metrics,
+            public_url=settings.http.public_url,
+        )
+        app.add_routes(api.routes())
     for ch in hub.channels.values():
         app.add_routes(ch.routes())
     app.cleanup_ctx.extend(lifecycle(hub))

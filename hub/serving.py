@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -98,12 +99,14 @@ def listening_line(host: str, sock: socket.socket) -> str:
     return f"Hub listening on http://{shown}:{port}/"
 
 
-async def serve(settings: Settings, *, inherited: socket.socket | None = None) -> int:
+async def serve(
+    settings: Settings, *, inherited: socket.socket | None = None, started: Callable[[], None] | None = None
+) -> int:
     """`hub run`: lock, bind, answer 503 while starting, run until SIGTERM/SIGINT.
 
     A worker of `hub run --workers N` gets the parent's listening socket as `inherited`: the
     parent has bound it and answers while the workers start, and takes no data_dir lock
-    (several workers need PostgreSQL).
+    (several workers need PostgreSQL). `started` is called once the hub is ready.
     """
     from hub.app import build_app
 
@@ -140,6 +143,8 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
         # passes, which otherwise walk it all (the SDKs' types, the app), ~100 ms a pass.
         gc.freeze()
         print(listening_line(settings.http.host, sock), flush=True)
+        if started is not None:
+            started()
         await stop.wait()
         log.info("event=stopping")
         try:
