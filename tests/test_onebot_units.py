@@ -195,7 +195,7 @@ async def test_an_answer_that_comes_at_once_is_not_missed_and_waiters_are_cleane
 @pytest.mark.parametrize(
     ("chosen", "note"),
     [
-        (None, "这个文件太大，无法在这里发送。\n也无法提供链接：请让运行本 Hub 的人设置 [http] public_url。"),
+        (None, "这个文件太大，无法在这里发送。\n也无法提供链接：请让运行本机器人的人设置 [http] public_url。"),
         (
             "en",
             "This file is too large to send here.\n"

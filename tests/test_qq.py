@@ -268,7 +268,9 @@ async def test_without_public_url_local_media_is_a_clear_text(hub: RunningHub, q
     await hub.hub.outbox.put(NewMessage(target=CHAT, message=Message((Image(path=str(stored.path)),)), context=context))
     await qq.api.wait_for(lambda: len(qq.sent) >= 2)
     assert qq.sent[1].body["msg_type"] == 0
-    assert qq.sent[1].content == "这张图片无法在这里发送。\n也无法提供链接：请让运行本 Hub 的人设置 [http] public_url。"
+    assert qq.sent[1].content == (
+        "这张图片无法在这里发送。\n也无法提供链接：请让运行本机器人的人设置 [http] public_url。"
+    )
     assert qq.api.calls(f"/v2/users/{USER}/files") == []
 
 

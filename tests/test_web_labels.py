@@ -43,7 +43,7 @@ async def test_the_page_is_in_the_browsers_language(tmp_path: Path) -> None:
         assert '<html lang="zh-CN">' in zh
         assert '<span id="subtitle">发送 /help 查看我能做什么。</span>' in zh
         assert 'placeholder="消息"' in zh and '<button id="send" type="submit">发送</button>' in zh
-        assert given_labels(zh) == labels("zh") and given_labels(zh)["token"] == "此 Hub 需要访问令牌："
+        assert given_labels(zh) == labels("zh") and given_labels(zh)["token"] == "本机器人需要访问令牌："
         assert "{{" not in zh
 
         en = await get_page(h.url, EN)

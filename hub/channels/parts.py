@@ -213,8 +213,9 @@ class MediaLinks:
         file)."""
         t = texts(await self.language(request))
         kind = kind if kind in SIZED_NOTES else "file"
-        mb = f"{size / MB:.1f}".removesuffix(".0") if size is not None else "0"
-        if reason == TOO_LARGE and mb != "0":
+        # Under 0.05 MB, a size says nothing: left out.
+        mb = f"{size / MB:.1f}".removesuffix(".0") if size is not None else None
+        if reason == TOO_LARGE and mb not in (None, "0"):
             why = t(SIZED_NOTES[kind], size=mb)
         else:
             why = t(MEDIA_NOTES[(reason, kind)])

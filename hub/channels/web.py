@@ -178,7 +178,7 @@ class WebChannel(Channel):
             web.get("/", self.page),
             web.post("/api/web/chat", self.chat),
             web.get("/api/web/events", self.events),
-            web.get("/api/web/labels", self.labels),
+            web.get("/api/web/labels", self.page_labels),
         ]
 
     async def stop(self) -> None:
@@ -205,7 +205,7 @@ class WebChannel(Channel):
             },
         )
 
-    async def labels(self, request: web.Request) -> web.StreamResponse:
+    async def page_labels(self, request: web.Request) -> web.StreamResponse:
         """The page's words in its session's language (which `/lang` may have changed)."""
         refused = self._refusal(request)
         if refused is not None:
