@@ -10,6 +10,7 @@ from pathlib import Path
 from browser import Page, chromium
 from harness import make_settings, running_hub, text_of, web_chat
 
+from hub.channels.web import MAX_TEXT
 from hub.events import ChatRef, Image, Message
 from hub.storage.outbox import NewMessage
 
@@ -161,4 +162,10 @@ async def test_the_page_speaks_the_browsers_language_until_lang_changes_it(tmp_p
         # A reload shows the session's language from the start, whatever the browser says.
         await page.goto(f"{h.url}/")
         assert await page.evaluate(words) == ["en", "Send", "Message"]
+        # Too long to send: said before sending, in the page's language, and the text stays to be cut.
+        await page.type("#input", "x" * (MAX_TEXT + 1))
+        await page.press_enter()
+        refusal = await page.wait_for("document.querySelector('.msg.bot.error')?.textContent")
+        assert refusal == f"Not sent: a message can be at most {MAX_TEXT} characters long."
+        assert await page.evaluate("document.getElementById('input').value.length") == MAX_TEXT + 1
         assert page.errors == []
