@@ -26,6 +26,7 @@ from hub.channels.web import WebChannel
 from hub.delivery import Outbox
 from hub.fetch import Fetcher, policy_from_settings
 from hub.http import ServerRoutes, error_middleware
+from hub.i18n.language import ChatLanguages
 from hub.inbound import Dispatcher
 from hub.jobs.service import JobService
 from hub.lifecycle import lifecycle, stop_input
@@ -111,7 +112,14 @@ def build_app(
         settings, store, people, outbox, channels, metrics, recovery_interval_s, languages
     )
     _build_channels(
-        settings, channels, store, dispatcher=dispatcher, fetcher=fetcher, outbox=outbox, qq_windows=qq_windows
+        settings,
+        channels,
+        store,
+        dispatcher=dispatcher,
+        fetcher=fetcher,
+        outbox=outbox,
+        qq_windows=qq_windows,
+        languages=languages,
     )
     for ch in extra_channels:
         channels[ch.name] = ch
@@ -146,6 +154,7 @@ def _build_channels(
     fetcher: Fetcher,
     outbox: Outbox,
     qq_windows: Mapping[str, float] | None,
+    languages: ChatLanguages,
 ) -> None:
     web_events, media, chats, db = store.web_events, store.media, store.chats, store.db
     # --- channels: each platform module is imported only when enabled ---------------------
@@ -156,6 +165,7 @@ def _build_channels(
             media=media,
             submit_and_wait=dispatcher.submit_and_wait,
             http=settings.http,
+            languages=languages,
         )
     if settings.telegram.enabled:
         from hub.channels.telegram import TelegramChannel
@@ -168,8 +178,11 @@ def _build_channels(
             db=db,
             public_url=settings.http.public_url,
             fetcher=fetcher,
+            languages=languages,
         )
-    _build_wechat_channels(settings, channels, media=media, dispatcher=dispatcher, chats=chats, db=db, fetcher=fetcher)
+    _build_wechat_channels(
+        settings, channels, media=media, dispatcher=dispatcher, chats=chats, db=db, fetcher=fetcher, languages=languages
+    )
     if settings.qq.enabled:
         from hub.channels.qq.channel import QQChannel
         from hub.storage.reply_slots import ReplySlotRepo
@@ -182,6 +195,7 @@ def _build_channels(
             slots=ReplySlotRepo(db),
             release_waiting=outbox.release_waiting,
             windows=qq_windows,
+            languages=languages,
         )
     if settings.feishu.enabled:
         from hub.channels.feishu import FeishuChannel
@@ -193,13 +207,20 @@ def _build_channels(
             db=db,
             public_url=settings.http.public_url,
             fetcher=fetcher,
+            languages=languages,
         )
     if settings.onebot.enabled:
-        _build_onebot(settings, channels, store, dispatcher=dispatcher, outbox=outbox)
+        _build_onebot(settings, channels, store, dispatcher=dispatcher, outbox=outbox, languages=languages)
 
 
 def _build_onebot(
-    settings: Settings, channels: dict[str, Channel], store: Storage, *, dispatcher: Dispatcher, outbox: Outbox
+    settings: Settings,
+    channels: dict[str, Channel],
+    store: Storage,
+    *,
+    dispatcher: Dispatcher,
+    outbox: Outbox,
+    languages: ChatLanguages,
 ) -> None:
     from hub.channels.onebot import OneBotChannel
 
@@ -215,6 +236,7 @@ def _build_onebot(
         max_frame_bytes=settings.http.max_body_bytes,
         on_connect=onebot_back,
         recent_sent=lambda: store.outbox_repo.recent_sent_ids("onebot:", 20000),
+        languages=languages,
     )
 
 
@@ -227,6 +249,7 @@ def _build_wechat_channels(
     chats: ChatRepo,
     db: Database,
     fetcher: Fetcher,
+    languages: ChatLanguages,
 ) -> None:
     if settings.wechat.enabled or settings.wecom.enabled:
         from hub.skills.chat import PersonaGreeting
@@ -247,6 +270,7 @@ def _build_wechat_channels(
                 nonces=NonceRepo(db, keep_s=2 * WINDOW_S),
                 greeting=greeting,
                 fetcher=fetcher,
+                languages=languages,
             )
         if settings.wecom.enabled:
             from hub.channels.wechat import WecomChannel
@@ -258,6 +282,7 @@ def _build_wechat_channels(
                 public_url=settings.http.public_url,
                 greeting=greeting,
                 fetcher=fetcher,
+                languages=languages,
             )
 
 

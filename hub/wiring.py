@@ -165,7 +165,7 @@ def build_routing(
         metrics,
         recover_all_at_start=store.db.is_sqlite,
         recovery_interval_s=recovery_interval_s,
-        tell_unhandled=lambda event: tell_unhandled(outbox, event),
+        tell_unhandled=lambda event: tell_unhandled(outbox, event, languages),
     )
     return router, dispatcher
 

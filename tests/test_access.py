@@ -424,7 +424,7 @@ video = 1
     async with started(tmp_path, toml) as env:
         assert "queued as #" in (await env.video("u1", "one [never]"))[0]
         refused = (await env.video("u1", "two [never]"))[0]
-        assert "all 1 of your /video requests for today" in refused and "00:00 UTC" in refused
+        assert "used your 1 /video request for today" in refused and "00:00 UTC" in refused
         assert "queued as #" in (await env.video("u2", "one [never]"))[0]
         for n in range(3):
             assert "queued as #" in (await env.video("admin1", f"mine {n} [never]"))[0]

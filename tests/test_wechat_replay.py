@@ -321,4 +321,4 @@ async def test_an_unsigned_body_carries_no_admin_rights_outside_admin_either(
     async with running_hub(settings) as h:
         await plain.post(h.url, text_xml("hi", "8301", sender=ADMIN))
         await api.wait_sent(1)
-        assert "allowlist" in api.sent()[0]["text"]["content"]
+        assert "只和白名单上的人聊天" in api.sent()[0]["text"]["content"]

@@ -102,3 +102,20 @@ class ChatLanguages:
     async def of_chat(self, ref: str, hint: object = None) -> Lang:
         """The language of the chat `ref` (a ChatRef's string form), outside any event."""
         return (await self.why(await self._chats(ref), ref.split(":", 1)[0], hint))[0]
+
+    async def of_new_chat(self, channel: str, hint: object = None) -> Lang:
+        """The language a chat nothing was set for yet starts in (the web page before it
+        names its session)."""
+        return (await self.why(ChatSettings(f"{channel}:"), channel, hint))[0]
+
+
+def platform_languages() -> ChatLanguages:
+    """Languages by the platform and its hint alone: for a channel built without the hub's."""
+
+    async def unset(ref: str) -> ChatSettings:
+        return ChatSettings(ref)
+
+    async def no_persona(chat: ChatSettings) -> str | None:
+        return None
+
+    return ChatLanguages(chats=unset, persona_language=no_persona, bot="auto")

@@ -29,6 +29,7 @@ from hub.channels.payload import parse_object
 from hub.errors import BadPayload, ConfigError, SendError, VerificationFailed
 from hub.events import ChatRef, Event
 from hub.fetch import Fetcher
+from hub.i18n.language import ChatLanguages
 from hub.settings import FeishuSettings
 from hub.storage.db import Database
 from hub.storage.media import MediaStore, StoredMedia
@@ -55,6 +56,7 @@ class FeishuChannel(Channel):
         db: Database,
         public_url: str | None,
         fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         if not (settings.app_id and settings.app_secret):
             raise ConfigError([("feishu", "app_id and app_secret are required")])
@@ -63,7 +65,7 @@ class FeishuChannel(Channel):
         self._media = media
         api_base = settings.api_base or DEFAULT_API
         self.api = FeishuApi(api_base, settings.app_id, settings.app_secret.get_secret_value())
-        self._sender = FeishuSender(self.api, media, public_url, fetcher)
+        self._sender = FeishuSender(self.api, media, public_url, fetcher, languages)
         self._group_admins = GroupAdmins(self.api)
         key = settings.encrypt_key.get_secret_value() if settings.encrypt_key else ""
         self._crypto = EventCrypto(key) if key else None

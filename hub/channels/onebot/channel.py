@@ -29,6 +29,7 @@ from hub.channels.parts import send_parts
 from hub.channels.payload import parse_object
 from hub.errors import BadPayload, HubError
 from hub.events import ChatRef, Event
+from hub.i18n.language import ChatLanguages
 from hub.settings import OneBotSettings
 from hub.storage.media import MediaStore
 
@@ -61,12 +62,13 @@ class OneBotChannel(Channel):
         action_timeout_s: float = 30.0,
         on_connect: Callable[[str], Awaitable[None]] | None = None,
         recent_sent: Callable[[], Awaitable[Sequence[tuple[ChatRef, Sequence[str]]]]] | None = None,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self._ingress = ingress
         self._token = settings.access_token.get_secret_value() if settings.access_token else None
         self._secret = settings.secret.get_secret_value() if settings.secret else None
         self._api = HttpApi(settings.api_base, self._token) if settings.api_base else None
-        self._renderer = Renderer(media, public_url, text_max=TEXT_MAX)
+        self._renderer = Renderer(media, public_url, text_max=TEXT_MAX, languages=languages)
         self._max_frame = max_frame_bytes
         self._timeout = action_timeout_s
         self._on_connect = on_connect
@@ -182,7 +184,7 @@ class OneBotChannel(Channel):
     async def send(self, request: SendRequest) -> SendResult:
         target = request.target
         self_id, _ = split_chat(target)
-        parts = await self._renderer.render(request.message, _quoted(request.quote, self_id))
+        parts = await self._renderer.render(request.message, _quoted(request.quote, self_id), request)
 
         async def one(_index: int, part: Any) -> str | None:
             _, action, params = send_action(target, part)

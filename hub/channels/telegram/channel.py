@@ -45,6 +45,7 @@ from hub.channels.telegram.stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
 from hub.events import ChatRef, Event
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
+from hub.i18n.language import ChatLanguages
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database
@@ -85,6 +86,7 @@ class TelegramChannel(Channel):
         db: Database,
         public_url: str | None,
         fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self._settings = settings
         self._ingress = ingress
@@ -97,7 +99,12 @@ class TelegramChannel(Channel):
         self._me = BotIdentity(self.bot.id)
         self._secret = settings.secret_token.get_secret_value().encode() if settings.secret_token else None
         self._sender = TelegramSender(
-            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url, fetcher=fetcher
+            self.bot,
+            media,
+            upload_limit_mb=settings.upload_limit_mb,
+            public_url=public_url,
+            fetcher=fetcher,
+            languages=languages,
         )
         self._group_admins = GroupAdmins(self.bot)
         self._poller = Poller(self.bot, self._take, db) if settings.mode == "polling" else None
@@ -242,7 +249,7 @@ class TelegramChannel(Channel):
             await self._record_migration(target.chat_id, new_chat_id)
 
         try:
-            ids = await self._sender.send_parts(
+            ids = await self._sender.to(request).send_parts(
                 self._chat_id(target), parts, request, reply_of(target, request.quote, request.context), migrated
             )
         except Exception as exc:
