@@ -23,3 +23,4 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check hub tests bench
 	$(BIN)/mypy
 	$(BIN)/mypy --strict hub/channels/base.py hub/channels/parts.py hub/routing/context.py
+	$(BIN)/python -m hub.i18n.catalogs check

@@ -5,7 +5,9 @@ OpenAI-compatible server, which runs in this process beside the client. For ever
 client times its POST to the first `content` chunk of the SSE answer; the fake model times the
 request's arrival to its first chunk written. The difference is what the hub adds before the
 first token reaches the user: the inbox commit, routing, persona and memory reads, the model
-client, and the SSE write. Prints p50 and p99 over the replies (after a warm-up).
+client, and the SSE write. Prints p50 and p99 over the replies (after a warm-up), and the
+CPU the hub process spent per reply: on a machine shared with other work the latencies wait
+for a free core, the CPU time does not.
 
     python bench/chat_bench.py [--replies 500] [--concurrency 1] [--sessions 20] [--model-delay-ms 0]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -29,6 +32,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_openai import FakeOpenAI  # noqa: E402
 from harness import HubProcess  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU of a process so far (Linux), None where /proc does not tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -109,10 +121,17 @@ default = true
 
                 warmup = max(args.concurrency, 20)
                 await asyncio.gather(*(worker(warmup // args.concurrency, False) for _ in range(args.concurrency)))
+                # This process imported the hub too (the harness): its own collector's full
+                # passes over that would land in the measured overhead.
+                gc.collect()
+                gc.freeze()
+                assert hub.proc is not None
+                cpu_before = cpu_seconds(hub.proc.pid)
                 started = time.perf_counter()
                 per = args.replies // args.concurrency
                 await asyncio.gather(*(worker(per, True) for _ in range(args.concurrency)))
                 elapsed = time.perf_counter() - started
+                cpu_after = cpu_seconds(hub.proc.pid)
         finally:
             hub.terminate()
             await model.stop()
@@ -125,6 +144,8 @@ default = true
     print(f"client time to first token: p50 {percentile(ttft, 50) * ms:.2f} ms, p99 {percentile(ttft, 99) * ms:.2f} ms")
     print(f"fake model time to first token: p50 {percentile(model_first, 50) * ms:.2f} ms")
     print(f"whole reply: p50 {percentile(total, 50) * ms:.2f} ms; {len(overhead) / elapsed:.0f} replies/s")
+    if cpu_before is not None and cpu_after is not None:
+        print(f"hub CPU per reply: {(cpu_after - cpu_before) / len(overhead) * ms:.2f} ms")
 
 
 def main() -> None:

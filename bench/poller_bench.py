@@ -5,25 +5,32 @@
 Each tick is the poller's real work: claim the due jobs (UPDATE … WHERE id IN (SELECT … FOR
 UPDATE SKIP LOCKED LIMIT n) RETURNING, with a lease), poll each (an in-process provider that
 answers "running" at once, so the figures are the hub's own cost, not a network's), and
-reschedule each at the provider's interval. Prints wall time and CPU time per tick, and the cost
-of an idle tick (nothing due), which stays flat however many jobs are in flight.
+reschedule each at the provider's interval. Prints wall time and CPU time per tick (this
+process's, every thread: SQLite's own work counts, a PostgreSQL server's does not), the
+statements a tick sends (the claim and the reschedule are one each however many jobs are due),
+and the cost of an idle tick (nothing due), which stays flat however many jobs are in flight.
+
+On PostgreSQL the benchmark's jobs are deleted before and after the run; other rows are left alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import update
+from sqlalchemy import delete, event, update
 
 from hub.delivery import Outbox
 from hub.events import ChatRef
@@ -97,6 +104,11 @@ async def fill(db: Database, n: int) -> list[str]:
     return ids
 
 
+async def clear(db: Database) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(delete(jobs).where(jobs.c.origin.like("bench:%")))
+
+
 async def make_due(db: Database, ids: list[str]) -> None:
     async with db.engine.begin() as conn:
         await conn.execute(update(jobs).where(jobs.c.id.in_(ids)).values(next_poll_at=utcnow() - timedelta(seconds=1)))
@@ -124,7 +136,13 @@ async def run(args: argparse.Namespace) -> None:
             batch=per_tick,
         )
         await service.open()
+        statements: Counter[str] = Counter()
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            statements[statement.lstrip().split(None, 1)[0].upper()] += 1
+
         try:
+            await clear(db)
             started = time.perf_counter()
             ids = await fill(db, args.jobs)
             filled = time.perf_counter() - started
@@ -132,12 +150,17 @@ async def run(args: argparse.Namespace) -> None:
             walls: list[float] = []
             cpus: list[float] = []
             idle_walls: list[float] = []
+            per_tick_statements: list[Counter[str]] = []
             for tick in range(args.ticks + 3):
                 await make_due(db, random.sample(ids, per_tick))
+                statements.clear()
+                event.listen(db.engine.sync_engine, "before_cursor_execute", count)
                 w0, c0 = time.perf_counter(), time.process_time()
                 claimed = await service.tick()
                 await service.drain()
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+                event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+                per_tick_statements.append(Counter(statements))
                 assert claimed == per_tick, (claimed, per_tick)
                 w0 = time.perf_counter()
                 assert await service.tick() == 0
@@ -156,8 +179,13 @@ async def run(args: argparse.Namespace) -> None:
             share = cpu_ms / (statistics.mean(walls) * 1000)
             print(f"CPU per tick: mean {cpu_ms:.1f} ms ({share:.0%} of its wall time)")
             print(f"per due job: {wall_ms / per_tick:.2f} ms wall, {cpu_ms / per_tick:.2f} ms CPU")
+            sent = per_tick_statements[-1]
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(sent.items()))
+            print(f"statements per tick: {sum(sent.values())} ({kinds}; BEGIN and COMMIT not counted)")
             print(f"idle tick (nothing due): median {statistics.median(idle_walls) * 1000:.2f} ms")
         finally:
+            with contextlib.suppress(Exception):
+                await clear(db)
             await service.stop()
             await db.close()
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from hub.api import DeliveryApi
 from hub.channels.base import Channel
 from hub.channels.web import WebChannel
 from hub.delivery import Outbox
 from hub.fetch import Fetcher, policy_from_settings
 from hub.http import ServerRoutes, error_middleware
+from hub.i18n.language import ChatLanguages
 from hub.inbound import Dispatcher
 from hub.jobs.service import JobService
 from hub.lifecycle import lifecycle, stop_input
@@ -38,7 +38,6 @@ from hub.settings import Settings
 from hub.skills.admin.skill import AdminSkill
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database
-from hub.storage.deliveries import DeliveryRepo
 from hub.storage.media import MediaStore
 from hub.storage.personas import PersonaRepo
 from hub.wiring import (
@@ -46,6 +45,7 @@ from hub.wiring import (
     build_access,
     build_admin,
     build_jobs,
+    build_languages,
     build_routing,
     build_skills,
     build_storage,
@@ -107,16 +107,26 @@ def build_app(
     fetch_policy = policy_from_settings(settings)
     fetcher = Fetcher(fetch_policy)
     outbox = Outbox(store.outbox_repo, store.media, channels, store.chats, metrics)
-    router, dispatcher = build_routing(settings, store, people, outbox, channels, metrics, recovery_interval_s)
+    languages = build_languages(settings, store)
+    router, dispatcher = build_routing(
+        settings, store, people, outbox, channels, metrics, recovery_interval_s, languages
+    )
     _build_channels(
-        settings, channels, store, dispatcher=dispatcher, fetcher=fetcher, outbox=outbox, qq_windows=qq_windows
+        settings,
+        channels,
+        store,
+        dispatcher=dispatcher,
+        fetcher=fetcher,
+        outbox=outbox,
+        qq_windows=qq_windows,
+        languages=languages,
     )
     for ch in extra_channels:
         channels[ch.name] = ch
-    jobs = build_jobs(store, outbox, metrics, settings, fetch_policy)
-    gateway, model_choice = build_skills(settings, router, store, jobs)
+    jobs = build_jobs(store, outbox, metrics, settings, fetch_policy, languages)
+    gateway, model_choice = build_skills(settings, router, store, jobs, languages)
     access = build_access(settings, router, store)
-    admin = build_admin(settings, router, store, people, access, outbox, jobs, channels, model_choice)
+    admin = build_admin(settings, router, store, people, access, outbox, jobs, channels, model_choice, languages)
     hub = Hub(
         **store.parts(),
         settings=settings,
@@ -144,6 +154,7 @@ def _build_channels(
     fetcher: Fetcher,
     outbox: Outbox,
     qq_windows: Mapping[str, float] | None,
+    languages: ChatLanguages,
 ) -> None:
     web_events, media, chats, db = store.web_events, store.media, store.chats, store.db
     # --- channels: each platform module is imported only when enabled ---------------------
@@ -154,6 +165,7 @@ def _build_channels(
             media=media,
             submit_and_wait=dispatcher.submit_and_wait,
             http=settings.http,
+            languages=languages,
         )
     if settings.telegram.enabled:
         from hub.channels.telegram import TelegramChannel
@@ -166,8 +178,11 @@ def _build_channels(
             db=db,
             public_url=settings.http.public_url,
             fetcher=fetcher,
+            languages=languages,
         )
-    _build_wechat_channels(settings, channels, media=media, dispatcher=dispatcher, chats=chats, db=db, fetcher=fetcher)
+    _build_wechat_channels(
+        settings, channels, media=media, dispatcher=dispatcher, chats=chats, db=db, fetcher=fetcher, languages=languages
+    )
     if settings.qq.enabled:
         from hub.channels.qq.channel import QQChannel
         from hub.storage.reply_slots import ReplySlotRepo
@@ -180,6 +195,7 @@ def _build_channels(
             slots=ReplySlotRepo(db),
             release_waiting=outbox.release_waiting,
             windows=qq_windows,
+            languages=languages,
         )
     if settings.feishu.enabled:
         from hub.channels.feishu import FeishuChannel
@@ -191,13 +207,20 @@ def _build_channels(
             db=db,
             public_url=settings.http.public_url,
             fetcher=fetcher,
+            languages=languages,
         )
     if settings.onebot.enabled:
-        _build_onebot(settings, channels, store, dispatcher=dispatcher, outbox=outbox)
+        _build_onebot(settings, channels, store, dispatcher=dispatcher, outbox=outbox, languages=languages)
 
 
 def _build_onebot(
-    settings: Settings, channels: dict[str, Channel], store: Storage, *, dispatcher: Dispatcher, outbox: Outbox
+    settings: Settings,
+    channels: dict[str, Channel],
+    store: Storage,
+    *,
+    dispatcher: Dispatcher,
+    outbox: Outbox,
+    languages: ChatLanguages,
 ) -> None:
     from hub.channels.onebot import OneBotChannel
 
@@ -213,6 +236,7 @@ def _build_onebot(
         max_frame_bytes=settings.http.max_body_bytes,
         on_connect=onebot_back,
         recent_sent=lambda: store.outbox_repo.recent_sent_ids("onebot:", 20000),
+        languages=languages,
     )
 
 
@@ -225,6 +249,7 @@ def _build_wechat_channels(
     chats: ChatRepo,
     db: Database,
     fetcher: Fetcher,
+    languages: ChatLanguages,
 ) -> None:
     if settings.wechat.enabled or settings.wecom.enabled:
         from hub.skills.chat import PersonaGreeting
@@ -245,6 +270,7 @@ def _build_wechat_channels(
                 nonces=NonceRepo(db, keep_s=2 * WINDOW_S),
                 greeting=greeting,
                 fetcher=fetcher,
+                languages=languages,
             )
         if settings.wecom.enabled:
             from hub.channels.wechat import WecomChannel
@@ -256,6 +282,7 @@ def _build_wechat_channels(
                 public_url=settings.http.public_url,
                 greeting=greeting,
                 fetcher=fetcher,
+                languages=languages,
             )
 
 
@@ -273,16 +300,20 @@ def _build_http(hub: Hub, fetcher: Fetcher) -> web.Application:
         metrics_token=settings.http.metrics_token or (settings.web.token if _web_token_required(settings) else None),
     )
     app.add_routes(server.routes())
-    api = DeliveryApi(
-        settings.api,
-        outbox=hub.outbox,
-        deliveries=DeliveryRepo(hub.db),
-        media=hub.media,
-        channels=hub.channels,
-        metrics=hub.metrics,
-        public_url=settings.http.public_url,
-    )
-    app.add_routes(api.routes())
+    if settings.api.token:  # no token, no API (its paths answer 404): nothing to import
+        from hub.api import DeliveryApi
+        from hub.storage.deliveries import DeliveryRepo
+
+        api = DeliveryApi(
+            settings.api,
+            outbox=hub.outbox,
+            deliveries=DeliveryRepo(hub.db),
+            media=hub.media,
+            channels=hub.channels,
+            metrics=hub.metrics,
+            public_url=settings.http.public_url,
+        )
+        app.add_routes(api.routes())
     for ch in hub.channels.values():
         app.add_routes(ch.routes())
     app.cleanup_ctx.extend(lifecycle(hub))

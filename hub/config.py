@@ -20,7 +20,7 @@ from pydantic_settings import SettingsError
 
 from hub.errors import ConfigError
 from hub.events import ChatRef
-from hub.settings import CHANNEL_NAMES, Settings
+from hub.settings import CHANNEL_NAMES, COMMANDS, Settings
 
 DEFAULT_CONFIG = Path("config/hub.toml")
 _GONE = object()
@@ -202,8 +202,12 @@ def _entry_problems(s: Settings) -> list[tuple[str, str]]:
     if sum(p.default for p in s.personas) > 1:
         problems.append(("personas", "more than one persona has default = true"))
     for key, value in s.commands.aliases.items():
-        if value.lstrip("/") == "" or " " in value:
-            problems.append((f"commands.aliases.{key}", "must name a command"))
+        if not key.strip().lstrip("/") or any(c.isspace() for c in key.strip()):
+            problems.append((f"commands.aliases.{key}", "an alias is one word, without spaces"))
+        elif value.strip() and value.strip().lstrip("/").lower() not in COMMANDS:
+            problems.append(
+                (f"commands.aliases.{key}", f"must name a command ({', '.join(COMMANDS)}), or be \"\" to remove it")
+            )
     for i, item in enumerate(s.access.allow or []):
         if item.count(":") >= 2:
             try:

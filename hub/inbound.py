@@ -19,6 +19,8 @@ from hub.channels.base import LiveSink
 from hub.delivery import Outbox
 from hub.errors import HubError
 from hub.events import Event, Message
+from hub.i18n import N_, texts
+from hub.i18n.language import HINT_KEY, ChatLanguages, platform_languages
 from hub.metrics import Metrics
 from hub.redact import safe_text
 from hub.routing.context import Replier
@@ -30,7 +32,7 @@ log = logging.getLogger("hub.inbound")
 
 # Tries of one event before it counts as poison: marked failed and its sender told.
 MAX_ATTEMPTS = 5
-UNHANDLED_TEXT = "I could not handle that message"
+UNHANDLED_TEXT = N_("Sorry, I could not handle that message, even after several tries. Please try again later.")
 RETRY_CAP_S = 2.0
 
 
@@ -293,12 +295,13 @@ class Dispatcher:
         return len(self._inflight)
 
 
-async def tell_unhandled(outbox: Outbox, event: Event) -> None:
+async def tell_unhandled(outbox: Outbox, event: Event, languages: ChatLanguages | None = None) -> None:
     """Tell the sender their event was given up; its key makes a second telling a no-op."""
+    lang = await (languages or platform_languages()).of_chat(str(event.chat), event.context.get(HINT_KEY))
     await outbox.put(
         NewMessage(
             target=event.chat,
-            message=Message.of(UNHANDLED_TEXT),
+            message=Message.of(texts(lang)(UNHANDLED_TEXT)),
             quote=event.id,
             context=event.context,
             idempotency_key=f"{event.channel}:{event.id}:unhandled",

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,9 +28,6 @@ from sqlalchemy.engine import make_url
 from hub.settings import Settings
 
 log = logging.getLogger("hub.serving")
-# Allocations between two young collections (the default is 700): a few events' worth, each
-# collection a couple of milliseconds at most.
-GC_YOUNG_THRESHOLD = 5_000
 
 
 class StartError(Exception):
@@ -113,12 +110,14 @@ def listening_line(host: str, sock: socket.socket) -> str:
     return f"Hub listening on http://{shown}:{port}/"
 
 
-async def serve(settings: Settings, *, inherited: socket.socket | None = None) -> int:
+async def serve(
+    settings: Settings, *, inherited: socket.socket | None = None, started: Callable[[], None] | None = None
+) -> int:
     """`hub run`: lock, bind, answer 503 while starting, run until SIGTERM/SIGINT.
 
     A worker of `hub run --workers N` gets the parent's listening socket as `inherited`: the
     parent has bound it and answers while the workers start, and takes no data_dir lock
-    (several workers need PostgreSQL).
+    (several workers need PostgreSQL). `started` is called once the hub is ready.
     """
     from hub.app import build_app
 
@@ -151,8 +150,12 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
         finally:
             if placeholder is not None:
                 await placeholder.cleanup()
-        settle_heap()
+        # What start-up built lives as long as the process: kept out of the collector's full
+        # passes, which otherwise walk it all (the SDKs' types, the app), ~100 ms a pass.
+        gc.freeze()
         print(listening_line(settings.http.host, sock), flush=True)
+        if started is not None:
+            started()
         await stop.wait()
         log.info("event=stopping")
         try:
@@ -164,15 +167,6 @@ async def serve(settings: Settings, *, inherited: socket.socket | None = None) -
     finally:
         for held in locks:
             held.close()
-
-
-def settle_heap() -> None:
-    """Once started: what exists now lives as long as the process, so the collector stops
-    walking it, and it runs less often. Each event allocates thousands of short-lived objects;
-    at the default threshold the collector ran every few events and took a fifth of the CPU."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def sqlite_locks(settings: Settings) -> list[IO[str]]:

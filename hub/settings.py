@@ -100,8 +100,40 @@ class DatabaseSettings(Section):
         return v
 
 
+# The commands people type (DESIGN.md), which aliases may name.
+COMMANDS = ("help", "persona", "reset", "model", "lang", "image", "video", "music", "jobs", "cancel", "admin")
+# Chinese names for the commands, shipped as defaults: `[commands] aliases` adds to them, changes
+# one (`"视频" = "image"`) or removes one (`"视频" = ""`).
+DEFAULT_ALIASES = {
+    "视频": "video",
+    "图片": "image",
+    "音乐": "music",
+    "帮助": "help",
+    "任务": "jobs",
+    "取消": "cancel",
+    "管理": "admin",
+    "语言": "lang",
+}
+
+
 class CommandsSettings(Section):
     aliases: dict[str, str] = Field(default_factory=dict)
+
+    def effective_aliases(self) -> dict[str, str]:
+        """The defaults with the configured changes: alias (no slash) → command."""
+        merged = dict(DEFAULT_ALIASES)
+        for alias, command in self.aliases.items():
+            key = alias.strip().lstrip("/")
+            if command.strip():
+                merged[key] = command.strip().lstrip("/").lower()
+            else:
+                merged.pop(key, None)
+        return merged
+
+
+class BotSettings(Section):
+    # The language the bot answers in where a chat chose none (`auto`: the platform's hint).
+    language: Literal["zh", "en", "auto"] = "auto"
 
 
 class ApiSettings(Section):
@@ -225,7 +257,8 @@ class PersonaSettings(Section):
     style: str = ""
     knowledge: str = ""
     greeting: str = ""
-    language: Literal["zh", "en"] = "zh"
+    # For the prompt's frame (Chinese when unset) and the chat's language when set.
+    language: Literal["zh", "en"] | None = None
     restate: bool = True
     default: bool = False
 
@@ -287,6 +320,8 @@ class AccessSettings(AccessRules):
     groups: Literal["open", "allowlist"] | None = "open"
     allow: list[str] | None = Field(default_factory=list)
     pairing_ttl_s: int | None = Field(3600, gt=0)
+    # Who may change a group's persona, model, memory and language there.
+    group_settings: Literal["admins", "anyone"] = "admins"
     telegram: AccessRules | None = None
     wechat: AccessRules | None = None
     wecom: AccessRules | None = None
@@ -321,6 +356,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http: HttpSettings = HttpSettings()
     database: DatabaseSettings = DatabaseSettings()
+    bot: BotSettings = BotSettings()
     commands: CommandsSettings = CommandsSettings()
     api: ApiSettings = ApiSettings()
     web: WebSettings = WebSettings()

@@ -5,15 +5,18 @@ Each constructs one component from settings and the parts built before it; nothi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from hub.channels.base import Channel
 from hub.delivery import Outbox
 from hub.events import Event
 from hub.fetch import FetchPolicy
+from hub.i18n import N_
+from hub.i18n.language import ChatLanguages
 from hub.inbound import Dispatcher, tell_unhandled
 from hub.jobs.images import ImageJobs
 from hub.jobs.results import JobDelivery
@@ -30,11 +33,12 @@ from hub.skills.admin.args import AdminArgs
 from hub.skills.admin.ops import AdminOps
 from hub.skills.admin.repos import AdminRepos
 from hub.skills.admin.skill import AdminSkill
-from hub.skills.chat import ChatSkill, ModelChoice, NoModelChat
-from hub.skills.media import MediaSkills
+from hub.skills.chat import ChatSkill, ModelChoice, NoModelChat, persona_for
+from hub.skills.language import LanguageSkill
+from hub.skills.media import SECTION_OF, MediaSkills
 from hub.skills.persona import ChatCommands
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
-from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
+from hub.storage.chats import AuditRepo, ChatRepo, ChatSettings, KeyValueRepo, UserRepo
 from hub.storage.db import Database
 from hub.storage.inbox import InboxRepo
 from hub.storage.jobs import JobRepo
@@ -72,25 +76,47 @@ class Storage:
         return {f.name: getattr(self, f.name) for f in fields(Storage)}
 
 
+class _Ttl(TypedDict, total=False):
+    ttl_s: float
+
+
+def sole_user_ttl(db: Database) -> _Ttl:
+    """On SQLite this process is the database's one user (the data_dir lock, which the inbox's
+    recovery relies on too): settings it caches change only through it, so none need expire.
+    Users are not among them: `hub admin` writes those from another process."""
+    return _Ttl(ttl_s=math.inf) if db.is_sqlite else _Ttl()
+
+
 def build_storage(settings: Settings, holder: str, lease_s: float) -> Storage:
     db = Database(settings.database_url)
+    kept = sole_user_ttl(db)
     return Storage(
         db=db,
         inbox=InboxRepo(db, holder, lease_s),
         outbox_repo=OutboxRepo(db, holder, lease_s),
-        chats=ChatRepo(db),
+        chats=ChatRepo(db, **kept),
         users=UserRepo(db),
         audit=AuditRepo(db),
         kv=KeyValueRepo(db),
         media=MediaStore(db, settings.media_dir, settings.media_retention_days),
         web_events=WebEventRepo(db),
-        memory=MemoryRepo(db),
-        personas=PersonaRepo(db),
+        memory=MemoryRepo(db, sole_user=db.is_sqlite),
+        personas=PersonaRepo(db, **kept),
         pairing=PairingRepo(db),
-        quotas=QuotaRepo(db),
+        quotas=QuotaRepo(db, **kept),
         usage=UsageRepo(db),
         job_repo=JobRepo(db, holder, lease_s),
     )
+
+
+def build_languages(settings: Settings, store: Storage) -> ChatLanguages:
+    """Which language each chat is answered in."""
+
+    async def persona_language(chat: ChatSettings) -> str | None:
+        persona = await persona_for(store.personas, chat)
+        return persona.language if persona is not None else None
+
+    return ChatLanguages(chats=store.chats.get, persona_language=persona_language, bot=settings.bot.language)
 
 
 def build_routing(
@@ -101,15 +127,32 @@ def build_routing(
     channels: Mapping[str, Channel],
     metrics: Metrics,
     recovery_interval_s: float,
+    languages: ChatLanguages,
 ) -> tuple[Router, Dispatcher]:
+    def trust_unsigned(channel: str) -> bool:
+        return channel == "wechat" and settings.wechat.allow_admin_in_plain_mode
+
+    async def group_admin(event: Event) -> bool:
+        channel = channels.get(event.channel)
+        if channel is None:
+            return False
+        # A body no signature covers could name anyone as its sender: like admin rights,
+        # a group's admin rights are not taken from it.
+        if event.body_unauthenticated and not trust_unsigned(event.channel):
+            return False
+        return await channel.is_group_admin(event)
+
     router = Router(
-        aliases=settings.commands.aliases,
+        aliases=settings.commands.effective_aliases(),
         bot_names=lambda name: channels[name].bot_names if name in channels else (),
         chat_settings=store.chats.get,
+        language=languages.of_event,
+        group_admin=group_admin,
+        group_settings=settings.access.group_settings,
         mark_reachable=store.chats.mark_reachable,
         is_admin=people.is_admin,
         is_banned=people.is_banned,
-        trust_unsigned=lambda channel: channel == "wechat" and settings.wechat.allow_admin_in_plain_mode,
+        trust_unsigned=trust_unsigned,
     )
 
     def make_replier(event: Event, live: LiveSink | None) -> Replier:
@@ -122,17 +165,22 @@ def build_routing(
         metrics,
         recover_all_at_start=store.db.is_sqlite,
         recovery_interval_s=recovery_interval_s,
-        tell_unhandled=lambda event: tell_unhandled(outbox, event),
+        tell_unhandled=lambda event: tell_unhandled(outbox, event, languages),
     )
     return router, dispatcher
 
 
 def build_jobs(
-    store: Storage, outbox: Outbox, metrics: Metrics, settings: Settings, fetch_policy: FetchPolicy
+    store: Storage,
+    outbox: Outbox,
+    metrics: Metrics,
+    settings: Settings,
+    fetch_policy: FetchPolicy,
+    languages: ChatLanguages,
 ) -> JobService:
     """Long jobs: providers only for the [providers.*] sections that are set."""
     job_providers, image_provider = _generation_providers(settings)
-    job_delivery = JobDelivery(store.job_repo, outbox, store.media, fetch_policy=fetch_policy)
+    job_delivery = JobDelivery(store.job_repo, outbox, store.media, fetch_policy=fetch_policy, languages=languages)
     return JobService(
         store.job_repo,
         job_delivery,
@@ -144,9 +192,9 @@ def build_jobs(
 
 
 def build_skills(
-    settings: Settings, router: Router, store: Storage, jobs: JobService
+    settings: Settings, router: Router, store: Storage, jobs: JobService, languages: ChatLanguages
 ) -> tuple[ModelGateway | None, ModelChoice | None]:
-    router.register("help", router.help_skill, description="list the commands you may use")
+    router.register("help", router.help_skill, description=N_("list the commands you may use"))
     gateway: ModelGateway | None = None
     model_choice: ModelChoice | None = None
     if settings.models:
@@ -156,19 +204,42 @@ def build_skills(
         model_choice = ModelChoice(gateway, store.kv)
         router.set_fallback(ChatSkill(gateway, model_choice, store.memory, store.personas))
     else:
-        router.set_fallback(NoModelChat())
+        router.set_fallback(NoModelChat(), needs="[[models]]")
+    no_model = None if settings.models else "[[models]]"
     chat_commands = ChatCommands(store.chats, store.memory, store.personas, model_choice)
     router.register(
-        "persona", chat_commands.persona, description="show or switch this chat's persona", usage="/persona [name]"
+        "persona",
+        chat_commands.persona,
+        description=N_("show or switch this chat's persona"),
+        usage=N_("/persona [name]"),
     )
-    router.register("reset", chat_commands.reset, description="clear this chat's memory")
-    router.register("model", chat_commands.model, description="show or switch this chat's model", usage="/model [name]")
-    media_skills = MediaSkills(jobs)
-    router.register("image", media_skills.image, description="make an image", usage="/image <prompt>", skill="image")
-    router.register("video", media_skills.video, description="make a video", usage="/video <prompt>", skill="video")
-    router.register("music", media_skills.music, description="make music", usage="/music <prompt>", skill="music")
-    router.register("jobs", media_skills.list_jobs, description="list your recent jobs and their state")
-    router.register("cancel", media_skills.cancel, description="cancel one of your jobs", usage="/cancel <job id>")
+    router.register("reset", chat_commands.reset, description=N_("clear this chat's memory"))
+    router.register(
+        "model",
+        chat_commands.model,
+        description=N_("show or switch this chat's model"),
+        usage=N_("/model [name]"),
+        needs=no_model,
+    )
+    router.register(
+        "lang",
+        LanguageSkill(store.chats, languages),
+        description=N_("show or switch the language I answer this chat in"),
+        usage=N_("/lang [zh|en]"),
+    )
+    media_skills = MediaSkills(jobs, usable=router.usable)
+    for name, description, usage in (
+        ("image", N_("make an image"), N_("/image <prompt>")),
+        ("video", N_("make a video"), N_("/video <prompt>")),
+        ("music", N_("make music"), N_("/music <prompt>")),
+    ):
+        handler = {"image": media_skills.image, "video": media_skills.video, "music": media_skills.music}[name]
+        needs = None if jobs.configured(name) else SECTION_OF[name]
+        router.register(name, handler, description=description, usage=usage, skill=name, needs=needs)
+    router.register("jobs", media_skills.list_jobs, description=N_("list your recent jobs and their state"))
+    router.register(
+        "cancel", media_skills.cancel, description=N_("cancel one of your jobs"), usage=N_("/cancel <job id>")
+    )
     return gateway, model_choice
 
 
@@ -199,6 +270,7 @@ def build_admin(
     jobs: JobService,
     channels: Mapping[str, Channel],
     model_choice: ModelChoice | None,
+    languages: ChatLanguages,
 ) -> AdminSkill:
     repos = AdminRepos(
         users=store.users,
@@ -221,6 +293,7 @@ def build_admin(
         jobs=jobs,
         people=people,
         access=access,
+        languages=languages,
     )
     admin = AdminSkill(
         repos=repos,
@@ -229,10 +302,11 @@ def build_admin(
         outbox=outbox,
         ops=ops,
         args=args,
+        languages=languages,
         model_names=[m.name for m in settings.models],
         model_changed=model_choice.forget if model_choice is not None else None,
     )
-    router.register("admin", admin, description="run the bot (admins)", usage="/admin help", admin_only=True)
+    router.register("admin", admin, description=N_("run the bot (admins)"), usage=N_("/admin help"), admin_only=True)
     router.on_refusal(admin.on_refusal)
     return admin
 

@@ -5,10 +5,12 @@ HTTP (answers `{"code": 0, "msg": "success", "data": ...}` like the platform):
 `POST /open-apis/im/v1/messages?receive_id_type=`, `POST /open-apis/im/v1/messages/{id}/reply`
 (both deduplicated on `uuid`, as Feishu does), `POST /open-apis/im/v1/images`,
 `POST /open-apis/im/v1/files`, `GET /open-apis/im/v1/messages/{id}/resources/{key}`,
+`GET /open-apis/im/v1/chats/{chat_id}` (owner and managers, from `chats`),
 `POST /open-apis/cardkit/v1/cards`, `PUT .../cards/{id}/elements/{element}/content` (the
 sequence must grow), `PATCH .../cards/{id}/settings`. Every call but the token needs a token
 the fake issued and has not revoked (else 99991663). On demand: a slow token endpoint,
-99991400 with `x-ogw-ratelimit-reset`, revoked tokens, no CardKit permission, held sends.
+99991400 with `x-ogw-ratelimit-reset`, revoked tokens, no CardKit or chat-information
+permission, held sends.
 
 Long connection: `POST /callback/ws/endpoint` gives `ws://.../ws?device_id=&service_id=`, where
 the fake pushes event frames (lark's protobuf `Frame`, type `event`) and records the acks; an
@@ -41,6 +43,7 @@ ENCRYPT_KEY = "fake encrypt key"
 BOT_OPEN_ID = "ou_bot0000000000000000000000000000"
 BOT_NAME = "HubBot"
 USER_OPEN_ID = "ou_7d8a6e6df7621556ce0d21922b676706ccs"
+OWNER_OPEN_ID = "ou_0wner00000000000000000000000000"
 GROUP_CHAT_ID = "oc_5ad11d72b830411d72b836c20"
 NO_PERMISSION = 99991672
 
@@ -78,6 +81,9 @@ class FakeFeishu:
         self.token_delay_s = 0.0
         self.token_expire_s = 7200
         self.deny_cards = False
+        # chat_id → (owner open_id, manager open_ids) for chat information; else OWNER_OPEN_ID alone.
+        self.chats: dict[str, tuple[str, list[str]]] = {}
+        self.deny_chat_info = False
         # Makes the answer to a card creation (a 5xx, a page that is not JSON, ...).
         self.card_failure: Any = None
         self.held: set[str] = set()
@@ -151,6 +157,7 @@ class FakeFeishu:
         r.add_post("/open-apis/im/v1/images", self._authed(self._image))
         r.add_post("/open-apis/im/v1/files", self._authed(self._file))
         r.add_get("/open-apis/im/v1/messages/{message_id}/resources/{key}", self._authed(self._resource))
+        r.add_get("/open-apis/im/v1/chats/{chat_id}", self._authed(self._chat_info))
         r.add_post("/open-apis/cardkit/v1/cards", self._authed(self._card_create))
         r.add_put(
             "/open-apis/cardkit/v1/cards/{card_id}/elements/{element_id}/content", self._authed(self._card_content)
@@ -271,6 +278,26 @@ class FakeFeishu:
         if data is None:
             return fail(234003, "File not in msg.")
         return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _chat_info(self, request: web.Request, call: Call) -> web.Response:
+        if self.deny_chat_info:
+            return fail(NO_PERMISSION, "Access denied. One of the following scopes is required: [im:chat:readonly]")
+        if request.query.get("user_id_type", "open_id") != "open_id":
+            return fail(99992402, "field validation failed: this fake names users by open_id only")
+        owner, managers = self.chats.get(request.match_info["chat_id"], (OWNER_OPEN_ID, []))
+        return ok(
+            {
+                "name": "Test group",
+                "chat_mode": "group",
+                "chat_type": "private",
+                "owner_id_type": "open_id",
+                "owner_id": owner,
+                "user_manager_id_list": managers,
+                "bot_manager_id_list": [],
+                "user_count": "3",
+                "bot_count": "1",
+            }
+        )
 
     async def _card_create(self, request: web.Request, call: Call) -> web.Response:
         if self.card_failure is not None:

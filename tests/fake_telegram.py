@@ -108,6 +108,8 @@ class FakeTelegram:
         self.last_at: dict[str, float] = {}
         self.webhook: dict[str, Any] = {}
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id → (file_path, bytes)
+        # (chat_id, user_id) → getChatMember status; anyone else is a "member".
+        self.members: dict[tuple[str, str], str] = {}
         self.poll_hold_s = 0.3
         self._scripts: dict[str, list[Answer | str]] = {}
         self._updates: list[dict[str, Any]] = []
@@ -163,6 +165,10 @@ class FakeTelegram:
         self._pushed.set()
         self._touch()
         return update
+
+    def set_member(self, chat_id: int, user_id: int, status: str) -> None:
+        """What getChatMember says of a user: creator, administrator, member, restricted, left, kicked."""
+        self.members[(str(chat_id), str(user_id))] = status
 
     def add_file(self, file_id: str, data: bytes, file_path: str = "") -> None:
         self.files[file_id] = (file_path or f"documents/{file_id}.bin", data)
@@ -338,6 +344,19 @@ class FakeTelegram:
             return error(400, "Bad Request: invalid file_id")
         path, data = self.files[file_id]
         return {"file_id": file_id, "file_unique_id": file_id[-10:], "file_size": len(data), "file_path": path}
+
+    def _m_getChatMember(self, p: dict[str, Any], f: dict[str, Upload]) -> Any:
+        chat_id, user_id = str(p.get("chat_id", "")), str(p.get("user_id", ""))
+        if not chat_id.lstrip("-").isdigit() or not user_id.isdigit():
+            return error(400, "Bad Request: invalid user_id specified")
+        status = self.members.get((chat_id, user_id), "member")
+        member: dict[str, Any] = {"status": status, "user": {**USER, "id": int(user_id)}}
+        if status == "creator":
+            member["is_anonymous"] = False
+        elif status == "administrator":
+            flags = ("can_be_edited", "can_manage_chat", "can_delete_messages", "can_restrict_members")
+            member.update({"is_anonymous": False, **{flag: flag != "can_be_edited" for flag in flags}})
+        return member
 
     def _m_setWebhook(self, p: dict[str, Any], f: dict[str, Upload]) -> Any:
         if not p.get("url"):

@@ -14,8 +14,9 @@ from harness import pg_database
 from sqlalchemy import update
 from test_admin import TOKEN_ADMIN, VIDEO, WebEnv, started
 
-from hub.durations import describe_wait
+from hub.durations import describe_wait, within
 from hub.events import ChatRef, Event, Message, Text, User
+from hub.i18n import texts
 from hub.routing.access import AccessControl, TokenBuckets, next_utc_midnight
 from hub.routing.commands import CommandObject
 from hub.routing.context import Context, ReplyStream
@@ -48,11 +49,22 @@ def test_quotas_reset_at_the_next_utc_midnight(now: datetime, reset: datetime) -
 
 
 @pytest.mark.parametrize(
-    "seconds,text",
-    [(0.2, "1 s"), (40, "40 s"), (61, "2 min"), (3600, "1 h"), (3660, "1 h 1 min"), (18720, "5 h 12 min")],
+    "seconds,en,zh",
+    [
+        (0.2, "1 second", "1 秒"),
+        (40, "40 seconds", "40 秒"),
+        (61, "2 minutes", "2 分钟"),
+        (3600, "1 hour", "1 小时"),
+        (3660, "1 hour 1 minute", "1 小时 1 分钟"),
+        (18720, "5 hours 12 minutes", "5 小时 12 分钟"),
+        (2 * 86400, "2 days", "2 天"),
+    ],
 )
-def test_waits_read_like_a_person_would_say_them(seconds: float, text: str) -> None:
-    assert describe_wait(seconds) == text
+def test_waits_read_like_a_person_would_say_them(seconds: float, en: str, zh: str) -> None:
+    assert describe_wait(seconds, texts("en")) == en
+    assert describe_wait(seconds, texts("zh")) == zh
+    assert within(seconds, texts("en")) == f"in {en}"
+    assert within(seconds, texts("zh")) == f"{zh}后"
 
 
 def test_token_bucket_allows_a_burst_then_the_rate_and_warns_once() -> None:
@@ -146,7 +158,7 @@ async def test_a_quota_resets_at_utc_midnight(db: Database) -> None:
     assert await run(access, ctx) is False
     said = ctx.replier.sent[-1]  # type: ignore[attr-defined]
     assert "all 2 of your /video requests" in said
-    assert "resets at 2025-06-02 00:00 UTC (in 2 h 30 min)" in said
+    assert "resets at 2025-06-02 00:00 UTC (in 2 hours 30 minutes)" in said
     assert (await AuditRepo(db).recent(1))[0].action == "quota video"
     now[0] = datetime(2025, 6, 2, 0, 0, 1, tzinfo=UTC)
     assert await run(access, context("u", "video")) is True
@@ -184,6 +196,27 @@ async def test_a_use_that_broke_is_given_back(db: Database) -> None:
     assert await UsageRepo(db).count("u", "image", datetime.now(UTC).date().isoformat()) == 0
     assert await run(access, context("u", "image")) is True
     assert await run(access, context("u", "image")) is False
+
+
+async def test_an_unlimited_use_is_counted_once_the_skill_is_done(db: Database) -> None:
+    access = control(db, lambda: datetime.now(UTC))
+    usage = UsageRepo(db)
+    day = datetime.now(UTC).date().isoformat()
+    seen: list[int] = []
+
+    async def chat(event: Event, c: Context) -> None:
+        seen.append(await usage.count(c.user, "chat", day))
+
+    async def broken(event: Event, c: Context) -> None:
+        raise RuntimeError("model down")
+
+    ctx = context("u", "chat")
+    await access.quota(chat, ctx.event, ctx)
+    with pytest.raises(RuntimeError):
+        await access.quota(broken, ctx.event, ctx)
+    await access.quota(chat, ctx.event, ctx)
+    # Nothing stood before the skill; a use that broke did not count.
+    assert seen == [0, 1] and await usage.count(ctx.user, "chat", day) == 2
 
 
 async def test_housekeeping_keeps_five_weeks_of_usage(db: Database) -> None:
@@ -361,8 +394,8 @@ private = "pairing"
 pairing_ttl_s = 120
 """
     async with started(tmp_path, toml) as env:
-        assert "(valid for 2 min)" in await env.web("someone", "hello")
-        assert "(valid for 1 h)" in await env.fake("someone", "hello")
+        assert "(valid for 2 minutes)" in await env.web("someone", "hello")
+        assert "(valid for 1 hour)" in await env.fake("someone", "hello")
 
 
 async def test_rate_limit_per_chat_says_so_once_and_spares_admins_and_other_chats(tmp_path: Path) -> None:
@@ -391,7 +424,7 @@ video = 1
     async with started(tmp_path, toml) as env:
         assert "queued as #" in (await env.video("u1", "one [never]"))[0]
         refused = (await env.video("u1", "two [never]"))[0]
-        assert "all 1 of your /video requests for today" in refused and "00:00 UTC" in refused
+        assert "used your 1 /video request for today" in refused and "00:00 UTC" in refused
         assert "queued as #" in (await env.video("u2", "one [never]"))[0]
         for n in range(3):
             assert "queued as #" in (await env.video("admin1", f"mine {n} [never]"))[0]

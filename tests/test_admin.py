@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from babel.messages.pofile import read_po
 from fake_providers import HUNYUAN_KEY, HUNYUAN_KEY_ID, FakeHunyuan
 from fake_telegram import FakeTelegram, command_entity, message_update, post_update, telegram_toml
 from fakechan import SECRET, FakeChannel
@@ -26,10 +27,50 @@ from harness import FakeServer, RunningHub, eventually, make_settings, running_h
 
 from hub.cli import main as cli_main
 from hub.events import ChatRef, Event, Message, Text, User
+from hub.i18n import texts
+from hub.i18n.texts import LOCALE_DIR
 from hub.skills.admin.skill import PRIVATE_NOTE
 from hub.storage.jobs import Job
 
 REFUSAL = "Sorry, that command is for the bot's admins only."
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _english_sentences() -> list[str]:
+    """The pieces of every English text between its placeholders that are a phrase of their own
+    (two words or more): none may show in a Chinese answer. Usage lines are what the admin
+    types, so they stay."""
+    with (LOCALE_DIR / "en" / "LC_MESSAGES" / "hub.po").open("rb") as f:
+        catalog = read_po(f)
+    found = set()
+    for msg in catalog:
+        for msgid in (msg.id,) if isinstance(msg.id, str) else msg.id:
+            if not msgid or msgid.startswith("/"):
+                continue
+            for piece in re.split(r"%\(\w+\)s", msgid):
+                piece = piece.strip(" .,:;()—→·'\n")
+                if len(piece) >= 8 and " " in piece:
+                    found.add(piece)
+    return sorted(found)
+
+
+ENGLISH = _english_sentences()
+
+
+def assert_chinese(answer: str) -> None:
+    assert CJK.search(answer), answer
+    said = re.sub(r"'[^'\n]*'", "''", answer)  # a job's prompt, quoted, is the user's words
+    english = [sentence for sentence in ENGLISH if sentence in said]
+    assert not english, (english, answer)
+
+
+def is_refusal(answer: str, env: Any, name: str) -> bool:
+    """The admins-only refusal, saying how this person would become an admin on their platform."""
+    user = env.user(name)
+    if user.startswith("web:"):
+        return answer.startswith(REFUSAL) and "[web] token" in answer and "token_is_admin = true" in answer
+    return answer.startswith(REFUSAL) and answer.endswith(f"hub admin add {user}")
+
 
 VIDEO = f"""
 [providers.hunyuan]
@@ -437,7 +478,19 @@ async def _cancelled(env: Env, v: dict[str, str]) -> bool:
 
 async def _restarted(env: Env, v: dict[str, str]) -> bool:
     job = await env.job(v["job"])
-    return job.retries == 1 and job.state != "failed"
+    if job.retries != 1:
+        return False
+
+    # Made again: the provider gets the prompt a second time (and it fails again, as its prompt
+    # says, so the job's state alone would race with the fake).
+    async def submitted_twice() -> bool:
+        prompts = [c.json.get("prompt") for c in env.hunyuan.server.calls("/v1/api/video/submit")]
+        return prompts.count(job.prompt) == 2
+
+    await eventually(submitted_twice)
+    # The job's owner hears of it too.
+    notice = f"An admin restarted your job #{v['job']}; it comes here when it is done."
+    return await env.delivered(env.private("maker"), notice) == 1
 
 
 async def _victim_heard_first(env: Env) -> dict[str, str]:
@@ -546,10 +599,17 @@ async def _stranger_let_in(env: Env, v: dict[str, str]) -> bool:
     return told == 1 and "Commands:" in await env.stranger("stranger", "/help")
 
 
+async def _a_refusal(env: Env) -> dict[str, str]:
+    """Something in the audit log: a non-admin's try."""
+    assert is_refusal(await env.say("nosy", "/admin status"), env, "nosy")
+    return {}
+
+
 @dataclass(frozen=True)
 class Case:
     args: str  # after `/admin `; `{u_x}` a user, `{p_x}` a private chat, `{g_x}` a group, `{job}`...
     answer: str  # part of the admin's answer (filled the same way)
+    zh: str  # part of the same answer in a Chinese chat
     prepare: Prepare = _nothing
     effect: Effect | None = None  # None: the answer is the effect (a read-only subcommand)
 
@@ -559,24 +619,46 @@ class Case:
 
 
 CASES = [
-    Case("help", "/admin broadcast <chat,chat,...|all> <text>"),
-    Case("status", "Channels: "),
-    Case("jobs running", "video running", _a_running_job),
-    Case("job {job} cancel", "cancelled", _a_running_job, _cancelled),
-    Case("job #{job} retry", "queued again", _a_failed_job, _restarted),
-    Case("ban {u_victim}", "{u_victim} is banned", _victim_heard_first, _victim_ignored),
-    Case("unban {u_victim}", "no longer banned", _ban_victim, _victim_heard),
-    Case("quota default video 2", "may now use video 2 times per UTC day", effect=_third_video_stopped),
-    Case("quota {u_u9} video 1", "{u_u9} may now use video 1 time per UTC day", _u9_first_video, _u9_stopped),
-    Case("skill off video {g_g1}", "video is now off in {g_g1}", _groups_used, _video_off_in_g1_only),
-    Case("skill on video {g_g1}", "video is now on", _video_off_in_g1, _video_on_in_g1),
-    Case('persona add name=Mei style="warm, brief"', "Persona Mei added", effect=_mei_exists),
-    Case("persona remove Mei", "Persona Mei removed", _add_mei, _mei_gone),
-    Case("model default m2", "default model is now m2", effect=_default_model_m2),
-    Case("broadcast {p_b1},{g_g7} Hello, everyone", "Broadcast queued for 2 chats", effect=_broadcast_reached),
-    Case("who {u_maker}", "Today (", _a_running_job),
-    Case("approve {code}", "Approved {s_stranger}", _stranger_has_code, _stranger_let_in),
-    Case("audit 5", "audit entries"),
+    Case("help", "/admin broadcast <chat,chat,...|all> <text>", "/admin broadcast <会话,会话,...|all> <内容>"),
+    Case("status", "Channels: ", "渠道："),
+    Case("jobs running", "video running", "个状态为 running 的任务：", _a_running_job),
+    Case("job {job} cancel", "cancelled", "已取消任务 #{job}", _a_running_job, _cancelled),
+    Case("job #{job} retry", "queued again", "任务 #{job} 已重新排队", _a_failed_job, _restarted),
+    Case("ban {u_victim}", "{u_victim} is banned", "{u_victim} 已被封禁", _victim_heard_first, _victim_ignored),
+    Case("unban {u_victim}", "no longer banned", "{u_victim} 已解除封禁", _ban_victim, _victim_heard),
+    Case(
+        "quota default video 2",
+        "may now use video 2 times per UTC day",
+        "没有单独配额的人现在每个 UTC 日可以使用 video 2 次",
+        effect=_third_video_stopped,
+    ),
+    Case(
+        "quota {u_u9} video 1",
+        "{u_u9} may now use video 1 time per UTC day",
+        "{u_u9} 现在每个 UTC 日可以使用 video 1 次",
+        _u9_first_video,
+        _u9_stopped,
+    ),
+    Case(
+        "skill off video {g_g1}",
+        "video is now off in {g_g1}",
+        "video 已在 {g_g1} 中关闭",
+        _groups_used,
+        _video_off_in_g1_only,
+    ),
+    Case("skill on video {g_g1}", "video is now on", "video 已在 {g_g1} 中开启", _video_off_in_g1, _video_on_in_g1),
+    Case('persona add name=Mei style="warm, brief"', "Persona Mei added", "已添加人设 Mei", effect=_mei_exists),
+    Case("persona remove Mei", "Persona Mei removed", "已删除人设 Mei", _add_mei, _mei_gone),
+    Case("model default m2", "default model is now m2", "默认模型已改为 m2", effect=_default_model_m2),
+    Case(
+        "broadcast {p_b1},{g_g7} Hello, everyone",
+        "Broadcast queued for 2 chats",
+        "已为 2 个会话排队群发",
+        effect=_broadcast_reached,
+    ),
+    Case("who {u_maker}", "Today (", "今天（", _a_running_job),
+    Case("approve {code}", "Approved {s_stranger}", "已批准 {s_stranger}", _stranger_has_code, _stranger_let_in),
+    Case("audit 5", "audit entries", "条审计记录", _a_refusal),
 ]
 
 
@@ -590,7 +672,7 @@ async def test_every_subcommand_refused_to_a_non_admin_and_done_for_an_admin(any
 
     # A non-admin: a plain refusal, audited, and nothing happens.
     answer = await env.say("user1", text)
-    assert answer == REFUSAL
+    assert is_refusal(answer, env, "user1"), answer
     entry = await env.last_audit()
     assert (entry.actor, entry.chat, entry.outcome) == (env.user("user1"), env.private("user1"), "refused")
     assert entry.action == f"admin {sub}"
@@ -601,6 +683,7 @@ async def test_every_subcommand_refused_to_a_non_admin_and_done_for_an_admin(any
     # The admin: it works, it is audited, and the effect shows.
     answer = await env.admin(text)
     assert case.answer.format_map(names) in answer, answer
+    assert not CJK.search(answer), answer
     mine = [e for e in await env.hub.audit.recent(20) if e.actor == env.user(env.admin_name)]
     assert mine and (mine[0].action, mine[0].outcome, mine[0].chat) == (
         f"admin {sub}",
@@ -608,6 +691,19 @@ async def test_every_subcommand_refused_to_a_non_admin_and_done_for_an_admin(any
         env.private(env.admin_name),
     )
     if case.effect is not None:
+        assert await case.effect(env, values), f"no visible effect of /admin {case.args}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_every_subcommand_answers_in_chinese_in_a_chinese_chat(env: WebEnv, case: Case) -> None:
+    assert "中文" in await env.admin("/lang zh")
+    values = await case.prepare(env)
+    names = env.names(values)
+    answer = await env.admin("/admin " + case.args.format_map(names))
+    assert case.zh.format_map(names) in answer, answer
+    assert_chinese(answer)
+    if case.effect is not None:
+        # Seen by people in English chats: the notices to them are in their own language.
         assert await case.effect(env, values), f"no visible effect of /admin {case.args}"
 
 
@@ -655,7 +751,6 @@ async def test_broadcast_to_all_reaches_every_known_chat_once_through_the_outbox
         assert await env.delivered(target, "Maintenance at 22:00 UTC") == 1, target
 
 
-
 async def test_a_chat_marked_unreachable_that_writes_again_is_broadcast_to_again(any_env: Env) -> None:
     env = any_env
     await env.hub.chats.mark_unreachable(env.group("back"), "the bot was removed")
@@ -701,7 +796,7 @@ async def test_admin_answers_are_audited_with_who_where_what_when(env: WebEnv) -
         ("skill maybe video", "Say on or off"),
         ("model default gpt-9", "No model 'gpt-9' in the configuration (models: m1, m2)"),
         ('persona add name=Mei style="unclosed', "Cannot read the arguments"),
-        ("persona add name=Mei mood=happy", "unknown persona fields: mood"),
+        ("persona add name=Mei mood=happy", "Unknown persona fields: mood. Known: "),
         ("persona add style=warm", "A persona needs a name"),
         ("job zzzz cancel", "No job zzzz"),
         ("jobs sleeping", "Give one state, or none"),
@@ -718,6 +813,36 @@ async def test_bad_input_gets_a_reason_and_the_usage_and_changes_nothing(env: We
     assert not (await env.hub.users.get(OWNER)).banned
     assert await env.hub.kv.get("default_model") is None
     assert await env.hub.personas.get("Mei") is None
+
+
+async def test_bad_input_in_a_chinese_chat_gets_the_reason_and_the_usage_in_chinese(env: WebEnv) -> None:
+    assert "中文" in await env.admin("/lang zh")
+    for args, says in [
+        ("ban telegramm:1", "没有渠道“telegramm”"),
+        (f"ban {OWNER}", "管理员不能被封禁"),
+        ("ban", "请指定一个用户。"),
+        ("quota web:x video lots", "“lots”不是每天的使用次数"),
+        ("quota web:x dance 3", "没有技能“dance”：请从 chat、image、video、music 中选择。"),
+        ("skill off video nowhere", "“nowhere”不是会话"),
+        ("model default gpt-9", "配置中没有模型“gpt-9”（可用模型：m1、m2）。"),
+        ('persona add name=Mei style="unclosed', "无法读取参数"),
+        ("persona add name=Mei mood=happy", "未知的人设字段：mood。"),
+        ("persona remove Nobody", "没有人设“Nobody”"),
+        ("job zzzz cancel", "没有任务 zzzz。"),
+        ("jobs sleeping", "请给出一个状态，或不写：queued、"),
+        ("broadcast all", "请先给出目标会话"),
+        ("approve NOCODE", "没有配对码“NOCODE”"),
+        ("audit many", "请给出要显示的条数"),
+    ]:
+        answer = await env.admin(f"/admin {args}")
+        assert says in answer and "\n用法：/admin " in answer, answer
+        assert_chinese(answer)
+        entry = await env.last_audit()
+        # The audit log stays English for whoever reads it on the server.
+        assert entry.outcome == "invalid" and not CJK.search(entry.detail), entry
+    unknown = await env.admin("/admin frobnicate")
+    assert "未知的子命令“frobnicate”。发送 /admin help 查看列表。" == unknown
+    assert not (await env.hub.users.get(OWNER)).banned
 
 
 async def test_admin_with_no_subcommand_gets_help(env: WebEnv) -> None:
@@ -765,14 +890,14 @@ async def test_a_broadcast_handled_again_after_a_crash_sends_nothing_twice(env: 
 
 
 async def test_an_admin_added_from_the_command_line_may_use_admin(env: WebEnv, tmp_path: Path) -> None:
-    assert await env.say("boss", "/admin status") == REFUSAL
+    assert is_refusal(await env.say("boss", "/admin status"), env, "boss")
     config = str(tmp_path / "hub.toml")
     assert await asyncio.to_thread(cli_main, ["admin", "add", "fake:boss", "--config", config]) == 0
     env.hub.people.invalidate()
     assert "Channels:" in await env.say("boss", "/admin status")
     assert await asyncio.to_thread(cli_main, ["admin", "remove", "fake:boss", "--config", config]) == 0
     env.hub.people.invalidate()
-    assert await env.say("boss", "/admin status") == REFUSAL
+    assert is_refusal(await env.say("boss", "/admin status"), env, "boss")
     # A web user names itself: never an admin by name.
     assert await asyncio.to_thread(cli_main, ["admin", "add", "web:boss", "--config", config]) == 2
 
@@ -793,11 +918,30 @@ async def test_status_counts_channels_backlogs_jobs_and_recent_failures(env: Web
     await _a_failed_job(env)
     await _a_running_job(env)
     answer = await env.admin("/admin status")
-    assert re.search(r"^Up \d+ s \(since \d{4}-\d\d-\d\d \d\d:\d\d UTC\)$", answer.splitlines()[0])
+    assert re.search(r"^Up \d+ seconds? \(since \d{4}-\d\d-\d\d \d\d:\d\d UTC\)$", answer.splitlines()[0])
     assert "Channels: web running, fake running" in answer
     assert "Backlog: inbox " in answer and ", outbox " in answer
     assert "failed 1" in answer and "running 1" in answer
-    assert "Failures in the last hour: 0 sends, 0 events, 1 jobs" in answer
+    assert "Failures in the last hour: sends 0, events 0, jobs 1" in answer
+
+
+async def test_status_and_who_read_naturally_in_chinese(env: WebEnv) -> None:
+    await _a_failed_job(env)
+    values = await _a_running_job(env)
+    maker = env.user("maker")
+    await env.admin(f"/admin quota {maker} video 3")
+    assert "中文" in await env.admin("/lang zh")
+    lines = (await env.admin("/admin status")).splitlines()
+    assert re.search(r"^已运行 \d+ 秒（自 \d{4}-\d\d-\d\d \d\d:\d\d UTC 起）$", lines[0]), lines
+    assert lines[1] == "渠道：web running、fake running"
+    assert re.search(r"^积压：收件箱 \d+，发件箱 \d+$", lines[2]), lines
+    assert lines[3].startswith("任务：") and "failed 1" in lines[3] and "running 1" in lines[3]
+    assert lines[4] == "最近一小时的失败：发送 0，事件 0，任务 1"
+    who = (await env.admin(f"/admin who {maker}")).splitlines()
+    assert who[0] == f"{maker}：已批准"
+    assert re.search(r"^今天（\d{4}-\d\d-\d\d UTC）：chat 0/∞、image 0/∞、video 2/3、music 0/∞$", who[1]), who
+    assert who[2] == "最近 7 天：video 2" and who[3] == "最近的任务："
+    assert any(line.startswith(f"#{values['job']} video running · {maker} 在 ") and "前 · " in line for line in who)
 
 
 # --- answers that name people stay out of groups ---------------------------------------------------
@@ -808,14 +952,26 @@ async def test_who_and_audit_asked_in_a_telegram_group_answer_the_admin_privatel
     async with started_telegram(tmp_path, f'admins = ["{admin}"]\n{MODELS}{VIDEO}{POLICY}') as t:
         assert t.user(t.admin_name) == admin
         group, private = t.group("team"), t.private(t.admin_name)
-        for text, says in ((f"/admin who {admin}", f"{admin}: admin"), ("/admin audit 3", "audit entries")):
+        # One entry so far (the who): "entry", not "entries".
+        for text, says in ((f"/admin who {admin}", f"{admin}: admin"), ("/admin audit 3", "Last 1 audit entry (UTC")):
             await t.say_in("team", t.admin_name, text)
             assert [m for m in t.sent_to(private) if says in m]  # sent once say_in returns
             assert says not in "\n".join(t.sent_to(group))
-        assert t.sent_to(group) == [PRIVATE_NOTE] * 2
+        assert t.sent_to(group) == [texts("en")(PRIVATE_NOTE)] * 2
         # Through the outbox like any reply.
         rows = [r for r in await t.rows() if r["target"] == private]
         assert len(rows) == 2 and all(r["status"] == "sent" for r in rows)
+
+
+async def test_an_answer_sent_privately_is_in_the_private_chats_language(tmp_path: Path) -> None:
+    admin = "telegram:700001"
+    async with started_telegram(tmp_path, f'admins = ["{admin}"]\n{MODELS}{VIDEO}{POLICY}') as t:
+        group, private = t.group("team"), t.private(t.admin_name)
+        assert "中文" in await t.say_in("team", t.admin_name, "/lang zh")
+        await t.say_in("team", t.admin_name, f"/admin who {admin}")
+        # The group reads the note in its language; the admin's own chat is English.
+        assert t.sent_to(group)[-1] == texts("zh")(PRIVATE_NOTE)
+        assert t.sent_to(private)[-1].startswith(f"{admin}: admin\nToday (")
 
 
 async def test_who_and_audit_asked_in_a_group_elsewhere_say_ask_me_privately(env: WebEnv) -> None:

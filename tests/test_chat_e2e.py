@@ -17,9 +17,10 @@ from fakechan import SECRET, FakeChannel
 from harness import FakeServer, RunningHub, eventually, make_settings, running_hub, text_of, web_chat
 from sqlalchemy import func, select
 
+from hub.i18n import texts
 from hub.providers.chat_models import Backoff
 from hub.settings import Settings
-from hub.skills.chat import MODEL_DOWN, NO_MODEL
+from hub.skills.chat import EMPTY_ANSWER, MODEL_DOWN, NO_MODEL
 from hub.storage.memory import estimate_tokens
 from hub.storage.models import inbox, memory
 
@@ -146,7 +147,8 @@ async def test_history_is_remembered_across_a_restart_and_reset_clears_it(tmp_pa
         await web_chat(h.url, "s1", "third")
         assert [m["content"] for m in model.messages()[3:]] == ["first", "re: first", "second", "re: second", "third"]
         reset = await web_chat(h.url, "s1", "/reset")
-        assert "cleared" in text_of(reset).lower()
+        # The default persona speaks Chinese, so the chat is answered in Chinese.
+        assert text_of(reset) == "记忆已清空：本会话从头开始。"
         assert await stored_turns(h, "web:private:s1") == []
         await web_chat(h.url, "s1", "fourth")
         assert model.messages()[3:] == [{"role": "user", "content": "fourth"}]
@@ -202,6 +204,9 @@ async def test_a_400_is_not_retried(tmp_path: Path, model: FakeOpenAI) -> None:
         model.fail(400)
         assert text_of(await web_chat(h.url, "s1", "hello?")) == MODEL_DOWN
         assert len(model.requests) == 1
+        model.fail(400)
+        zh = {"Accept-Language": "zh-CN"}
+        assert text_of(await web_chat(h.url, "z1", "你好？", headers=zh)) == "模型暂时没有响应，请过一分钟再试。"
 
 
 async def test_a_hanging_model_times_out_and_nothing_is_stuck(tmp_path: Path, model: FakeOpenAI) -> None:
@@ -252,8 +257,9 @@ async def test_fifty_chats_in_parallel_get_their_own_answers(tmp_path: Path, mod
 
 async def test_persona_command_lists_switches_and_greets(tmp_path: Path, model: FakeOpenAI) -> None:
     async with running_hub(settings_for(tmp_path, model, PERSONAS)) as h:
+        # The default persona's language (zh) is the chat's until it switches to an English one.
         listing = text_of(await web_chat(h.url, "s1", "/persona"))
-        assert "林小雨 (current)" in listing and "Captain" in listing
+        assert listing == "本会话的人设是 林小雨。\n可用人设：Captain、林小雨（当前）\n发送 /persona <名称> 切换。"
         assert text_of(await web_chat(h.url, "s1", "/persona captain")) == "Ahoy."
         assert (await h.hub.chats.get("web:private:s1")).persona == "Captain"
         await web_chat(h.url, "s1", "where to?")
@@ -266,7 +272,15 @@ async def test_persona_command_lists_switches_and_greets(tmp_path: Path, model: 
         )
         assert model.messages()[1:] == [{"role": "user", "content": "where to?"}], "restate = false: no restatement"
         unknown = text_of(await web_chat(h.url, "s1", "/persona Nobody"))
-        assert "no persona called Nobody" in unknown and "Captain" in unknown
+        assert unknown == "There is no persona called Nobody. Personas: Captain, 林小雨."
+        listing = text_of(await web_chat(h.url, "s1", "/persona"))
+        assert (
+            listing == "This chat talks to Captain.\nPersonas: Captain (current), 林小雨\nSwitch with /persona <name>."
+        )
+        assert (
+            text_of(await web_chat(h.url, "s2", "/persona Nobody"))
+            == "没有叫 Nobody 的人设。可用人设：Captain、林小雨。"
+        )
         # Another chat still has the default persona.
         await web_chat(h.url, "s2", "hi")
         assert model.messages()[0]["content"] == LIN_SYSTEM
@@ -301,8 +315,19 @@ max_tokens = 4096
 """
         async with running_hub(settings_for(tmp_path, model, extra)) as h:
             listing = text_of(await web_chat(h.url, "s1", "/model"))
-            assert "This chat uses main." in listing and "main (current) (default)" in listing
-            assert "Qwen3-Coder-30B" in listing
+            assert listing == (
+                "This chat uses main.\nModels: main (current, default), Qwen3-Coder-30B\nSwitch with /model <name>."
+            )
+            zh = {"Accept-Language": "zh-CN"}
+            assert text_of(await web_chat(h.url, "z1", "/model", headers=zh)) == (
+                "本会话使用的模型是 main。\n可用模型：main（当前，默认）、Qwen3-Coder-30B\n发送 /model <名称> 切换。"
+            )
+            assert text_of(await web_chat(h.url, "z1", "/model gpt-9", headers=zh)) == (
+                "没有叫 gpt-9 的模型。可用模型：main、Qwen3-Coder-30B。"
+            )
+            assert text_of(await web_chat(h.url, "z1", "/model qwen3-coder-30b", headers=zh)) == (
+                "本会话已切换到模型 Qwen3-Coder-30B。"
+            )
             assert (
                 text_of(await web_chat(h.url, "s1", "/model qwen3-coder-30b")) == "This chat now uses Qwen3-Coder-30B."
             )
@@ -326,7 +351,16 @@ async def test_without_models_chat_explains_how_to_add_one(tmp_path: Path) -> No
     async with running_hub(make_settings(tmp_path)) as h:
         assert text_of(await web_chat(h.url, "s1", "hello")) == NO_MODEL
         assert text_of(await web_chat(h.url, "s1", "/model")) == NO_MODEL
-        assert "cleared" in text_of(await web_chat(h.url, "s1", "/reset")).lower()
+        assert text_of(await web_chat(h.url, "s1", "/reset")) == "Memory cleared: this conversation starts afresh."
+        assert text_of(await web_chat(h.url, "s1", "/persona")) == (
+            "No personas are set up: I answer as a plain assistant. Whoever runs this hub can add [[personas]] "
+            "entries to config/hub.toml."
+        )
+        zh = {"Accept-Language": "zh-CN"}
+        assert text_of(await web_chat(h.url, "z1", "hello", headers=zh)) == texts("zh")(NO_MODEL)
+        assert text_of(await web_chat(h.url, "z1", "/model", headers=zh)).startswith("还没有配置聊天模型：")
+        assert text_of(await web_chat(h.url, "z1", "/reset", headers=zh)) == "记忆已清空：本会话从头开始。"
+        assert text_of(await web_chat(h.url, "z1", "/persona", headers=zh)).startswith("尚未设置任何人设：")
 
 
 # --- through a platform without live streaming: replies go through the outbox --------------
@@ -401,3 +435,15 @@ async def test_a_hanging_model_never_delays_acks_or_other_chats(
 
 async def _none_unfinished(h: RunningHub) -> bool:
     return await unfinished_events(h) == 0
+
+
+async def test_an_empty_answer_is_told_in_the_chats_language(tmp_path: Path) -> None:
+    blank = FakeOpenAI(answer=lambda msgs: "")
+    await blank.start()
+    try:
+        async with running_hub(settings_for(tmp_path, blank)) as h:
+            assert text_of(await web_chat(h.url, "s1", "hello")) == EMPTY_ANSWER
+            zh = {"Accept-Language": "zh-CN"}
+            assert text_of(await web_chat(h.url, "z1", "你好", headers=zh)) == "模型给出了空回答，请重试或换个说法。"
+    finally:
+        await blank.stop()

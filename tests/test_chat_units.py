@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 from harness import pg_database
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
+from hub.events import ChatRef, Event, Image, Message, User
+from hub.i18n.language import choose
+from hub.routing.context import Context, ReplyStream
 from hub.settings import PersonaSettings
+from hub.skills.chat import ChatSkill
 from hub.skills.prompt import build_messages, opening, reply_reserve, system_prompt, tokens_of
+from hub.storage.chats import ChatSettings
 from hub.storage.db import Database
 from hub.storage.memory import MemoryRepo, Turn, estimate_tokens
 from hub.storage.migrate import migrate
@@ -177,6 +183,57 @@ async def test_orphan_turns_are_skipped(db: Database) -> None:
         assert (await conn.execute(select(func.count()).select_from(memory))).scalar() == 5
 
 
+async def test_a_sole_user_reads_what_the_database_holds_without_asking_it(db: Database) -> None:
+    # The same operations on two repositories, one keeping the chats in memory: every read
+    # answers the same, and the cached one stops querying once it holds a chat.
+    plain, cached = MemoryRepo(db, keep_rows=40), MemoryRepo(db, keep_rows=40, sole_user=True)
+    queries = 0
+
+    def count(*_: object) -> None:
+        nonlocal queries
+        queries += 1
+
+    sa_event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+
+    async def same(chat: str, budget: int) -> list[Turn]:
+        want = await plain.recent(chat, budget)
+        assert await cached.recent(chat, budget) == want
+        return want
+
+    assert await same("c", 1000) == []
+    for i in range(30):  # past keep_rows: the database prunes, the copy follows
+        await cached.add_exchange("c", user=f"question {i}", assistant=f"answer {i}", name="Ann", event_id=str(i))
+        await same("c", 1000)
+    await cached.add_exchange("c", user="question 29", assistant="again", event_id="29")  # stored once
+    pair = estimate_tokens("Ann: question 9") + estimate_tokens("answer 9")
+    for budget in (0, pair - 1, pair, 3 * pair, 10**6, 2 * pair):
+        await same("c", budget)
+    assert len(await same("c", 10**6)) == 40
+    before = queries
+    for budget in (0, pair, 3 * pair, 10**6):
+        await cached.recent("c", budget)
+    await cached.add_exchange("c", user="one more", assistant="reply", event_id="30")
+    assert (await cached.recent("c", 10**6))[-2:] == [Turn("user", "one more", 7), Turn("assistant", "reply", 6)]
+    assert queries - before == 3  # the two turns' inserts and the pruning: no read
+    assert await cached.clear("c") == 40
+    assert await same("c", 1000) == []
+    await cached.add_exchange("c", user="fresh", assistant="start", event_id="31")
+    assert [t.content for t in await same("c", 1000)] == ["fresh", "start"]
+
+
+async def test_a_sole_users_copy_is_bounded(db: Database) -> None:
+    repo = MemoryRepo(db, sole_user=True, cache_tokens=100)
+    for chat in ("a", "b", "c", "d"):
+        await repo.recent(chat, 25 if chat == "d" else 1000)
+        for i in range(5):  # 10 tokens an exchange
+            await repo.add_exchange(chat, user=f"q{i}", assistant=f"a{i}", event_id=str(i))
+    # The least recently used chats went first; a chat asked for 25 tokens keeps 30.
+    assert list(repo._cache) == ["c", "d"] and repo._cache["d"].tokens == 30
+    assert [t.content for t in await repo.recent("d", 25)] == ["q3", "a3", "q4", "a4"]
+    assert len(await repo.recent("d", 1000)) == 10  # more than it kept: from the database
+    assert len(await repo.recent("a", 1000)) == 10
+
+
 # --- personas ----------------------------------------------------------------------------------
 
 
@@ -222,3 +279,41 @@ async def test_another_process_sees_a_change_within_the_ttl(db: Database) -> Non
     await mine.add("Zed", {})
     await asyncio.sleep(0.06)
     assert [p.name for p in await theirs.list()] == ["Zed"]
+
+
+# --- what the chat skill says itself -----------------------------------------------------------
+
+
+class _Said:
+    """A replier that keeps what was said."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def reply(self, message: Message, *, quote: bool = True) -> None:
+        self.texts.append(message.text)
+
+    def stream(self) -> ReplyStream:
+        raise AssertionError("no stream for a message it cannot read")
+
+    async def action(self, kind: str = "typing") -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("channel", "said"),
+    [
+        ("qq", "我目前只能看懂文字：请用文字发送你的消息。"),
+        ("web", "I can only read text for now: please write your message."),
+    ],
+)
+async def test_a_picture_alone_is_answered_in_the_chats_language(channel: str, said: str) -> None:
+    event = Event(
+        "e1", channel, ChatRef(channel, "private", "u1"), User(channel, "u1"), Message((Image(url="https://x/y.png"),))
+    )
+    replier = _Said()
+    lang = choose(chat=None, persona=None, bot="auto", channel=channel)
+    ctx = Context(event=event, command=None, chat=ChatSettings("c"), is_admin=False, replier=replier, lang=lang)
+    skill = ChatSkill(None, None, None, None)  # type: ignore[arg-type]  # never reached for a picture alone
+    await skill(ctx)
+    assert replier.texts == [said]

@@ -30,6 +30,7 @@ from harness import RunningHub, eventually, make_settings, running_hub
 
 from hub.channels.feishu import FeishuChannel
 from hub.events import Image
+from hub.i18n import texts
 from hub.routing.context import Context
 from hub.skills.chat import NO_MODEL
 
@@ -81,7 +82,7 @@ async def test_an_encrypted_signed_private_message_is_acked_before_the_answer_an
     (sent,) = fs.messages()
     assert sent.path == "/open-apis/im/v1/messages" and sent.query == {"receive_id_type": "open_id"}
     assert sent.json["receive_id"] == USER_OPEN_ID and sent.json["msg_type"] == "text"
-    assert sent.content == {"text": NO_MODEL}
+    assert sent.content == {"text": texts("zh")(NO_MODEL)}  # Feishu chats are Chinese
     row = await hub.hub.inbox.get("feishu", event["header"]["event_id"])
     assert row is not None and row["chat"] == f"feishu:private:{USER_OPEN_ID}"
     await handled(hub, event)
@@ -100,7 +101,7 @@ async def test_a_group_message_needs_an_mention_and_the_answer_replies_to_it(hub
     await fs.wait_for(lambda: len(fs.messages()) == 1)
     (reply,) = fs.messages()
     assert reply.path == "/open-apis/im/v1/messages/om_ask1/reply"
-    assert reply.content == {"text": NO_MODEL} and not reply.json.get("reply_in_thread")
+    assert reply.content == {"text": texts("zh")(NO_MODEL)} and not reply.json.get("reply_in_thread")
 
 
 async def test_a_group_reply_to_the_bots_message_is_for_the_bot(hub: RunningHub, fs: FakeFeishu) -> None:
@@ -335,4 +336,5 @@ async def test_admin_is_refused_over_an_unsigned_webhook(tmp_path: Path, fs: Fak
         assert (await post_event(h.url, json.dumps(message_event("/admin status")).encode()))[0] == 200
         await fs.wait_for(lambda: len(fs.messages()) == 1)
         text = fs.messages()[0].content["text"]
-        assert "refused" in text and "[feishu] encrypt_key" in text and "Channels:" not in text
+        # Feishu is a Chinese platform: the refusal, and what to do, in Chinese.
+        assert "不接受管理命令" in text and "[feishu] encrypt_key" in text and "渠道：" not in text

@@ -12,6 +12,7 @@ import pytest
 from fake_feishu import FakeFeishu, feishu_toml, message_event
 from harness import ROOT, HubProcess
 
+from hub.i18n import texts
 from hub.skills.chat import NO_MODEL
 
 
@@ -55,7 +56,7 @@ async def test_killed_and_restarted_on_the_long_connection_nothing_is_lost(tmp_p
         await asyncio.sleep(1.0)
         per_user = Counter(m.json["receive_id"] for m in fs.messages())
         assert per_user == Counter({u: 1 for u in users})
-        assert {m.content["text"] for m in fs.messages()} == {NO_MODEL}
+        assert {m.content["text"] for m in fs.messages()} == {texts("zh")(NO_MODEL)}
         assert not fs.pending
     finally:
         assert second.terminate() == 0, second.logs()

@@ -12,11 +12,12 @@ from harness import FakeServer, Recorded, RunningHub, eventually, make_settings,
 from jobs_helpers import EventStream, has_media, has_text, job_ref, providers_toml
 from yarl import URL
 
+from hub.channels.base import SendRequest
 from hub.channels.parts import Part
 from hub.channels.uploads import MediaPreparer
 from hub.channels.wechat.api import WeChatApi
 from hub.errors import SendError
-from hub.events import Image, Message
+from hub.events import ChatRef, Image, Message
 from hub.fetch import Fetcher, FetchPolicy
 from hub.routing.context import Context
 
@@ -141,6 +142,7 @@ async def test_a_reply_media_url_to_a_local_service_fails_the_send_for_good(tmp_
 
 
 async def test_wechat_media_from_a_local_service_is_refused_for_good(inside: FakeServer) -> None:
+    to_wechat = SendRequest(ChatRef("wechat", "private", "o1"), Message.of("x"))
     fetcher = Fetcher(FetchPolicy.of(["http://127.0.0.1:1"]))  # api_base: another port
     preparer = MediaPreparer(
         WeChatApi("http://127.0.0.1:1", "/cgi-bin/token", {}),
@@ -152,7 +154,7 @@ async def test_wechat_media_from_a_local_service_is_refused_for_good(inside: Fak
     )
     try:
         with pytest.raises(SendError, match="a loopback address") as caught:
-            await preparer.prepare(Part("image", media=Image(url=f"{inside.url}/x.png")))
+            await preparer.prepare(Part("image", media=Image(url=f"{inside.url}/x.png")), to_wechat)
     finally:
         await fetcher.close()
     assert not caught.value.retryable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -13,23 +14,25 @@ import pytest
 from fake_providers import PNG_1X1, FakeHunyuan, FakeImages, video_bytes
 from harness import make_settings, pg_database
 from jobs_helpers import providers_toml
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from hub.delivery import Outbox
-from hub.events import ChatRef
+from hub.events import ChatRef, Message
 from hub.fetch import policy_from_settings
+from hub.i18n.language import ChatLanguages
 from hub.jobs.images import ImageJobs
 from hub.jobs.results import JobDelivery
 from hub.jobs.service import JobRequest, JobService
 from hub.metrics import Metrics
+from hub.providers.generation import Poll
 from hub.settings import Settings
-from hub.storage.chats import ChatRepo
+from hub.storage.chats import ChatRepo, ChatSettings
 from hub.storage.db import Database, utcnow
-from hub.storage.jobs import JOB_ID_RE, Job, JobRepo, NewJob, parse_job_id
+from hub.storage.jobs import JOB_ID_RE, Job, JobRepo, NewJob, NextPoll, parse_job_id
 from hub.storage.media import MediaStore
 from hub.storage.migrate import migrate
 from hub.storage.models import jobs as jobs_table
-from hub.storage.outbox import OutboxRepo
+from hub.storage.outbox import NewMessage, OutboxRepo
 from hub.wiring import _generation_providers
 
 CHAT = ChatRef("fake", "group", "g1")
@@ -42,8 +45,13 @@ def make_service(db: Database, settings: Settings, holder: str) -> JobService:
     media = MediaStore(db, settings.media_dir)
     outbox = Outbox(OutboxRepo(db, holder), media, {}, ChatRepo(db), metrics)
     repo = JobRepo(db, holder, 30)
-    delivery = JobDelivery(repo, outbox, media, fetch_policy=policy_from_settings(settings))
+    languages = ChatLanguages(chats=ChatRepo(db).get, persona_language=_no_persona, bot=settings.bot.language)
+    delivery = JobDelivery(repo, outbox, media, fetch_policy=policy_from_settings(settings), languages=languages)
     return JobService(repo, delivery, ImageJobs(repo, delivery, media, images), metrics, providers=providers)
+
+
+async def _no_persona(chat: ChatSettings) -> str | None:
+    return None
 
 
 @dataclasses.dataclass
@@ -353,6 +361,184 @@ async def test_two_pollers_on_postgresql_never_claim_the_same_job(tmp_path: Path
         finally:
             await p.service.stop()
             await p.db.close()
+
+
+class AlwaysRunning:
+    """A video provider whose every poll answers "running" at once: many polls end together."""
+
+    name = "hunyuan"
+    media = "video"
+    poll_interval_s = 3600.0
+    timeout_s = 86400.0
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def submit(self, prompt: str) -> str:
+        return "p"
+
+    async def poll(self, provider_job_id: str) -> Poll:
+        self.polls += 1
+        return Poll("running")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path}/hub.db"
+        else:
+            url = await stack.enter_async_context(pg_database())
+        db = Database(url)
+        await migrate(db)
+        await db.start()
+        try:
+            yield db
+        finally:
+            await db.close()
+
+
+class Statements:
+    """The statements sent on an engine while counting, by their first word."""
+
+    def __init__(self, db: Database) -> None:
+        self.seen: list[str] = []
+        self._engine = db.engine.sync_engine
+
+    def _count(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.seen.append(statement.lstrip().split(None, 1)[0].upper())
+
+    def __enter__(self) -> Statements:
+        event.listen(self._engine, "before_cursor_execute", self._count)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._count)
+
+
+async def _running_jobs(svc: JobService, n: int) -> list[Job]:
+    """`n` jobs the provider is making, all due now."""
+    made = [
+        (await svc.repo.create(NewJob("fake:u", CHAT, "video", "hunyuan", f"p{i}", 86400, origin=f"r{i}")))[0]
+        for i in range(n)
+    ]
+    async with svc.repo._db.engine.begin() as conn:
+        await conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id.in_([j.id for j in made]))
+            .values(state="running", provider_job_id="p", submitted_at=utcnow(), progress_noted=True)
+        )
+    return made
+
+
+async def test_a_tick_claims_and_reschedules_with_one_statement_each(any_db: Database, tmp_path: Path) -> None:
+    provider = AlwaysRunning()
+    media = MediaStore(any_db, tmp_path / "media")
+    outbox = Outbox(OutboxRepo(any_db, "me"), media, {}, ChatRepo(any_db), Metrics())
+    repo = JobRepo(any_db, "me", 30)
+    delivery = JobDelivery(repo, outbox, media)
+    images = ImageJobs(repo, delivery, media, None)
+    svc = JobService(repo, delivery, images, Metrics(), providers={"video": provider}, concurrency=60, batch=60)
+    await svc.open()
+    try:
+        made = await _running_jobs(svc, 60)
+        # One of them ends sooner than the provider's interval: its next poll is its deadline.
+        soon = made[7]
+        deadline = utcnow() + timedelta(seconds=30)
+        async with any_db.engine.begin() as conn:
+            await conn.execute(update(jobs_table).where(jobs_table.c.id == soon.id).values(deadline_at=deadline))
+        before = utcnow()
+        with Statements(any_db) as sent:
+            assert await step(svc) == 60
+        after = utcnow()
+        assert provider.polls == 60
+        # The claim and the reschedule; SQLite also looks before it takes the write lock.
+        assert sent.seen.count("UPDATE") == 2
+        assert sent.seen.count("SELECT") == (1 if any_db.is_sqlite else 0)
+        for job in made:
+            now = await _get(svc, job.id)
+            assert now.state == "running" and now.holder is None and now.lease_until is None
+            assert now.next_poll_at is not None
+            if job.id == soon.id:
+                assert now.next_poll_at == deadline
+            else:
+                assert before + timedelta(hours=1) <= now.next_poll_at <= after + timedelta(hours=1)
+        assert await step(svc) == 0
+        # Its deadline comes: it is claimed once more and times out, its owner told.
+        async with any_db.engine.begin() as conn:
+            await conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.id == soon.id)
+                .values(deadline_at=utcnow() - timedelta(seconds=1), next_poll_at=utcnow() - timedelta(seconds=1))
+            )
+        assert await step(svc) == 1
+        assert provider.polls == 60
+        assert (await _get(svc, soon.id)).state == "timed_out"
+        rows = [r for r in await OutboxRepo(any_db, "reader").all_rows() if r["origin"] == "job"]
+        assert [r["idempotency_key"] for r in rows] == [f"job:{soon.id}:timed_out"]
+    finally:
+        await svc.stop()
+
+
+async def test_changes_batched_together_apply_only_where_the_fence_holds(any_db: Database) -> None:
+    repo = JobRepo(any_db, "me", 30)
+    made = [
+        (await repo.create(NewJob("fake:u", CHAT, "video", "hunyuan", f"p{i}", 600, origin=f"f{i}")))[0]
+        for i in range(9)
+    ]
+    a, lost, cancelled, d, e, f, g, h, i = (j.id for j in made)
+    assert len(await repo.claim_due(10)) == 9
+    async with any_db.engine.begin() as conn:
+        await conn.execute(update(jobs_table).where(jobs_table.c.id == lost).values(holder="other"))
+    await repo.cancel(cancelled)
+    t1, t2 = utcnow() + timedelta(seconds=100), utcnow() + timedelta(seconds=200)
+
+    def notice(job_id: str) -> NewMessage:
+        return NewMessage(target=CHAT, message=Message.of(f"about {job_id}"), idempotency_key=f"job:{job_id}:x")
+
+    commits = any_db.writer.commits
+    with Statements(any_db) as sent:
+        results = await asyncio.gather(
+            # One shape, its values differing from job to job.
+            repo.change(a, ["queued"], notice=notice(a), attempts=1, error="e1", next_poll_at=t1),
+            repo.change(lost, ["queued"], notice=notice(lost), attempts=1, error="e2", next_poll_at=t1),
+            repo.change(cancelled, ["queued"], notice=notice(cancelled), attempts=1, error="e3", next_poll_at=t2),
+            repo.change(d, ["queued"], attempts=2, error=None, next_poll_at=t2),
+            # One job twice: the second change sees the first.
+            repo.change(e, ["queued"], release=False, state="submitted", provider_job_id="p1"),
+            repo.change(e, ["submitted"], state="running"),
+            # Results, kept leased.
+            repo.change(f, ["queued"], release=False, state="succeeded", result={"url": "f"}),
+            repo.change(g, ["queued"], release=False, state="succeeded", result={"url": "g", "n": [1]}),
+            # Next polls after different intervals; the longer one stops at the job's deadline.
+            repo.change(h, ["queued"], attempts=3, next_poll_at=NextPoll(100)),
+            repo.change(i, ["queued"], attempts=3, next_poll_at=NextPoll(5000)),
+        )
+    assert any_db.writer.commits == commits + 1  # one batch, one transaction
+    assert results == [True, False, False, True, True, True, True, True, True, True]
+    # One UPDATE per shape (those with varying values start WITH their rows), and the second round.
+    assert sent.seen.count("UPDATE") + sent.seen.count("WITH") == 5
+    ja, jl, jc, jd, je, jf, jg = [await repo.get(i) for i in (a, lost, cancelled, d, e, f, g)]
+    assert ja is not None and (ja.attempts, ja.error, ja.next_poll_at, ja.holder) == (1, "e1", t1, None)
+    assert jl is not None and (jl.attempts, jl.error, jl.holder) == (0, None, "other")
+    assert jc is not None and (jc.state, jc.attempts, jc.error) == ("cancelled", 0, None)
+    assert jd is not None and (jd.attempts, jd.error, jd.next_poll_at) == (2, None, t2)
+    assert je is not None and (je.state, je.provider_job_id, je.holder) == ("running", "p1", None)
+    assert jf is not None and (jf.state, jf.result, jf.holder) == ("succeeded", {"url": "f"}, "me")
+    assert jg is not None and (jg.result, jg.holder) == ({"url": "g", "n": [1]}, "me")
+    assert jg.lease_until is not None and jg.lease_until > utcnow() + timedelta(seconds=20)
+    jh, ji = await repo.get(h), await repo.get(i)
+    assert jh is not None and jh.next_poll_at is not None
+    assert jh.next_poll_at == jh.updated_at + timedelta(seconds=100) and jh.holder is None
+    assert ji is not None and ji.next_poll_at == ji.deadline_at and ji.attempts == 3
+    keys = [r["idempotency_key"] for r in await OutboxRepo(any_db, "reader").all_rows()]
+    assert keys == [f"job:{a}:x"]  # only the change that applied told anyone
 
 
 async def _race(a: JobService, b: JobService) -> tuple[list[list[Job]], list[list[Job]]]:

@@ -181,10 +181,12 @@ async def test_jobs_lists_mine_and_cancel_stops_one(hub: RunningHub, hunyuan: Fa
     assert listing.startswith("Your recent jobs:\n")
     assert f"#{job_id} video · " in listing and "[never] forever" in listing
     assert "No jobs" not in text_of(await web_chat(hub.url, "c1", "/jobs"))
-    assert text_of(await web_chat(hub.url, "c2", "/jobs")).startswith("You have no jobs yet.")
+    assert text_of(await web_chat(hub.url, "c2", "/jobs")) == "You have no jobs yet. Try /video a piglet singing"
 
     # Someone else cannot cancel it, nor learn that it exists.
-    assert text_of(await web_chat(hub.url, "c2", f"/cancel #{job_id}")) == f"There is no job #{job_id} of yours."
+    assert text_of(await web_chat(hub.url, "c2", f"/cancel #{job_id}")) == (
+        f"There is no job #{job_id} of yours. Send /jobs to see yours."
+    )
     assert text_of(await web_chat(hub.url, "c1", f"/cancel {job_id.upper()}")) == f"Cancelled #{job_id}."
     job = await hub.hub.jobs.get(job_id)
     assert job is not None and job.state == "cancelled"
@@ -198,9 +200,95 @@ async def test_jobs_lists_mine_and_cancel_stops_one(hub: RunningHub, hunyuan: Fa
 
 async def test_a_command_whose_provider_is_not_set_up_says_so(tmp_path: Path) -> None:
     async with running_hub(make_settings(tmp_path)) as h:
-        assert text_of(await web_chat(h.url, "n1", "/video a cat")) == "Video generation is not set up on this hub."
-        assert text_of(await web_chat(h.url, "n1", "/music a song")) == "Music generation is not set up on this hub."
-        assert text_of(await web_chat(h.url, "n1", "/image a cat")) == "Image generation is not set up on this hub."
+        assert text_of(await web_chat(h.url, "n1", "/video a cat")) == (
+            "Video generation is not set up on this hub. Whoever runs it can turn it on: add a "
+            "[providers.hunyuan] section (base_url, api_key, key_id) to config/hub.toml and restart the hub."
+        )
+        assert text_of(await web_chat(h.url, "n1", "/music a song")).startswith(
+            "Music generation is not set up on this hub. Whoever runs it can turn it on: "
+            "add a [providers.music] section"
+        )
+        assert text_of(await web_chat(h.url, "n1", "/image a cat")).startswith(
+            "Image generation is not set up on this hub. Whoever runs it can turn it on: "
+            "add a [providers.image] section"
+        )
+        # Nothing to suggest: /jobs says how the hub gets one, in English and in Chinese.
+        assert text_of(await web_chat(h.url, "n1", "/jobs")) == (
+            "You have no jobs yet. This hub cannot make images, videos or music yet: whoever runs it can add a "
+            "[providers.image], [providers.hunyuan] or [providers.music] section to config/hub.toml and restart "
+            "the hub."
+        )
+        zh = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"}
+        assert text_of(await web_chat(h.url, "n2", "/video 一只猫", headers=zh)) == (
+            "本机器人尚未配置视频生成。运行本机器人的人可以开启它：在 config/hub.toml 中添加 "
+            "[providers.hunyuan] 段（base_url、api_key、key_id），然后重启机器人。"
+        )
+        assert text_of(await web_chat(h.url, "n2", "/jobs", headers=zh)).startswith(
+            "你还没有任务。本机器人还不能生成图片、视频或音乐：运行本机器人的人可以在 config/hub.toml 中添加 "
+            "[providers.image]、[providers.hunyuan] 或 [providers.music] 段"
+        )
+
+
+async def test_jobs_suggests_only_a_command_this_chat_can_run(tmp_path: Path, images: FakeImages) -> None:
+    async with running_hub(make_settings(tmp_path, providers_toml(image=images.url))) as h:
+        # Only images are set up here: /jobs never suggests /video.
+        assert text_of(await web_chat(h.url, "j1", "/jobs")) == "You have no jobs yet. Try /image a cat in a spacesuit"
+        zh = {"Accept-Language": "zh-CN"}
+        assert text_of(await web_chat(h.url, "j2", "/jobs", headers=zh)) == "你还没有任务。试试 /image 一只穿宇航服的猫"
+        # Switched off in this chat: nothing it could run, and who can turn it back on.
+        await h.hub.chats.set_skill("web:private:j1", "image", False)
+        assert text_of(await web_chat(h.url, "j1", "/jobs")) == (
+            "You have no jobs yet. Images, videos and music are switched off in this chat: "
+            "an admin can turn them back on."
+        )
+        assert text_of(await web_chat(h.url, "j1", "/image")) == (
+            "/image is switched off in this chat. An admin can turn it back on."
+        )
+        # Asked with no prompt: an example in the chat's language.
+        assert (
+            text_of(await web_chat(h.url, "j2", "/image", headers=zh))
+            == "请告诉我要生成什么，例如：/image 一只穿宇航服的猫"
+        )
+
+
+async def test_a_chinese_web_chat_gets_every_job_text_in_chinese(hub: RunningHub) -> None:
+    zh = {"Accept-Language": "zh-CN,zh;q=0.9"}
+    async with EventStream(hub.url, "z1") as events:
+        answer = text_of(await web_chat(hub.url, "z1", "/video 一只猫", headers=zh))
+        job_id = job_ref(answer)
+        assert answer == f"已排队，任务编号 #{job_id}，完成后我会发到这里，通常需要 1–3 分钟。"
+        # The notices sent later have no request to read the language from: the job's chat has it.
+        note = await events.until(has_text("已开始"))
+        assert note == [{"content": f"#{job_id} 已开始：正在为你生成视频。"}]
+        await events.until(has_media("video"))
+        await eventually(lambda: _state(hub, job_id, DELIVERED))
+
+        again = text_of(await web_chat(hub.url, "z1", "/video [never] 很慢", headers=zh))
+        slow = job_ref(again)
+        same = text_of(await web_chat(hub.url, "z1", "/video [never] 很慢", headers=zh))
+        assert same.startswith(f"这个你已经要过了：#{slow} 目前") and "提交）。完成后我会发到这里。" in same
+        listing = text_of(await web_chat(hub.url, "z1", "/jobs", headers=zh))
+        assert listing.startswith("你最近的任务：\n")
+        assert f"#{job_id} 视频 · 已送达 · 一只猫（" in listing and "前）" in listing
+        told = await events.until(has_text("超时"), timeout=15)
+        assert told == [{"content": f"抱歉，你的视频 #{slow} 超时了：3 秒内没有结果。"}]
+        assert (
+            text_of(await web_chat(hub.url, "z1", f"/cancel #{slow}", headers=zh)) == f"#{slow} 已经超时了，无需取消。"
+        )
+
+        failed = job_ref(text_of(await web_chat(hub.url, "z1", "/video [fail] 不行", headers=zh)))
+        told = await events.until(has_text("失败"))
+        assert told == [{"content": f"抱歉，你的视频 #{failed} 生成失败：prompt refused"}]
+    # The job keeps its error in English, for whoever runs the hub.
+    job = await hub.hub.jobs.get(slow)
+    assert job is not None and job.error == "no result within 3 seconds"
+
+    never = job_ref(text_of(await web_chat(hub.url, "z1", "/music [never] 雨声", headers=zh)))
+    assert text_of(await web_chat(hub.url, "z1", f"/cancel {never}", headers=zh)) == f"已取消 #{never}。"
+    assert text_of(await web_chat(hub.url, "z1", "/cancel", headers=zh)).startswith("要取消哪个任务？")
+    assert text_of(await web_chat(hub.url, "z1", "/cancel #ffffffff", headers=zh)) == (
+        "你没有编号为 #ffffffff 的任务。发送 /jobs 查看你的任务。"
+    )
 
 
 async def test_sdxl_images(tmp_path: Path, images: FakeImages) -> None:

@@ -8,13 +8,17 @@ from typing import Any
 import pytest
 from fake_onebot import at, group_message, private_message, reply, text
 
+from hub.channels.base import SendRequest
 from hub.channels.onebot.actions import check_answer, send_action
 from hub.channels.onebot.connections import Connection
 from hub.channels.onebot.cqcode import escape, parse_cq, parse_message, to_cq, unescape
 from hub.channels.onebot.parse import Ignored, parse_event
+from hub.channels.onebot.render import Renderer
 from hub.channels.payload import parse_object as load_json
 from hub.errors import BadPayload, SendError
-from hub.events import Audio, ChatRef, Event, Image, Mention, Quote, Text, Unsupported, Video
+from hub.events import Audio, ChatRef, Event, File, Image, Mention, Message, Quote, Text, Unsupported, Video
+from hub.i18n.language import ChatLanguages
+from hub.storage.chats import ChatSettings
 
 
 def never(self_id: str, message_id: str) -> bool:
@@ -186,3 +190,31 @@ async def test_an_answer_that_comes_at_once_is_not_missed_and_waiters_are_cleane
     conn.fail_all()
     with pytest.raises(SendError):
         await conn.call("send_private_msg", {}, wait_s=5)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "note"),
+    [
+        (None, "这个文件太大，无法在这里发送。\n也无法提供链接：请让运行本机器人的人设置 [http] public_url。"),
+        (
+            "en",
+            "This file is too large to send here.\n"
+            "There is no link to it either: ask whoever runs this hub to set [http] public_url.",
+        ),
+    ],
+)
+async def test_media_too_large_to_inline_without_a_link_is_a_note_in_the_chats_language(
+    chosen: str | None, note: str
+) -> None:
+    async def chat(ref: str) -> ChatSettings:
+        return ChatSettings(ref, language=chosen)
+
+    async def no_persona(settings: ChatSettings) -> str | None:
+        return None
+
+    languages = ChatLanguages(chats=chat, persona_language=no_persona, bot="auto")
+    # No public address and more than base64_max: neither a link nor a payload.
+    renderer = Renderer(None, None, text_max=1000, base64_max=4, languages=languages)  # type: ignore[arg-type]
+    message = Message.of(File(data=b"%PDF-1.4", name="doc.pdf"))
+    request = SendRequest(ChatRef("onebot", "private", "10001/20002"), message)
+    assert await renderer.render(message, None, request) == [[{"type": "text", "data": {"text": note}}]]

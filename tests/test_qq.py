@@ -258,7 +258,8 @@ async def test_media_is_uploaded_by_its_public_url_then_sent_as_msg_type_7(tmp_p
         )
         await qq.api.wait_for(lambda: len(qq.sent) >= 4)
         assert qq.sent[3].body["msg_type"] == 0
-        assert f"{PUBLIC}/media/{stored.id}" in qq.sent[3].content
+        # In Chinese, the chat's language on QQ.
+        assert qq.sent[3].content == f"这个视频无法在这里显示。\n在这里打开：\n{PUBLIC}/media/{stored.id}"
 
 
 async def test_without_public_url_local_media_is_a_clear_text(hub: RunningHub, qq: FakeQQ) -> None:
@@ -266,7 +267,10 @@ async def test_without_public_url_local_media_is_a_clear_text(hub: RunningHub, q
     stored = await hub.hub.media.save_bytes(PNG_1X1, name="cat.png", mime="image/png")
     await hub.hub.outbox.put(NewMessage(target=CHAT, message=Message((Image(path=str(stored.path)),)), context=context))
     await qq.api.wait_for(lambda: len(qq.sent) >= 2)
-    assert qq.sent[1].body["msg_type"] == 0 and "public_url" in qq.sent[1].content
+    assert qq.sent[1].body["msg_type"] == 0
+    assert qq.sent[1].content == (
+        "这张图片无法在这里发送。\n也无法提供链接：请让运行本机器人的人设置 [http] public_url。"
+    )
     assert qq.api.calls(f"/v2/users/{USER}/files") == []
 
 

@@ -72,7 +72,8 @@ async def test_a_video_after_the_window_goes_with_the_next_message_once(
     await post(job_hub.url, qq.c2c("/video a piglet singing"))
     await qq.api.wait_for(lambda: len(qq.replies(chat)) >= 1)
     first = qq.replies(chat)[0].content
-    assert "queued as #" in first and "when it is ready, send me any message to receive it" in first
+    # QQ is a Chinese platform: the answer is Chinese, and says how to get a late result.
+    assert first.startswith("已排队，任务编号 #") and "如果到时还没收到，给我发任意一条消息即可领取。" in first
     job_id = job_ref(first)
     await close_windows(job_hub, qq)
     hunyuan.running_s = 0  # the video is done, long after the window
@@ -126,7 +127,7 @@ async def test_a_job_asked_in_a_group_waits_and_jobs_says_so(
     await post(job_hub.url, qq.c2c("/jobs"))
     await qq.api.wait_for(lambda: len(chat_replies(qq, f"private:{USER}")) >= 1)
     listing = chat_replies(qq, f"private:{USER}")[0].content
-    assert f"#{job_id} video · waiting for you" in listing
+    assert f"#{job_id} 视频 · 等你领取（给我发任意一条消息即可收到） · a cat（" in listing
     assert await outbox_status(job_hub, key) == "waiting"  # a private message is not the group's
 
     nxt = qq.group_at(" hi", member=USER)

@@ -17,7 +17,7 @@ from test_spine_e2e import post_event
 from hub.channels.base import Channel, ChannelLimits, SendRequest, SendResult
 from hub.delivery import Outbox
 from hub.events import ChatRef, Event, Message, User
-from hub.inbound import UNHANDLED_TEXT, Dispatcher
+from hub.inbound import UNHANDLED_TEXT, Dispatcher, tell_unhandled
 from hub.metrics import Metrics
 from hub.replies import EventReplier
 from hub.routing.context import Replier
@@ -236,6 +236,33 @@ async def test_an_event_tried_five_times_is_given_up_and_its_sender_told_once(
         assert [c.json["quote"] for c in sends] == ["poison", "ok"]
         assert sends[0].json["text"] == UNHANDLED_TEXT and sends[0].json["chat"] == "fake:private:c9"
         assert "gave up" in ((await hub.inbox.get("fake", "poison")) or {})["error"]
+
+
+@pytest.mark.parametrize(
+    ("channel", "context", "expected"),
+    [
+        ("qq", {}, "抱歉，这条消息我试了几次都没能处理，请稍后再试。"),  # a Chinese platform
+        ("telegram", {"lang": "zh-hans"}, "抱歉，这条消息我试了几次都没能处理，请稍后再试。"),  # the sender's app
+        ("telegram", {}, UNHANDLED_TEXT),
+    ],
+)
+async def test_the_given_up_notice_is_in_the_chats_language(
+    channel: str, context: dict[str, object], expected: str
+) -> None:
+    queued: list[NewMessage] = []
+
+    class Queue:
+        async def put(self, message: NewMessage) -> int:
+            queued.append(message)
+            return 1
+
+    chat = ChatRef(channel, "private", "c1")
+    event = Event(
+        id="e1", channel=channel, chat=chat, sender=User(channel, "u1"), message=Message.of("hi"), context=context
+    )
+    await tell_unhandled(Queue(), event)  # type: ignore[arg-type]
+    (notice,) = queued
+    assert notice.message.text == expected and notice.target == chat
 
 
 async def test_restarts_alone_do_not_count_as_attempts(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,12 +12,14 @@ from harness import pg_database
 from sqlalchemy import text, update
 
 from hub.events import ChatRef, Event, Message, User
+from hub.storage.cached import Cached
 from hub.storage.chats import AuditRepo, ChatRepo, KeyValueRepo, UserRepo
 from hub.storage.db import Database, utcnow
 from hub.storage.inbox import InboxRepo
 from hub.storage.media import MediaStore, MediaTooLarge
 from hub.storage.migrate import HEAD, current_revision, migrate
 from hub.storage.models import audit as audit_t
+from hub.storage.models import chats as chats_t
 from hub.storage.models import inbox as inbox_t
 from hub.storage.models import outbox as outbox_t
 from hub.storage.outbox import NewMessage, OutboxRepo
@@ -318,3 +320,82 @@ async def test_database_errors_never_carry_the_statement_parameters(tmp_path: Pa
         assert "a whole private message" not in str(caught.value)
     finally:
         await db.close()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run the tasks started so far until the condition holds."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_cached_value_is_reloaded_ahead_of_its_expiry() -> None:
+    now = 0.0
+    loads: list[asyncio.Future[int]] = []
+
+    def load() -> asyncio.Future[int]:
+        loads.append(asyncio.get_running_loop().create_future())
+        return loads[-1]
+
+    cached = Cached(load, 2.0, clock=lambda: now)
+    first = asyncio.ensure_future(cached.get())
+    second = asyncio.ensure_future(cached.get())
+    await until(lambda: len(loads) == 1)
+    loads[0].set_result(1)
+    assert await first == 1 and await second == 1 and len(loads) == 1  # one read for both
+    now = 0.9
+    assert await cached.get() == 1
+    now = 1.0  # half the TTL: answered at once, read again behind it
+    assert await cached.get() == 1
+    await until(lambda: len(loads) == 2)
+    assert await cached.get() == 1 and len(loads) == 2  # one reload at a time
+    loads[1].set_result(2)
+    await until(lambda: cached._loading is None)
+    assert await cached.get() == 2
+    now = 3.1  # that reload began at 1.0: past the TTL now, so the next use waits
+    waiting = asyncio.ensure_future(cached.get())
+    await until(lambda: len(loads) == 3)
+    assert not waiting.done()
+    # A change made here meanwhile: what the read in flight saw is not kept.
+    cached.invalidate()
+    loads[2].set_result(3)
+    assert await waiting == 3
+    again = asyncio.ensure_future(cached.get())
+    await until(lambda: len(loads) == 4)
+    loads[3].set_result(4)
+    assert await again == 4
+
+
+async def test_a_failed_reload_is_tried_again() -> None:
+    now = 0.0
+    results: list[int | Exception] = [1, RuntimeError("database busy"), 2]
+
+    async def load() -> int:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    cached = Cached(load, 2.0, clock=lambda: now)
+    assert await cached.get() == 1
+    now = 1.5
+    assert await cached.get() == 1  # the reload behind it fails
+    await until(lambda: len(results) == 1 and cached._loading is None)
+    assert await cached.get() == 1  # and is started again
+    await until(lambda: not results and cached._loading is None)
+    assert await cached.get() == 2
+
+
+async def test_chat_settings_are_read_again_behind_a_half_expired_entry(db: Database) -> None:
+    chats = ChatRepo(db, ttl_s=2.0)
+    await chats.update("fake:group:1", persona="Mei")
+    assert (await chats.get("fake:group:1")).persona == "Mei"
+    async with db.engine.begin() as conn:  # another process's change
+        await conn.execute(update(chats_t).where(chats_t.c.ref == "fake:group:1").values(persona="Ann"))
+    at, value = chats._cache["fake:group:1"]
+    chats._cache["fake:group:1"] = (at - 1.5, value)
+    assert (await chats.get("fake:group:1")).persona == "Mei"  # not waited for
+    await asyncio.gather(*chats._reloading.values())
+    assert (await chats.get("fake:group:1")).persona == "Ann"

@@ -12,6 +12,7 @@ from fake_telegram import (
     DOCUMENT,
     TOKEN,
     TOO_LARGE,
+    USER,
     VOICE,
     FakeTelegram,
     error,
@@ -95,13 +96,31 @@ async def test_a_60_mb_video_goes_out_as_a_link(hub: RunningHub, tg: FakeTelegra
     await all_sent(hub)
     assert tg.calls("sendVideo") == [] and tg.calls("sendDocument") == []
     (note,) = tg.delivered()
-    lines = note.params["text"].splitlines()
-    assert lines[0] == "your video"
-    assert lines[1].startswith("The video is too large to send on Telegram (60 MB): ")
-    link = lines[1].rsplit(" ", 1)[1]
+    caption, why, where, link = note.params["text"].splitlines()
+    assert caption == "your video"
+    assert (why, where) == ("This video (60 MB) is too large to send here.", "Open it here:")
     assert link.startswith(f"{PUBLIC}/media/")
     async with aiohttp.ClientSession() as http, http.get(hub.url + link[len(PUBLIC) :]) as resp:
         assert resp.status == 200 and resp.content_length == 60 * MB
+
+
+async def test_the_note_is_in_the_chats_language(hub: RunningHub, tg: FakeTelegram, tmp_path: Path) -> None:
+    video = tmp_path / "long.mp4"
+    with video.open("wb") as fh:
+        fh.truncate(60 * MB)
+    answer_with(hub, Message.of(Video(path=str(video), mime="video/mp4")))
+    # A sender whose app speaks Chinese reads it in Chinese...
+    await post_update(hub.url, message_update("/media", from_user={**USER, "language_code": "zh-hans"}))
+    await all_sent(hub)
+    (note,) = tg.delivered()
+    why, where, link = note.params["text"].splitlines()
+    assert (why, where) == ("这个视频（60 MB）太大，无法在这里发送。", "在这里打开：")
+    assert link.startswith(f"{PUBLIC}/media/")
+    # ...unless the chat chose English with /lang.
+    await hub.hub.chats.update("telegram:private:1111111", language="en")
+    await post_update(hub.url, message_update("/media", from_user={**USER, "language_code": "zh-hans"}))
+    await eventually(lambda: len(tg.delivered()) == 2)
+    assert tg.delivered()[1].params["text"].startswith("This video (60 MB) is too large to send here.\n")
 
 
 async def test_kinds_go_to_their_methods_media_first_then_text(hub: RunningHub, tg: FakeTelegram) -> None:
@@ -149,7 +168,7 @@ async def test_a_server_refusing_the_size_gets_a_link(hub: RunningHub, tg: FakeT
     await all_sent(hub)
     (note,) = tg.delivered()
     assert note.params["text"].startswith(
-        "The file is too large to send on Telegram (0 MB): https://hub.example.org/media/"
+        "This file is too large to send here.\nOpen it here:\nhttps://hub.example.org/media/"
     )
 
 

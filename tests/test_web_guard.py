@@ -56,6 +56,14 @@ async def test_a_body_that_is_not_json_gets_415(tmp_path: Path) -> None:
                 assert resp.status == 200  # a GET has no body to check
 
 
+async def test_a_message_to_a_stopping_hub_gets_503(tmp_path: Path) -> None:
+    # Nothing was written before the refusal: it has its own status, for the page to show.
+    async with running_hub(make_settings(tmp_path)) as h:
+        await h.hub.dispatcher.stop()
+        status, text = await post_chat(h.url, chat_body(), JSON)
+        assert status == 503 and "shutting down" in json.loads(text)["error"]
+
+
 async def test_an_origin_that_is_not_the_hubs_gets_403(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, '[http]\npublic_url = "http://127.0.0.1:9"\n')
     async with running_hub(settings) as h:
@@ -82,7 +90,12 @@ async def test_without_a_token_only_the_hubs_own_host_names_reach_the_page(tmp_p
                     await resp.read()
                     return resp.status
 
-            for path, method in (("/", "GET"), ("/api/web/chat", "POST"), ("/api/web/events?session=s1", "GET")):
+            for path, method in (
+                ("/", "GET"),
+                ("/api/web/chat", "POST"),
+                ("/api/web/events?session=s1", "GET"),
+                ("/api/web/labels?session=s1", "GET"),
+            ):
                 # DNS rebinding: a stranger's name that resolves to 127.0.0.1.
                 assert await status(path, f"evil.example:{port}", method) == 421, path
                 assert await status(path, "evil.example", method) == 421, path
@@ -283,6 +296,23 @@ async def test_the_web_token_makes_an_admin_only_under_token_is_admin(tmp_path: 
         # The flag comes from the token, never from what the body says.
         status, _ = await post_chat(h.url, json.dumps({"session": "x", "text": "/admin status"}), JSON)
         assert status == 401
+
+
+async def test_the_pages_labels_follow_the_pages_token_and_origin_rules(tmp_path: Path) -> None:
+    async with running_hub(make_settings(tmp_path, GUARDED)) as h, aiohttp.ClientSession() as http:
+        url = f"{h.url}/api/web/labels"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for headers, expected in (
+            ({}, 401),
+            ({"Authorization": "Bearer nope"}, 401),
+            ({**auth, "Origin": "http://evil.example"}, 403),
+            (auth, 200),
+            ({**auth, "Origin": h.url}, 200),
+        ):
+            async with http.get(url, params={"session": "s1"}, headers=headers) as resp:
+                assert resp.status == expected, headers
+        async with http.get(url, params={"session": "no spaces"}, headers=auth) as resp:
+            assert resp.status == 400
 
 
 async def test_another_sites_page_cannot_drain_a_sessions_event_stream(tmp_path: Path) -> None:

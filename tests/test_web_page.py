@@ -10,6 +10,7 @@ from pathlib import Path
 from browser import Page, chromium
 from harness import make_settings, running_hub, text_of, web_chat
 
+from hub.channels.web import MAX_TEXT
 from hub.events import ChatRef, Image, Message
 from hub.storage.outbox import NewMessage
 
@@ -137,4 +138,34 @@ async def test_page_fits_a_phone_screen(tmp_path: Path) -> None:
             " return b.bottom <= log.bottom + 1; })()"
         )
         assert in_view
+        assert page.errors == []
+
+
+async def test_the_page_speaks_the_browsers_language_until_lang_changes_it(tmp_path: Path) -> None:
+    async with running_hub(make_settings(tmp_path)) as h, chromium(tmp_path) as page:
+        agent = await page.evaluate("navigator.userAgent")
+        await page.call("Emulation.setUserAgentOverride", userAgent=agent, acceptLanguage="zh-CN,zh;q=0.9")
+        await open_chat(page, h.url)
+        words = "[document.documentElement.lang, document.getElementById('send').textContent,"
+        words += " document.getElementById('input').placeholder]"
+        assert await page.evaluate(words) == ["zh-CN", "发送", "消息"]
+        assert await page.evaluate("document.querySelector('.hint').textContent") == "还没有消息。打个招呼吧！"
+        await page.type("#input", "/help")
+        await page.press_enter()
+        assert "可用命令" in await page.wait_for(LAST_REPLY_DONE)
+        # /lang en: the answers and the page's own words switch, without a reload.
+        await page.type("#input", "/lang en")
+        await page.press_enter()
+        await page.wait_for(f"{REPLIES}.length === 2 && !document.querySelector('.pending')")
+        await page.wait_for("document.getElementById('send').textContent === 'Send'")
+        assert await page.evaluate(words) == ["en", "Send", "Message"]
+        # A reload shows the session's language from the start, whatever the browser says.
+        await page.goto(f"{h.url}/")
+        assert await page.evaluate(words) == ["en", "Send", "Message"]
+        # Too long to send: said before sending, in the page's language, and the text stays to be cut.
+        await page.type("#input", "x" * (MAX_TEXT + 1))
+        await page.press_enter()
+        refusal = await page.wait_for("document.querySelector('.msg.bot.error')?.textContent")
+        assert refusal == f"Not sent: a message can be at most {MAX_TEXT} characters long."
+        assert await page.evaluate("document.getElementById('input').value.length") == MAX_TEXT + 1
         assert page.errors == []

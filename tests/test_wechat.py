@@ -195,6 +195,34 @@ async def test_plain_mode_account(tmp_path: Path, api: FakeWeChatApi, model: Fak
         assert (await plain.post_raw(h.url, {**params, "signature": "f" * 40}, body)).status == 403
 
 
+async def test_a_stranger_on_wechat_gets_the_pairing_code_in_chinese(tmp_path: Path, api: FakeWeChatApi) -> None:
+    extra = '[access]\nprivate = "pairing"\n'
+    async with running_hub(settings_for(tmp_path, api, None, extra=extra)) as h:
+        assert (await wechat.post(h.url, text_xml("你好", "9001"))).status == 200
+        await api.wait_sent(1)
+        text = api.sent()[0]["text"]["content"]
+        code = text.split("你的配对码是 ", 1)[1][:6]
+        assert (await h.hub.pairing.get(code)) is not None
+        assert text.startswith("你好！本机器人只和经管理员批准的人聊天。\n")
+        assert f"（1 小时内有效）。请把它发给本机器人的管理员，由管理员发送 /admin approve {code} 批准。" in text
+        assert text.endswith(f"你的 ID：wechat:{OPENID}")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("", "你好！给我发消息就能聊天，发送 /help 查看我能做什么。"),
+        ('[bot]\nlanguage = "en"\n', "Hello! Send me a message to chat, or /help to see what I can do."),
+    ],
+)
+async def test_subscribe_without_a_persona_greeting_gets_the_welcome_in_the_chats_language(
+    tmp_path: Path, api: FakeWeChatApi, extra: str, expected: str
+) -> None:
+    async with running_hub(settings_for(tmp_path, api, None, extra=extra)) as h:
+        answer = await wechat.post(h.url, event_xml("subscribe", create_time=1700000000))
+        assert wechat.open_reply(answer.text)["Content"] == expected
+
+
 async def test_subscribe_gets_the_persona_greeting_in_the_answer(tmp_path: Path, api: FakeWeChatApi) -> None:
     persona = '[[personas]]\nname = "Lin"\ngreeting = "你好呀，欢迎来到我的书店！"\ndefault = true\n'
     async with running_hub(settings_for(tmp_path, api, None, extra=persona)) as h:
@@ -299,8 +327,9 @@ async def test_media_too_large_goes_as_a_link(hub: RunningHub, api: FakeWeChatAp
     await api.wait_sent(1)
     assert api.uploads() == []
     text = api.sent()[0]["text"]["content"]
-    assert "too large" in text and "a long film" in text
-    link = text.rsplit("\n", 1)[1]
+    # A WeChat chat reads it in Chinese, after the video's own words.
+    caption, why, where, link = text.split("\n")
+    assert (caption, why, where) == ("a long film", "这个视频（11 MB）太大，无法在这里发送。", "在这里打开：")
     assert link.startswith(f"{PUBLIC}/media/")
     # The link serves the file.
     async with aiohttp.ClientSession() as http:
@@ -310,7 +339,13 @@ async def test_media_too_large_goes_as_a_link(hub: RunningHub, api: FakeWeChatAp
     # A file has no message type on an Official Account: always a link.
     await hub.hub.outbox.put(NewMessage(target=CHAT, message=Message((File(data=b"%PDF-1.4", name="a.pdf"),))))
     await api.wait_sent(2)
-    assert f"{PUBLIC}/media/" in api.sent()[1]["text"]["content"]
+    assert api.sent()[1]["text"]["content"].startswith(f"这个文件无法在这里发送。\n在这里打开：\n{PUBLIC}/media/")
+    # A chat that chose English with /lang reads it in English.
+    await hub.hub.chats.update(str(CHAT), language="en")
+    await hub.hub.outbox.put(NewMessage(target=CHAT, message=Message((File(data=b"%PDF-1.4", name="a.pdf"),))))
+    await api.wait_sent(3)
+    english = api.sent()[2]["text"]["content"]
+    assert english.startswith(f"This file cannot be sent here.\nOpen it here:\n{PUBLIC}/media/")
 
 
 async def test_an_expired_token_is_refreshed_once_and_the_message_still_goes(

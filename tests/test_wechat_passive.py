@@ -18,14 +18,16 @@ from sqlalchemy import func, select
 from test_wechat import AES_KEY, CHAT, TOKEN, settings_for
 
 from hub.channels.base import SendRequest
-from hub.channels.wechat import WechatChannel
-from hub.channels.wechat.passive import CURRENT, EARLIER, MORE
+from hub.channels.wechat import WechatChannel, passive
 from hub.events import Image, Message
+from hub.i18n import texts
 from hub.settings import Settings
 from hub.storage.models import held_replies, inbox
 from hub.storage.outbox import NewMessage
 
 wechat = WeChatServer(TOKEN, AES_KEY)
+# The notes around held replies, as a WeChat chat reads them (Chinese by default).
+EARLIER, CURRENT, MORE = (texts("zh")(note) for note in (passive.EARLIER, passive.CURRENT, passive.MORE))
 
 
 @pytest.fixture

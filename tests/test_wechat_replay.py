@@ -169,8 +169,9 @@ async def test_admin_is_refused_over_plain_mode_unless_allowed(
         (sent,) = api.sent()
         assert sent["touser"] == ADMIN
         text = sent["text"]["content"]
-        assert "refused" in text and all(hint in text for hint in REFUSED_HINTS)
-        assert "Channels:" not in text
+        # WeChat chats are Chinese: the refusal, and the fix it names, in Chinese.
+        assert "不接受管理命令" in text and all(hint in text for hint in REFUSED_HINTS)
+        assert "渠道：" not in text
         (entry,) = await rows(h, audit)
         assert (entry.actor, entry.outcome) == (f"wechat:{ADMIN}", "refused")
         # A plain message from the admin is still answered as usual.
@@ -182,7 +183,7 @@ async def test_admin_is_refused_over_plain_mode_unless_allowed(
     async with running_hub(allowed) as h:
         await plain.post(h.url, text_xml("/admin status", "8108", sender=ADMIN))
         await api.wait_sent(3)
-        assert "Channels:" in api.sent()[2]["text"]["content"]
+        assert "渠道：" in api.sent()[2]["text"]["content"]
 
 
 async def test_passive_mode_retry_of_a_plain_message_still_gets_the_reply(
@@ -320,4 +321,4 @@ async def test_an_unsigned_body_carries_no_admin_rights_outside_admin_either(
     async with running_hub(settings) as h:
         await plain.post(h.url, text_xml("hi", "8301", sender=ADMIN))
         await api.wait_sent(1)
-        assert "allowlist" in api.sent()[0]["text"]["content"]
+        assert "只和白名单上的人聊天" in api.sent()[0]["text"]["content"]

@@ -15,6 +15,7 @@ from hub.channels.wechat.inbound import CallbackCrypto, open_envelope, parse_inb
 from hub.channels.wechat.passive import EARLIER, HELD_TEXT_MAX, MORE, PASSIVE_TEXT_MAX, plan_answer
 from hub.errors import BadPayload, VerificationFailed
 from hub.events import Audio, Image, Message, Text, Unsupported, Video
+from hub.i18n import LANGS, texts
 from hub.storage.held import HeldReply
 
 # WeChat's own safe-mode sample (REFERENCE.md), used literally.
@@ -218,7 +219,7 @@ def _held(i: int, quote: str | None, payload: dict[str, object]) -> HeldReply:
 
 
 def test_plan_gives_the_reply_alone_when_it_is_the_only_one() -> None:
-    plan = plan_answer([_held(1, "m1", {"msgtype": "text", "text": "hi"})], "m1")
+    plan = plan_answer([_held(1, "m1", {"msgtype": "text", "text": "hi"})], "m1", texts("zh"))
     assert plan.payload == {"msgtype": "text", "text": "hi"} and plan.ids == [1]
 
 
@@ -228,29 +229,35 @@ def test_plan_marks_earlier_replies_and_says_more_follows() -> None:
         _held(2, "m2", {"msgtype": "text", "text": "answer two"}),
         _held(3, "m2", {"msgtype": "image", "media_id": "M"}),
     ]
-    plan = plan_answer(held, "m2")
+    plan = plan_answer(held, "m2", texts("zh"))
     text = plan.payload["text"]
     assert plan.ids == [1, 2]
-    assert text.startswith(EARLIER) and "answer one" in text and "answer two" in text and text.endswith(MORE)
-    media = plan_answer(held[2:], "m3")
+    assert text.startswith("[回复你之前的消息]\nanswer one") and "[回复这条消息]\nanswer two" in text
+    assert text.endswith("[还有后续：发送任意消息即可收到。]")
+    # In a chat set to English, the notes are English.
+    en = plan_answer(held, "m2", texts("en"))
+    assert en.payload["text"].startswith(f"{EARLIER}\nanswer one") and en.payload["text"].endswith(MORE)
+    media = plan_answer(held[2:], "m3", texts("zh"))
     assert media.payload == {"msgtype": "image", "media_id": "M"} and media.ids == [3]
 
 
-def test_plan_never_exceeds_one_passive_text() -> None:
+@pytest.mark.parametrize("lang", LANGS)
+def test_plan_never_exceeds_one_passive_text(lang: str) -> None:
+    t = texts(lang)  # type: ignore[arg-type]
     big = "字" * (HELD_TEXT_MAX // 3)
     held = [_held(i, f"m{i}", {"msgtype": "text", "text": big}) for i in range(1, 4)]
-    plan = plan_answer(held, "m9")
+    plan = plan_answer(held, "m9", t)
     assert plan.ids == [1]
-    assert len(plan.payload["text"].encode()) <= PASSIVE_TEXT_MAX and plan.payload["text"].endswith(MORE)
+    assert len(plan.payload["text"].encode()) <= PASSIVE_TEXT_MAX and plan.payload["text"].endswith(t(MORE))
 
 
 def test_plan_sends_a_link_for_media_older_than_wechat_keeps_it() -> None:
     payload = {
         "msgtype": "image",
         "media_id": "M",
-        "expired": "This image waited too long; open it here:\nhttps://h/media/1",
+        "expired": "这张图片等待太久，已无法在这里显示。\n在这里打开：\nhttps://h/media/1",
     }
-    fresh = plan_answer([_held(1, "m1", payload)], "m2")
+    fresh = plan_answer([_held(1, "m1", payload)], "m2", texts("zh"))
     assert fresh.payload == {"msgtype": "image", "media_id": "M"}
     old = HeldReply(1, "wechat:private:o", "m1", payload, datetime.now(UTC) - timedelta(days=3))
-    assert plan_answer([old], "m2").payload == {"msgtype": "text", "text": payload["expired"]}
+    assert plan_answer([old], "m2", texts("zh")).payload == {"msgtype": "text", "text": payload["expired"]}

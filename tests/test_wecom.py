@@ -185,6 +185,10 @@ async def test_a_finished_video_is_uploaded_and_sent(hub: RunningHub, api: FakeW
     (sent,) = api.sent(SEND)
     assert sent["msgtype"] == "video" and sent["agentid"] == 1000002
     assert sent["video"] == {"media_id": "MEDIA-1", "title": "a piglet singing", "description": "a piglet singing"}
+    # Without a caption or a name it is titled in the chat's language.
+    await hub.hub.outbox.put(NewMessage(target=CHAT, message=Message((Video(path=str(video), mime="video/mp4"),))))
+    await api.wait_sent(2, SEND)
+    assert api.sent(SEND)[1]["video"]["title"] == "视频"
 
 
 async def test_music_goes_as_a_file_and_large_files_as_links(

@@ -177,6 +177,11 @@ class Channel(abc.ABC):
         """One word for `/admin status` and /healthz: running, connecting, failing."""
         return "running"
 
+    async def is_group_admin(self, event: Event) -> bool:
+        """Whether the sender of a group event is one of that group's own admins, where the
+        platform tells (False where it does not, or cannot be asked just now)."""
+        return False
+
 
 async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel a channel's background tasks (polling, a long connection, retries) and wait until

@@ -18,6 +18,8 @@ from typing import Protocol, TypeVar
 
 from hub.channels.base import SendRequest, split_text
 from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
+from hub.i18n import N_, Lang, texts
+from hub.i18n.language import HINT_KEY, ChatLanguages, platform_languages
 
 CHUNK = 1024 * 1024
 TITLE_MAX = 64
@@ -25,6 +27,38 @@ TITLE_MAX = 64
 _NO_CAP = 2**62
 
 P = TypeVar("P")
+MB = 1024 * 1024
+
+# Why a media goes as a text instead, by its kind (image, video, audio, file): whole sentences.
+CANNOT_SEND, TOO_LARGE, EXPIRED, NOT_SHOWN = "cannot_send", "too_large", "expired", "not_shown"
+MEDIA_NOTES = {
+    (CANNOT_SEND, "image"): N_("This image cannot be sent here."),
+    (CANNOT_SEND, "video"): N_("This video cannot be sent here."),
+    (CANNOT_SEND, "audio"): N_("This audio cannot be sent here."),
+    (CANNOT_SEND, "file"): N_("This file cannot be sent here."),
+    (TOO_LARGE, "image"): N_("This image is too large to send here."),
+    (TOO_LARGE, "video"): N_("This video is too large to send here."),
+    (TOO_LARGE, "audio"): N_("This audio is too large to send here."),
+    (TOO_LARGE, "file"): N_("This file is too large to send here."),
+    (EXPIRED, "image"): N_("This image waited too long to be shown here."),
+    (EXPIRED, "video"): N_("This video waited too long to be shown here."),
+    (EXPIRED, "audio"): N_("This audio waited too long to be shown here."),
+    (EXPIRED, "file"): N_("This file waited too long to be shown here."),
+    (NOT_SHOWN, "image"): N_("This image could not be shown here."),
+    (NOT_SHOWN, "video"): N_("This video could not be shown here."),
+    (NOT_SHOWN, "audio"): N_("This audio could not be shown here."),
+    (NOT_SHOWN, "file"): N_("This file could not be shown here."),
+}
+# TOO_LARGE with the size known.
+SIZED_NOTES = {
+    "image": N_("This image (%(size)s MB) is too large to send here."),
+    "video": N_("This video (%(size)s MB) is too large to send here."),
+    "audio": N_("This audio (%(size)s MB) is too large to send here."),
+    "file": N_("This file (%(size)s MB) is too large to send here."),
+}
+UNTITLED_VIDEO = N_("Video")
+OPEN_LINK = N_("Open it here:\n%(link)s")
+NO_LINK = N_("There is no link to it either: ask whoever runs this hub to set [http] public_url.")
 _PART_KINDS = {"image": "image", "audio": "voice", "video": "video", "file": "file"}
 
 
@@ -73,7 +107,8 @@ def render(
         elif isinstance(seg, Video) and titled_video:
             flush()
             caption = (seg.caption or "").strip()
-            title = caption.splitlines()[0] if caption else (seg.name or "Video")
+            # Untitled: the channel names it in the chat's language (UNTITLED_VIDEO).
+            title = caption.splitlines()[0] if caption else (seg.name or "")
             if len(title) > TITLE_MAX:
                 title = title[: TITLE_MAX - 1] + "…"
             parts.append(Part("video", media=seg, title=title, description=caption))
@@ -146,11 +181,48 @@ class MediaLinks:
     the hub itself (the web chat), None gives no link to stored media at all.
     """
 
-    def __init__(self, store: MediaStore, public_url: str | None, *, publish_files: bool = True) -> None:
+    def __init__(
+        self,
+        store: MediaStore,
+        public_url: str | None,
+        *,
+        publish_files: bool = True,
+        languages: ChatLanguages | None = None,
+    ) -> None:
         self.store = store
         self.base = public_url.rstrip("/") if public_url is not None else None
         # Whether a local file outside the media store may be copied in to be linked.
         self._publish_files = publish_files
+        self._languages = languages or platform_languages()
+
+    async def language(self, request: SendRequest | None) -> Lang:
+        """The language of the chat `request` goes to (English without one)."""
+        if request is None:
+            return "en"
+        return await self._languages.of_chat(str(request.target), request.context.get(HINT_KEY))
+
+    async def note(
+        self,
+        request: SendRequest | None,
+        kind: str,
+        link: str | None,
+        *,
+        reason: str = TOO_LARGE,
+        size: int | None = None,
+    ) -> str:
+        """What replaces a media sent as a text, in the language of the chat `request` goes to:
+        why, then its link (or that there is none). `kind` is the media's (image, video, audio,
+        file)."""
+        t = texts(await self.language(request))
+        kind = kind if kind in SIZED_NOTES else "file"
+        # Under 0.05 MB, a size says nothing: left out.
+        mb = f"{size / MB:.1f}".removesuffix(".0") if size is not None else None
+        if reason == TOO_LARGE and mb not in (None, "0"):
+            why = t(SIZED_NOTES[kind], size=mb)
+        else:
+            why = t(MEDIA_NOTES[(reason, kind)])
+        where = t(OPEN_LINK, link=link) if link else t(NO_LINK)
+        return f"{why}\n{where}"
 
     async def media_id(self, seg: Media) -> str | None:
         """The store id of a local or in-memory segment, storing it (streamed) when it is not in

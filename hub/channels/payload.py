@@ -13,7 +13,6 @@ from pyexpat import ExpatError, ParserCreate, XMLParserType
 from typing import Any, NoReturn
 
 import orjson
-import xmltodict
 
 from hub.errors import BadPayload
 
@@ -120,6 +119,8 @@ def _refuse_dtd(*_args: Any) -> NoReturn:
 
 def parse_xml(raw: bytes, root: str = "xml") -> dict[str, Any]:
     """The children of the `<root>` element in `raw` (xmltodict's form), or BadPayload."""
+    import xmltodict  # here: only the XML platforms (WeChat, WeCom) need it, not every start
+
     try:
         doc = xmltodict.parse(raw, encoding="utf-8", expat=_NoDtdExpat, disable_entities=True)
     except BadPayload:

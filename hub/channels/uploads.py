@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hub.channels.parts import MediaLinks, Part
+from hub.channels.base import SendRequest
+from hub.channels.parts import CANNOT_SEND, EXPIRED, TOO_LARGE, UNTITLED_VIDEO, MediaLinks, Part
 from hub.errors import SendError
 from hub.events import Media
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
+from hub.i18n import texts
+from hub.i18n.language import ChatLanguages
 from hub.storage.media import MediaStore
 
 MB = 1024 * 1024
-NOUN = {"image": "image", "voice": "audio", "video": "video", "file": "file"}
 DEFAULT_EXT = {"image": ".jpg", "voice": ".mp3", "video": ".mp4", "file": ".bin"}
 DEFAULT_MIME = {"image": "image/jpeg", "voice": "audio/mpeg", "video": "video/mp4", "file": "application/octet-stream"}
 VOICE_MAX_S = 60.0
@@ -65,14 +67,16 @@ class MediaPreparer:
         limits: Mapping[str, int],
         voice_formats: frozenset[str],
         fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self._api = api
         self._fetcher = fetcher
-        self.links = MediaLinks(media, public_url or None)
+        self.links = MediaLinks(media, public_url or None, languages=languages)
         self._limits = dict(limits)
         self._voice_formats = voice_formats
 
-    async def prepare(self, part: Part) -> dict[str, Any]:
+    async def prepare(self, part: Part, request: SendRequest) -> dict[str, Any]:
+        """`part` in its wire form; `request` is the message it belongs to (a note's language)."""
         if part.kind == "text" or part.media is None:
             return {"msgtype": "text", "text": part.text}
         seg = part.media
@@ -84,9 +88,11 @@ class MediaPreparer:
                 media_id = await self._api.upload(kind, loaded.data, _filename(seg, kind), _mime(seg, kind))
                 out: dict[str, Any] = {"msgtype": kind, "media_id": media_id}
                 if kind == "video":
-                    out.update(title=part.title, description=part.description)
+                    title = part.title or texts(await self.links.language(request))(UNTITLED_VIDEO)
+                    out.update(title=title, description=part.description)
                 return out
-        return {"msgtype": "text", "text": await self._link_text(part, seg, loaded.size, kinds)}
+        reason = TOO_LARGE if kinds else CANNOT_SEND
+        return {"msgtype": "text", "text": await self._with_link(part, seg, request, reason, loaded.size)}
 
     def _candidates(self, kind: str, seg: Media) -> list[str]:
         if kind == "voice":
@@ -126,26 +132,15 @@ class MediaPreparer:
         except FetchError as exc:
             raise SendError(f"media download: {exc}", retryable=exc.retryable) from None
 
-    async def _link_text(self, part: Part, seg: Media, size: int | None, kinds: list[str]) -> str:
-        noun = NOUN.get(part.kind, "file")
-        if not kinds:
-            why = f"This {noun} cannot be sent here"
-        elif size is not None:
-            why = f"This {noun} ({size / MB:.1f} MB) is too large to send here"
-        else:
-            why = f"This {noun} is too large to send here"
-        return await self._with_link(part, seg, why)
-
-    async def expired_text(self, part: Part) -> str:
+    async def expired_text(self, part: Part, request: SendRequest) -> str:
         """What replaces an uploaded media kept longer than the platform keeps temporary media."""
         assert part.media is not None
-        return await self._with_link(
-            part, part.media, f"This {NOUN.get(part.kind, 'file')} waited too long to show here"
-        )
+        return await self._with_link(part, part.media, request, EXPIRED)
 
-    async def _with_link(self, part: Part, seg: Media, why: str) -> str:
-        link = await self.links.link(seg)
-        note = f"{why}; open it here:\n{link}" if link else f"{why}, and the hub has no public address to link it."
+    async def _with_link(
+        self, part: Part, seg: Media, request: SendRequest, reason: str, size: int | None = None
+    ) -> str:
+        note = await self.links.note(request, seg.kind, await self.links.link(seg), reason=reason, size=size)
         return f"{part.description}\n{note}" if part.kind == "video" and part.description else note
 
 

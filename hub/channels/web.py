@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import logging
 import re
@@ -20,6 +21,8 @@ from hub.channels.base import Channel, ChannelLimits, LiveSink, SendRequest, Sen
 from hub.channels.parts import MediaLinks
 from hub.channels.payload import parse_json
 from hub.events import Audio, ChatRef, Event, File, Image, Message, Text, User, Video
+from hub.i18n import N_, Lang, texts
+from hub.i18n.language import ChatLanguages, from_accept_language, platform_languages
 from hub.settings import HttpSettings, WebSettings, is_loopback_host
 from hub.storage.media import MediaStore
 from hub.storage.web_events import WebEventRepo
@@ -32,6 +35,54 @@ KEEPALIVE_S = 15.0
 
 SubmitAndWait = Callable[[Event, LiveSink], Awaitable[bool]]
 
+# The page's own words, by the name the page uses for each (`{{name}}` in static/web.html).
+# A `%(name)s` in one is filled by the page.
+LABELS = {
+    "subtitle": N_("Send /help to see what I can do."),
+    "message": N_("Message"),
+    "send": N_("Send"),
+    "empty": N_("No messages yet. Say hello!"),
+    "token": N_("This hub needs its access token:"),
+    "no_token": N_("Not sent: this hub needs its access token. Reload the page to enter it."),
+    "restarting": N_("Not sent: the hub is restarting. Try again in a moment."),
+    "not_sent": N_("Not sent: %(reason)s"),
+    "lost": N_("Connection lost. If the message went through, the answer will appear here."),
+    "image": N_("image"),
+    "download": N_("download"),
+    "gone_image": N_("(image no longer available)"),
+    "gone_video": N_("(video no longer available)"),
+    "gone_audio": N_("(audio no longer available)"),
+}
+HTML_LANG: dict[Lang, str] = {"zh": "zh-CN", "en": "en"}
+LABEL_RE = re.compile(r"\{\{(\w+)\}\}")
+
+
+def labels(lang: Lang) -> dict[str, str]:
+    """The page's words in one language, and what it checks before sending."""
+    t = texts(lang)
+    out = {name: t(msgid) for name, msgid in LABELS.items()}
+    out["too_long"] = t.plural(
+        "Not sent: a message can be at most %(n)s character long.",
+        "Not sent: a message can be at most %(n)s characters long.",
+        MAX_TEXT,
+    )
+    out["lang"] = HTML_LANG[lang]
+    out["max_text"] = str(MAX_TEXT)
+    return out
+
+
+def page_in(template: str, lang: Lang) -> bytes:
+    """The page with its words in `lang`: in the markup, and as JSON for what its script writes."""
+    words = labels(lang)
+    # `<` escaped: no text can end the script element it is in.
+    data = json.dumps(words, ensure_ascii=False).replace("<", "\\u003c")
+
+    def fill(m: re.Match[str]) -> str:
+        name = m.group(1)
+        return data if name == "labels" else html.escape(words.get(name, m.group(0)))
+
+    return LABEL_RE.sub(fill, template).encode()
+
 
 def sse(data: dict[str, Any] | str) -> bytes:
     body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
@@ -39,13 +90,18 @@ def sse(data: dict[str, Any] | str) -> bytes:
 
 
 class _SseSink:
-    """The live answer to one POST: chunks and media straight onto the response."""
+    """The live answer to one POST: chunks and media straight onto the response.
+
+    The response starts with its first write (a chunk, a keep-alive, the end): its headers then
+    go out in the same packet as the first token, and a refusal before any (the hub is
+    stopping) still gets its own status.
+    """
 
     def __init__(
         self,
         response: web.StreamResponse,
         render: Callable[[Message], Awaitable[list[dict[str, Any]]]],
-        request: web.Request | None = None,
+        request: web.Request,
     ) -> None:
         self._response = response
         self._request = request
@@ -57,13 +113,15 @@ class _SseSink:
     def open(self) -> bool:
         # A reader that went away after the last write (a reload) has not seen the end: the
         # stream is then finished through the outbox, which reaches the page's event stream.
-        if self._request is not None and (self._request.transport is None or self._request.transport.is_closing()):
+        if self._request.transport is None or self._request.transport.is_closing():
             self._open = False
         return self._open
 
     async def _write(self, data: bytes) -> None:
         async with self._lock:
             try:
+                if not self._response.prepared:
+                    await self._response.prepare(self._request)
                 await self._response.write(data)
             except (ConnectionError, RuntimeError):
                 self._open = False
@@ -80,6 +138,12 @@ class _SseSink:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self._write(b": keep-alive\n\n")
 
+    async def done(self) -> web.StreamResponse:
+        """The end of the answer; the response, started now if nothing was written before."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._write(sse("[DONE]"))
+        return self._response
+
 
 class WebChannel(Channel):
     name = "web"
@@ -93,8 +157,11 @@ class WebChannel(Channel):
         media: MediaStore,
         submit_and_wait: SubmitAndWait,
         http: HttpSettings | None = None,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self._settings = settings
+        self._languages = languages or platform_languages()
+        self._pages: dict[Lang, bytes] = {}
         self._http = http or HttpSettings()
         public = urlsplit(self._http.public_url) if self._http.public_url else None
         self._public_host = (public.hostname or "").lower() if public else None
@@ -111,6 +178,7 @@ class WebChannel(Channel):
             web.get("/", self.page),
             web.post("/api/web/chat", self.chat),
             web.get("/api/web/events", self.events),
+            web.get("/api/web/labels", self.page_labels),
         ]
 
     async def stop(self) -> None:
@@ -123,7 +191,33 @@ class WebChannel(Channel):
     async def page(self, request: web.Request) -> web.StreamResponse:
         if not self._host_ok(request):
             return _wrong_host()
-        return web.FileResponse(PAGE, headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"})
+        # Before the page names its session: the language a new chat from this browser gets.
+        lang = await self._languages.of_new_chat("web", from_accept_language(request.headers.get("Accept-Language")))
+        body = self._pages.get(lang)
+        if body is None:
+            body = self._pages[lang] = page_in(await asyncio.to_thread(PAGE.read_text, "utf-8"), lang)
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": "text/html; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "Vary": "Accept-Language",
+            },
+        )
+
+    async def page_labels(self, request: web.Request) -> web.StreamResponse:
+        """The page's words in its session's language (which `/lang` may have changed)."""
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        if not self._origin_ok(request):
+            return web.json_response({"error": "cross-site request refused"}, status=403)
+        session = request.query.get("session", "")
+        if not SESSION_RE.match(session):
+            return web.json_response({"error": "session must be 1-128 characters of A-Z a-z 0-9 _ . -"}, status=400)
+        hint = from_accept_language(request.headers.get("Accept-Language"))
+        lang = await self._languages.of_chat(str(ChatRef("web", "private", session)), hint)
+        return web.json_response(labels(lang), headers={"Cache-Control": "no-cache"})
 
     def _authorized(self, request: web.Request) -> bool:
         if self._settings.token is None:
@@ -157,6 +251,17 @@ class WebChannel(Channel):
         origin = origin.strip().lower()
         host = request.headers.get("Host", "").lower()
         return origin in (self._public_origin, f"http://{host}", f"https://{host}")
+
+    def _context(self, request: web.Request) -> dict[str, object]:
+        context: dict[str, object] = {}
+        # Only a request that carried the token gets here when a token is set.
+        if self._settings.token_is_admin and self._settings.token:
+            context["web_admin"] = True
+        # The browser's language: the chat's language where nothing else chose one.
+        lang = from_accept_language(request.headers.get("Accept-Language"))
+        if lang is not None:
+            context["lang"] = lang
+        return context
 
     def _refusal(self, request: web.Request) -> web.StreamResponse | None:
         """The answer to a request for the page's API that may not go on, else None."""
@@ -193,20 +298,15 @@ class WebChannel(Channel):
             chat=ChatRef("web", "private", session),
             sender=User("web", session, "web user"),
             message=Message((Text(text),)),
-            # Only a request that carried the token gets here when a token is set.
-            context={"web_admin": True} if self._settings.token_is_admin and self._settings.token else {},
+            context=self._context(request),
         )
-        response = _sse_response()
-        await response.prepare(request)
-        sink = _SseSink(response, self.render, request)
+        sink = _SseSink(_sse_response(), self.render, request)
         keepalive = asyncio.create_task(_keepalive(sink))
         try:
             await self._submit_and_wait(event, sink)
         finally:
             keepalive.cancel()
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await response.write(sse("[DONE]"))
-        return response
+        return await sink.done()
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         refused = self._refusal(request)

@@ -12,13 +12,12 @@ import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from hub.durations import duration
 from hub.errors import ProviderError
-from hub.jobs.results import JobDelivery
+from hub.i18n import N_
+from hub.jobs.results import JobDelivery, Reason, no_longer_set_up, too_large
 from hub.providers.generation import GeneratedImage, ImageProvider
 from hub.storage.db import utcnow
 from hub.storage.jobs import DELIVERED, FAILED, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo, NewJob
@@ -41,7 +40,7 @@ class ImageOutcome:
     how: Literal["done", "failed", "job", "same"]
     job: Job
     media: StoredMedia | None = None
-    error: str | None = None
+    error: Reason | None = None
     # The provider took longer than its limit: the job ends timed_out, not failed.
     timed_out: bool = False
 
@@ -112,14 +111,16 @@ class ImageJobs:
             stored = StoredMedia(path.name, path, r.get("name"), r.get("mime"), r.get("size", 0))
             return ImageOutcome("done", job, media=stored)
         if job.state in (FAILED, TIMED_OUT) and job.result.get("replied"):
-            return ImageOutcome("failed", job, error=job.error)
+            reason = Reason.from_json(job.result.get("reason")) or Reason.words(job.error or "")
+            return ImageOutcome("failed", job, error=reason)
         return ImageOutcome("job", job)
 
     async def resume(self, job: Job) -> None:
         """An image job found by the poller: its process died while making it, or an admin
         retried it. Submitted once more after a restart; a second loss fails it."""
         if job.state == SUBMITTED and job.attempts >= 2:
-            await self._delivery.finish_badly(job, FAILED, "the hub restarted while making it; please ask again")
+            reason = Reason(N_("the hub restarted while making it; please ask again"))
+            await self._delivery.finish_badly(job, FAILED, reason)
             return
         if not await self._repo.change(job.id, [job.state], release=False, state=SUBMITTED, attempts=job.attempts + 1):
             return
@@ -131,19 +132,19 @@ class ImageJobs:
         images = self._provider
         outcome: ImageOutcome
         if images is None:
-            outcome = ImageOutcome("failed", job, error="image generation is not set up any more")
+            outcome = ImageOutcome("failed", job, error=no_longer_set_up("image"))
         else:
             try:
                 image = await asyncio.wait_for(images.generate(job.prompt), timeout=images.timeout_s)
                 stored = await self._store(job, image)
                 outcome = ImageOutcome("done", job, media=stored)
             except TimeoutError:
-                limit = duration(timedelta(seconds=images.timeout_s))
-                outcome = ImageOutcome("failed", job, error=f"no image within {limit}", timed_out=True)
+                reason = Reason(N_("no image within %(limit)s"), limit_s=images.timeout_s)
+                outcome = ImageOutcome("failed", job, error=reason, timed_out=True)
             except MediaTooLarge as exc:
-                outcome = ImageOutcome("failed", job, error=f"the image is larger than {exc.limit // (1024 * 1024)} MB")
+                outcome = ImageOutcome("failed", job, error=too_large(exc.limit, image=True))
             except ProviderError as exc:
-                outcome = ImageOutcome("failed", job, error=str(exc))
+                outcome = ImageOutcome("failed", job, error=Reason.words(str(exc)))
         if handoff is not None and not handoff.taken_over:
             handoff.answering = True
             try:
@@ -158,7 +159,7 @@ class ImageJobs:
                 await self._delivery.deliver(dataclasses.replace(job, state=SUCCEEDED, result=result))
         else:
             state = TIMED_OUT if outcome.timed_out else FAILED
-            await self._delivery.finish_badly(job, state, outcome.error or "unknown error")
+            await self._delivery.finish_badly(job, state, outcome.error or Reason(N_("unknown error")))
 
     async def _settle_replied(self, job: Job, outcome: ImageOutcome) -> None:
         now = utcnow()
@@ -168,12 +169,14 @@ class ImageJobs:
                 job.id, [SUBMITTED], state=DELIVERED, result=result, finished_at=now, next_poll_at=None
             )
         else:
+            # The reason in neutral form: a re-handled event says it again in the chat's language.
+            reason = (outcome.error or Reason(N_("unknown error"))).redacted()
             await self._repo.change(
                 job.id,
                 [SUBMITTED],
                 state=FAILED,
-                result={"replied": True},
-                error=(outcome.error or "")[:2000],
+                result={"replied": True, "reason": reason.to_json()},
+                error=reason.english[:2000],
                 finished_at=now,
                 next_poll_at=None,
             )

@@ -15,17 +15,17 @@ import dataclasses
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from hub.durations import duration
 from hub.errors import ProviderError
+from hub.i18n import N_
 from hub.jobs.images import IMAGE_PROVIDER, ImageJobs
-from hub.jobs.results import JobDelivery
+from hub.jobs.results import STARTED, JobDelivery, Reason, no_longer_set_up
 from hub.metrics import Metrics
 from hub.providers.generation import JobProvider, Poll
 from hub.storage.db import utcnow
-from hub.storage.jobs import FAILED, QUEUED, RUNNING, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo
+from hub.storage.jobs import FAILED, QUEUED, RUNNING, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo, NextPoll
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -220,9 +220,8 @@ class JobPoller:
         elif job.provider == IMAGE_PROVIDER:
             await self._images.resume(job)
         elif job.deadline_at is not None and utcnow() >= job.deadline_at:
-            await self._delivery.finish_badly(
-                job, TIMED_OUT, f"no result within {duration(job.deadline_at - job.created_at)}"
-            )
+            limit_s = (job.deadline_at - job.created_at).total_seconds()
+            await self._delivery.finish_badly(job, TIMED_OUT, Reason(N_("no result within %(limit)s"), limit_s=limit_s))
         else:
             await self._advance(job)
         log.debug("event=job_worked job=%s state=%s ms=%.1f", job.id, job.state, (time.perf_counter() - started) * 1000)
@@ -231,7 +230,7 @@ class JobPoller:
         """Submit a queued job, or poll a submitted one, and act on what the provider says."""
         provider = self._by_name.get(job.provider)
         if provider is None:
-            await self._delivery.finish_badly(job, FAILED, f"{job.skill} generation is not set up any more")
+            await self._delivery.finish_badly(job, FAILED, no_longer_set_up(job.skill))
             return
         try:
             if job.state == QUEUED or job.provider_job_id is None:
@@ -244,7 +243,7 @@ class JobPoller:
                     submitted_at=utcnow(),
                     attempts=0,
                     error=None,
-                    next_poll_at=self._next_poll(job, provider.poll_interval_s),
+                    next_poll_at=NextPoll(provider.poll_interval_s),
                 ):
                     log.info(
                         "event=job_submitted job=%s provider=%s provider_job=%s", job.id, job.provider, provider_job_id
@@ -255,7 +254,7 @@ class JobPoller:
             if exc.retryable:
                 await self._delivery.back_off(job, provider.poll_interval_s, str(exc))
             else:
-                await self._delivery.finish_badly(job, FAILED, str(exc))
+                await self._delivery.finish_badly(job, FAILED, Reason.words(str(exc)))
             return
         await self._on_poll(job, provider, poll)
 
@@ -269,12 +268,13 @@ class JobPoller:
                 log.info("event=job_succeeded job=%s provider=%s", job.id, job.provider)
                 await self._delivery.deliver(dataclasses.replace(job, state=SUCCEEDED, result=result, attempts=0))
         elif poll.status == "failed":
-            await self._delivery.finish_badly(job, FAILED, poll.error or "the provider gave no reason")
+            reason = Reason.words(poll.error) if poll.error else Reason(N_("the provider gave no reason"))
+            await self._delivery.finish_badly(job, FAILED, reason)
         elif poll.status == "running":
             notice = None
             if not job.progress_noted:
-                text = f"{job.ref} has started: your {job.skill} is being made now."
-                notice = self._delivery.notice(job, "progress", text)
+                t = await self._delivery.texts_for(job)
+                notice = self._delivery.notice(job, "progress", t(STARTED[job.skill], job=job.ref))
             await self._delivery.change_and_tell(
                 job,
                 [SUBMITTED, RUNNING],
@@ -283,14 +283,9 @@ class JobPoller:
                 progress_noted=True,
                 attempts=0,
                 error=None,
-                next_poll_at=self._next_poll(job, provider.poll_interval_s),
+                next_poll_at=NextPoll(provider.poll_interval_s),
             )
         else:
             await self.repo.change(
-                job.id, [job.state], attempts=0, error=None, next_poll_at=self._next_poll(job, provider.poll_interval_s)
+                job.id, [job.state], attempts=0, error=None, next_poll_at=NextPoll(provider.poll_interval_s)
             )
-
-    def _next_poll(self, job: Job, interval_s: float) -> datetime:
-        at = utcnow() + timedelta(seconds=interval_s)
-        # Never sleep past the deadline: a job that will not finish is told so on time.
-        return min(at, job.deadline_at) if job.deadline_at is not None and job.state != SUCCEEDED else at

@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from hub.backoff import backoff_delay
 from hub.delivery import Outbox
+from hub.durations import duration
 from hub.errors import ProviderError
 from hub.events import Audio, Image, Message, Video
 from hub.fetch import Fetcher, FetchPolicy, FetchTooLarge
+from hub.i18n import N_, Texts, texts
+from hub.i18n.language import HINT_KEY, ChatLanguages
 from hub.providers.generation import download
 from hub.redact import safe_text
 from hub.storage.db import utcnow
@@ -36,6 +40,90 @@ SKILL_KIND = {"video": "video", "music": "audio", "image": "image"}
 MAX_DELIVERY_ATTEMPTS = 8
 BACKOFF_CAP_S = 300.0
 
+# What the owner is told, by skill: one whole sentence each (the reason is a clause of its own).
+STARTED = {
+    "video": N_("%(job)s has started: your video is being made now."),
+    "music": N_("%(job)s has started: your music is being made now."),
+    "image": N_("%(job)s has started: your image is being made now."),
+}
+FAILED_NOTICE = {
+    "video": N_("Sorry, your video %(job)s failed: %(reason)s"),
+    "music": N_("Sorry, your music %(job)s failed: %(reason)s"),
+    "image": N_("Sorry, your image %(job)s failed: %(reason)s"),
+}
+TIMED_OUT_NOTICE = {
+    "video": N_("Sorry, your video %(job)s timed out: %(reason)s."),
+    "music": N_("Sorry, your music %(job)s timed out: %(reason)s."),
+    "image": N_("Sorry, your image %(job)s timed out: %(reason)s."),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a job ended badly, said in the chat's language when its notice is written.
+
+    `msgid` (marked with N_) is filled with `values`, and `%(limit)s` with `limit_s` as a
+    duration; without a msgid, `values["text"]` is the provider's own words, said as they are.
+    The job's `error` column keeps the English (for operators)."""
+
+    msgid: str | None
+    values: Mapping[str, str | int] = field(default_factory=dict)
+    limit_s: float | None = None
+
+    @classmethod
+    def words(cls, text: str) -> Reason:
+        return cls(None, {"text": text})
+
+    def say(self, t: Texts) -> str:
+        if self.msgid is None:
+            return str(self.values.get("text", ""))
+        values: dict[str, object] = dict(self.values)
+        if self.limit_s is not None:
+            values["limit"] = duration(timedelta(seconds=self.limit_s), t)
+        return t(self.msgid, **values)
+
+    @property
+    def english(self) -> str:
+        return self.say(texts("en"))
+
+    def redacted(self) -> Reason:
+        """With any signed URL in the provider's words masked."""
+        values = {k: safe_text(v) if isinstance(v, str) else v for k, v in self.values.items()}
+        return Reason(self.msgid, values, self.limit_s)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"msgid": self.msgid, "values": dict(self.values), "limit_s": self.limit_s}
+
+    @classmethod
+    def from_json(cls, data: object) -> Reason | None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("values"), Mapping):
+            return None
+        msgid, limit_s = data.get("msgid"), data.get("limit_s")
+        return cls(
+            msgid if isinstance(msgid, str) else None,
+            {str(k): v for k, v in data["values"].items() if isinstance(v, str | int)},
+            float(limit_s) if isinstance(limit_s, int | float) else None,
+        )
+
+
+# Why a job ends whose provider was taken out of the configuration since.
+GONE = {
+    "video": N_("video generation is no longer set up on this hub"),
+    "music": N_("music generation is no longer set up on this hub"),
+    "image": N_("image generation is no longer set up on this hub"),
+}
+
+
+def no_longer_set_up(skill: str) -> Reason:
+    return Reason(GONE.get(skill, N_("this kind of job is no longer set up on this hub")))
+
+
+def too_large(limit_bytes: int, *, image: bool = False) -> Reason:
+    mb = limit_bytes // (1024 * 1024)
+    if image:
+        return Reason(N_("the image is larger than %(mb)s MB"), {"mb": mb})
+    return Reason(N_("the result is larger than %(mb)s MB"), {"mb": mb})
+
 
 class JobDelivery:
     """Results into the chat, notices to the owner, retries for later; owns the download session."""
@@ -48,10 +136,13 @@ class JobDelivery:
         *,
         max_download_bytes: int = 512 * 1024 * 1024,
         fetch_policy: FetchPolicy | None = None,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self._repo = repo
         self._outbox = outbox
         self._media = media
+        # The chat's language for notices (None: English, for tools without chats).
+        self._languages = languages
         self.max_download_bytes = max_download_bytes
         # Results come from URLs the provider names: only public addresses, or those configured.
         self._fetcher = Fetcher(fetch_policy or FetchPolicy())
@@ -70,13 +161,14 @@ class JobDelivery:
             try:
                 stored = await self.fetch(job, str(result.get("url") or ""))
             except (MediaTooLarge, FetchTooLarge) as exc:
-                await self.finish_badly(job, FAILED, f"the result is larger than {exc.limit // (1024 * 1024)} MB")
+                await self.finish_badly(job, FAILED, too_large(exc.limit))
                 return
             except ProviderError as exc:
                 if exc.retryable and job.attempts + 1 < MAX_DELIVERY_ATTEMPTS:
                     await self.back_off(job, 2.0, str(exc))
                 else:
-                    await self.finish_badly(job, FAILED, f"the result could not be downloaded ({exc})")
+                    reason = Reason(N_("the result could not be downloaded (%(error)s)"), {"error": str(exc)})
+                    await self.finish_badly(job, FAILED, reason)
                 return
             result.update(path=str(stored.path), name=stored.name, mime=stored.mime, size=stored.size)
             if not await self._repo.change(job.id, [SUCCEEDED], release=False, result=result):
@@ -135,6 +227,12 @@ class JobDelivery:
                 kind=SKILL_KIND[job.skill],
             )
 
+    async def texts_for(self, job: Job) -> Texts:
+        """The texts of the job's chat: its language now, from the event's hint too."""
+        if self._languages is None:
+            return texts("en")
+        return texts(await self._languages.of_chat(str(job.chat), job.context.get(HINT_KEY)))
+
     def notice(self, job: Job, what: str, text: str) -> NewMessage:
         """A message about the job, keyed by it: queued with the change of state it tells of."""
         return NewMessage(
@@ -156,21 +254,19 @@ class JobDelivery:
             self._outbox.wake()
         return ok
 
-    async def finish_badly(self, job: Job, state: str, reason: str, *, tell: bool = True) -> None:
+    async def finish_badly(self, job: Job, state: str, reason: Reason, *, tell: bool = True) -> None:
         """End a job as failed or timed_out, telling its owner in the same transaction."""
-        reason = safe_text(reason)  # a provider's message may carry a signed URL
-        noun = job.skill
+        reason = reason.redacted()  # a provider's message may carry a signed URL
+        error = reason.english
         notice: NewMessage | None = None
         if tell:
-            if state == TIMED_OUT:
-                text = f"Sorry, your {noun} {job.ref} timed out: {reason}."
-            else:
-                text = f"Sorry, your {noun} {job.ref} failed: {reason}"
-            notice = self.notice(job, state, text)
+            t = await self.texts_for(job)
+            said = TIMED_OUT_NOTICE if state == TIMED_OUT else FAILED_NOTICE
+            notice = self.notice(job, state, t(said[job.skill], job=job.ref, reason=reason.say(t)))
         if await self.change_and_tell(
-            job, ACTIVE, notice, state=state, error=reason[:2000], finished_at=utcnow(), next_poll_at=None
+            job, ACTIVE, notice, state=state, error=error[:2000], finished_at=utcnow(), next_poll_at=None
         ):
-            log.info("event=job_%s job=%s reason=%r", state, job.id, reason)
+            log.info("event=job_%s job=%s reason=%r", state, job.id, error)
 
     async def back_off(self, job: Job, base_s: float, error: str) -> None:
         """A transient error: try again later, longer each time, without changing state."""

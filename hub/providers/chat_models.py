@@ -1,11 +1,16 @@
 """The model gateway: OpenAI-compatible chat models from `[[models]]`, streamed.
 
-One `AsyncOpenAI` client per model, opened at start and closed at stop. A call gets its first
-token within `first_token_timeout_s` and finishes within `timeout_s`; 429 and 5xx answers (and
-refused connections) before the first token are retried with capped, jittered backoff inside
-that first-token budget. Whatever goes wrong surfaces as one ProviderError, for the skill to
-turn into a plain sentence. A global semaphore bounds the model calls in flight, so a slow
-model holds at most that many chats and never the ingress.
+One `AsyncOpenAI` client per model, opened at start and closed at stop; every call reuses its
+connections. A call gets its first token within `first_token_timeout_s` and finishes within
+`timeout_s`; 429 and 5xx answers (and refused connections) before the first token are retried
+with capped, jittered backoff inside that first-token budget. Whatever goes wrong surfaces as
+one ProviderError, for the skill to turn into a plain sentence. A global semaphore bounds the
+model calls in flight, so a slow model holds at most that many chats and never the ingress.
+
+The request goes through the client's own `post` with the chunks left as decoded JSON: the
+SDK's typed path walks the parameters through its transform and builds a pydantic model per
+chunk, milliseconds of CPU before the first token reaches the user, for the two strings a
+chunk is read for. Auth, base URL, timeouts, status errors and SSE decoding stay the SDK's.
 """
 
 from __future__ import annotations
@@ -15,10 +20,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletionChunk
 
 from hub.backoff import backoff_delay
 from hub.errors import ProviderError
@@ -32,6 +36,9 @@ RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 NO_KEY = "none"
 
 OnDelta = Callable[[str], Awaitable[None]]
+# One streamed chunk as the model sent it: `choices[0].delta.content`, maybe `usage`.
+Chunk = object
+ChunkStream = openai.AsyncStream[Chunk]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +165,11 @@ class ModelGateway:
             async with asyncio.timeout(m.timeout_s):
                 stream, first, attempts = await self._open(m, client, messages, began + m.first_token_timeout_s)
                 first_at = loop.time()
-                usage = first.usage
+                usage = _usage_of(first)
                 try:
-                    chunk: ChatCompletionChunk | None = first
+                    chunk: Chunk | None = first
                     while chunk is not None:
-                        if chunk.usage is not None:
-                            usage = chunk.usage
+                        usage = _usage_of(chunk) or usage
                         content = _content_of(chunk)
                         if content:
                             parts.append(content)
@@ -184,8 +190,8 @@ class ModelGateway:
             first_token_s=first_at - began,
             total_s=done - began,
             attempts=attempts,
-            prompt_tokens=getattr(usage, "prompt_tokens", None),
-            completion_tokens=getattr(usage, "completion_tokens", None),
+            prompt_tokens=_count(usage, "prompt_tokens"),
+            completion_tokens=_count(usage, "completion_tokens"),
         )
         log.info(
             "event=model_reply model=%s wait_ms=%.0f first_ms=%.0f total_ms=%.0f attempts=%d chars=%d "
@@ -207,18 +213,21 @@ class ModelGateway:
         client: openai.AsyncOpenAI,
         messages: Sequence[Mapping[str, Any]],
         first_deadline: float,
-    ) -> tuple[openai.AsyncStream[ChatCompletionChunk], ChatCompletionChunk, int]:
+    ) -> tuple[ChunkStream, Chunk, int]:
         """Send the request until a first chunk with output (or the end) arrives, retrying
         what is worth it; the open stream, that chunk and the number of attempts."""
         attempt = 0
         while True:
             attempt += 1
-            stream: openai.AsyncStream[ChatCompletionChunk] | None = None
+            stream: ChunkStream | None = None
             try:
                 async with asyncio.timeout_at(first_deadline):
-                    stream = cast(
-                        "openai.AsyncStream[ChatCompletionChunk]",
-                        await client.chat.completions.create(**self._request(m, messages)),
+                    stream = await client.post(
+                        "/chat/completions",
+                        body=self._request(m, messages),
+                        cast_to=object,
+                        stream=True,
+                        stream_cls=ChunkStream,
                     )
                     first = await _first_output(stream)
                 return stream, first, attempt
@@ -243,11 +252,7 @@ class ModelGateway:
     def _request(self, m: ModelSettings, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         req: dict[str, Any] = {
             "model": m.model,
-            # The messages go as extra body (which wins over the typed field): the SDK would
-            # walk each one through its type transform, milliseconds a message on a long
-            # history, which plain role/content strings do not need.
-            "messages": [],
-            "extra_body": {"messages": list(messages)},
+            "messages": list(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -275,46 +280,61 @@ class ModelGateway:
         return delay
 
 
-async def _next_chunk(stream: openai.AsyncStream[ChatCompletionChunk]) -> ChatCompletionChunk | None:
+async def _next_chunk(stream: ChunkStream) -> Chunk | None:
     try:
         return await stream.__anext__()
     except StopAsyncIteration:
         return None
 
 
-async def _first_output(stream: openai.AsyncStream[ChatCompletionChunk]) -> ChatCompletionChunk:
+async def _first_output(stream: ChunkStream) -> Chunk:
     """Read up to the first chunk with output: text, or the reasoning a thinking model streams
     before its answer (it is alive, though nothing shows yet). An empty stream gives an empty
-    chunk."""
+    chunk (with the usage, if one came)."""
     usage = None
     while (chunk := await _next_chunk(stream)) is not None:
-        if chunk.usage is not None:
-            usage = chunk.usage
+        usage = _usage_of(chunk) or usage
         if _content_of(chunk) or _reasoning_of(chunk):
-            if chunk.usage is None and usage is not None:
-                chunk = chunk.model_copy(update={"usage": usage})
+            if usage is not None and _usage_of(chunk) is None and isinstance(chunk, dict):
+                chunk = {**chunk, "usage": usage}
             return chunk
-    return ChatCompletionChunk(id="", choices=[], created=0, model="", object="chat.completion.chunk", usage=usage)
+    return {"choices": [], "usage": usage}
 
 
-async def _close(stream: openai.AsyncStream[ChatCompletionChunk] | None) -> None:
+async def _close(stream: ChunkStream | None) -> None:
     if stream is not None:
         with contextlib.suppress(Exception):
             await stream.close()
 
 
-def _content_of(chunk: ChatCompletionChunk) -> str:
-    if not chunk.choices:
-        return ""
-    return chunk.choices[0].delta.content or ""
+def _delta_of(chunk: Chunk) -> dict[str, Any]:
+    """`choices[0].delta` of a chunk; empty for anything else (a usage chunk, a stray value)."""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return {}
+    delta = choices[0].get("delta")
+    return delta if isinstance(delta, dict) else {}
 
 
-def _reasoning_of(chunk: ChatCompletionChunk) -> str:
-    """A thinking model's reasoning (`reasoning_content`, an extension field): never shown."""
-    if not chunk.choices:
-        return ""
-    value = (chunk.choices[0].delta.model_extra or {}).get("reasoning_content")
+def _content_of(chunk: Chunk) -> str:
+    value = _delta_of(chunk).get("content")
     return value if isinstance(value, str) else ""
+
+
+def _reasoning_of(chunk: Chunk) -> str:
+    """A thinking model's reasoning (`reasoning_content`, an extension field): never shown."""
+    value = _delta_of(chunk).get("reasoning_content")
+    return value if isinstance(value, str) else ""
+
+
+def _usage_of(chunk: Chunk) -> dict[str, Any] | None:
+    usage = chunk.get("usage") if isinstance(chunk, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _count(usage: dict[str, Any] | None, key: str) -> int | None:
+    value = (usage or {}).get(key)
+    return value if isinstance(value, int) else None
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

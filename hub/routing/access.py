@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from hub.durations import describe_wait
 from hub.events import Event
+from hub.i18n import N_, Texts
 from hub.routing.context import Context, Handler
 from hub.settings import AccessRules, AccessSettings, QuotasSettings
 from hub.storage.admin import PairingRepo, QuotaRepo, UsageRepo
@@ -33,6 +34,57 @@ REFUSAL_REPLIES_PER_MINUTE = 5
 APPROVED_TTL_S = 3.0
 # Daily usage is kept this long (for `/admin who`), then dropped.
 USAGE_KEPT_DAYS = 35
+
+
+# What a person kept out or held back is told; each says what to do next.
+PAIRING = N_(
+    "Hello! This bot talks only with people its admins have approved.\n"
+    "Your pairing code is %(code)s (valid for %(left)s). Send it to an admin of this bot, "
+    "who approves it with: /admin approve %(code)s\n"
+    "Your id: %(user)s"
+)
+NOT_ALLOWED = N_(
+    "Sorry, this bot talks only with people on its allowlist. Ask one of its admins to add you; your id is %(user)s"
+)
+TOO_FAST = N_("Too many messages in this chat; please wait %(wait)s and try again.")
+
+
+def used_up(t: Texts, skill: str, limit: int, now: datetime) -> str:
+    """The refusal of a use over the day's quota: when it resets, and who can raise it."""
+    reset = next_utc_midnight(now)
+    at = f"{reset:%Y-%m-%d %H:%M}"
+    wait = describe_wait((reset - now).total_seconds(), t)
+    if skill == "chat":
+        if limit == 0:
+            return t(
+                "Your daily quota of chat messages is 0, so I cannot chat with you. "
+                "Ask an admin of this bot if you need it."
+            )
+        return t.plural(
+            "You have used your %(n)s chat message for today. Your quota resets at %(at)s UTC (in %(wait)s); "
+            "try again then, or ask an admin of this bot for a larger quota.",
+            "You have used all %(n)s of your chat messages for today. Your quota resets at %(at)s UTC "
+            "(in %(wait)s); try again then, or ask an admin of this bot for a larger quota.",
+            limit,
+            at=at,
+            wait=wait,
+        )
+    if limit == 0:
+        return t(
+            "Your daily quota of /%(command)s requests is 0, so you cannot use it. "
+            "Ask an admin of this bot if you need it.",
+            command=skill,
+        )
+    return t.plural(
+        "You have used your %(n)s /%(command)s request for today. Your quota resets at %(at)s UTC "
+        "(in %(wait)s); try again then, or ask an admin of this bot for a larger quota.",
+        "You have used all %(n)s of your /%(command)s requests for today. Your quota resets at %(at)s UTC "
+        "(in %(wait)s); try again then, or ask an admin of this bot for a larger quota.",
+        limit,
+        command=skill,
+        at=at,
+        wait=wait,
+    )
 
 
 def next_utc_midnight(now: datetime) -> datetime:
@@ -176,21 +228,14 @@ class AccessControl:
         if rules.private == "pairing":
             ttl = rules.pairing_ttl_s or 3600
             code = await self._pairing.issue(ctx.user, where, ttl)
-            left = describe_wait((code.expires_at - self._clock()).total_seconds())
+            left = describe_wait((code.expires_at - self._clock()).total_seconds(), ctx.t)
             if answer:
-                await ctx.reply(
-                    "Hello! This bot talks only with people its admins have approved.\n"
-                    f"Your pairing code is {code.code} (valid for {left}). Send it to an admin of this bot, "
-                    f"who approves it with: /admin approve {code.code}\n"
-                    f"Your id: {ctx.user}"
-                )
+                await ctx.reply(ctx.t(PAIRING, code=code.code, left=left, user=ctx.user))
             log.info("event=pairing_code user=%s chat=%s", ctx.user, where)
             await self._audit.record(ctx.user, "access", "pairing", chat=where, detail=f"code {code.code} issued")
             return
         if answer:
-            await ctx.reply(
-                f"Sorry, this bot talks only with people on its allowlist. An admin can add you; your id is {ctx.user}"
-            )
+            await ctx.reply(ctx.t(NOT_ALLOWED, user=ctx.user))
         log.info("event=refused reason=not_allowed chat=%s user=%s", where, ctx.user)
         await self._audit.record(ctx.user, "access", "refused", chat=where, detail="not on the allowlist")
 
@@ -218,7 +263,7 @@ class AccessControl:
             ctx.user, "rate", "refused", chat=str(event.chat), detail=f"over {per_minute} messages a minute"
         )
         if first:  # say it once per burst, not once per dropped message
-            await ctx.reply(f"Too many messages in this chat; please wait {describe_wait(wait)} and try again.")
+            await ctx.reply(ctx.t(TOO_FAST, wait=describe_wait(wait, ctx.t)))
 
     # --- how much -----------------------------------------------------------------------
 
@@ -248,14 +293,12 @@ class AccessControl:
         limit = await self.limit_for(ctx.user, skill, is_admin=ctx.is_admin)
         now = self._clock()
         day = now.astimezone(UTC).date().isoformat()
+        if limit is None:
+            await self._count_after(call_next, event, ctx, skill, day)
+            return
         if await self._usage.take(ctx.user, skill, day, limit) is None:
             assert limit is not None
-            reset = next_utc_midnight(now)
-            what = "chat messages" if skill == "chat" else f"/{skill} requests"
-            await ctx.reply(
-                f"You have used all {limit} of your {what} for today. "
-                f"Your quota resets at {reset:%Y-%m-%d %H:%M} UTC (in {describe_wait((reset - now).total_seconds())})."
-            )
+            await ctx.reply(used_up(ctx.t, skill, limit, now))
             log.info("event=refused reason=quota user=%s skill=%s limit=%d", ctx.user, skill, limit)
             await self._audit.record(
                 ctx.user, f"quota {skill}", "refused", chat=str(event.chat), detail=f"{limit} per day used up"
@@ -268,3 +311,14 @@ class AccessControl:
             # handled again after restart): this use did not happen.
             await self._usage.give_back(ctx.user, skill, day)
             raise
+
+    async def _count_after(self, call_next: Handler, event: Event, ctx: Context, skill: str, day: str) -> None:
+        """With no limit there is nothing to refuse: the use is counted once the skill is done,
+        not before it (the count's commit would otherwise stand before a chat's first token).
+        A use that broke is not counted, as with a limit."""
+        await call_next(event, ctx)
+        try:
+            await self._usage.take(ctx.user, skill, day, None)
+        except Exception as exc:
+            # The answer is out: not worth taking back, or sending twice, for an unlimited use.
+            log.warning("event=usage_count_failed user=%s skill=%s error=%r", ctx.user, skill, exc)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hub.events import Event, Message
+from hub.i18n import Lang, Texts, texts
 from hub.routing.commands import CommandObject
 from hub.storage.chats import ChatSettings
 
@@ -45,6 +46,13 @@ class Context:
     replier: Replier
     # The skill name the router matched (for quotas and audit): chat, image, video, music, ...
     skill: str = ""
+    # The language this chat is answered in (hub/i18n/language.py says how it is chosen).
+    lang: Lang = "en"
+
+    @property
+    def t(self) -> Texts:
+        """This chat's texts: `ctx.t("Cancelled %(job)s.", job=ref)`."""
+        return texts(self.lang)
 
     @property
     def args(self) -> str:

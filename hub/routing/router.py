@@ -8,24 +8,35 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from hub.events import Event
+from hub.i18n import N_, Lang, Texts
 from hub.routing.commands import CommandObject, parse_command
 from hub.routing.context import Context, Handler, Middleware, Replier, Skill
 from hub.skills.base import SkillInfo
 from hub.storage.chats import ChatSettings
 from hub.storage.db import is_transient
 
-UNSIGNED_ADMIN = (
-    "Sorry, admin commands are refused here: this {channel} connection's signature does not cover "
-    "the message, so anyone who saw one callback could send this as you. {fix}"
-)
-UNSIGNED_FIX = {
-    "wechat": "Set [wechat] encoding_aes_key (safe mode) to use /admin over WeChat, "
-    "or allow_admin_in_plain_mode = true to accept the risk.",
-    "feishu": "Set [feishu] encrypt_key to use /admin over Feishu.",
+# A body no signature covers, by channel: why /admin is refused, and what the operator can do.
+UNSIGNED_ADMIN = {
+    "wechat": N_(
+        "Sorry, admin commands are refused here: this WeChat connection's signature does not cover the "
+        "message, so anyone who saw one callback could send this as you. Set [wechat] encoding_aes_key "
+        "(safe mode) to use /admin over WeChat, or allow_admin_in_plain_mode = true to accept the risk."
+    ),
+    "feishu": N_(
+        "Sorry, admin commands are refused here: this Feishu connection's signature does not cover the "
+        "message, so anyone who saw one callback could send this as you. Set [feishu] encrypt_key to use "
+        "/admin over Feishu."
+    ),
 }
+UNSIGNED_OTHER = N_(
+    "Sorry, admin commands are refused here: this %(channel)s connection's signature does not cover the "
+    "message, so anyone who saw one callback could send this as you."
+)
 log = logging.getLogger("hub.router")
 
-APOLOGY = "Sorry, something went wrong while handling that. Please try again in a moment."
+APOLOGY = N_("Sorry, something went wrong while handling that. Please try again in a moment.")
+# Commands that change a whole group (its persona, model, memory, language).
+GROUP_SETTINGS = frozenset({"persona", "model", "reset", "lang"})
 
 
 class Router:
@@ -37,6 +48,9 @@ class Router:
         chat_settings: Callable[[str], Awaitable[ChatSettings]],
         is_admin: Callable[[str], Awaitable[bool]],
         is_banned: Callable[[str], Awaitable[bool]],
+        language: Callable[[Event, ChatSettings], Awaitable[Lang]] | None = None,
+        group_admin: Callable[[Event], Awaitable[bool]] | None = None,
+        group_settings: str = "admins",
         mark_reachable: Callable[[str], Awaitable[None]] | None = None,
         trust_unsigned: Callable[[str], bool] = lambda channel: False,
     ) -> None:
@@ -47,6 +61,9 @@ class Router:
         self._chat_settings = chat_settings
         self._is_admin = is_admin
         self._is_banned = is_banned
+        self._language = language
+        self._group_admin = group_admin
+        self._group_settings_open = group_settings == "anyone"
         self._skills: dict[str, SkillInfo] = {}
         self._fallback: SkillInfo | None = None
         self._middlewares: list[Middleware] = []
@@ -64,15 +81,18 @@ class Router:
         aliases: Sequence[str] = (),
         admin_only: bool = False,
         skill: str | None = None,
+        needs: str | None = None,
     ) -> None:
-        info = SkillInfo(name, handler, description, usage or f"/{name}", admin_only, skill, tuple(aliases))
+        """`description` and `usage` are msgids (marked with N_); `needs` names the config
+        section the command waits for when it is not set up on this hub."""
+        info = SkillInfo(name, handler, description, usage or f"/{name}", admin_only, skill, tuple(aliases), needs)
         self._skills[name] = info
         for alias in aliases:
             self._aliases[alias.lstrip("/")] = name
 
-    def set_fallback(self, handler: Skill, *, skill: str = "chat") -> None:
+    def set_fallback(self, handler: Skill, *, skill: str = "chat", needs: str | None = None) -> None:
         """What handles plain text (the chat skill)."""
-        self._fallback = SkillInfo(skill, handler, "chat with the model", "", False, skill)
+        self._fallback = SkillInfo(skill, handler, N_("chat with the model"), "", False, skill, needs=needs)
 
     def use(self, middleware: Middleware) -> None:
         """Add a middleware around every skill call; the first added runs outermost."""
@@ -86,6 +106,9 @@ class Router:
     def skills(self) -> Mapping[str, SkillInfo]:
         return self._skills
 
+    def aliases_of(self, name: str) -> list[str]:
+        return sorted(alias for alias, target in self._aliases.items() if target.lstrip("/").lower() == name)
+
     def available(self, ctx: Context) -> list[SkillInfo]:
         """The commands this person may use in this chat, for /help."""
         out = []
@@ -97,15 +120,57 @@ class Router:
             out.append(info)
         return out
 
+    def usable(self, ctx: Context, name: str) -> bool:
+        """Whether `name` is a command this person could run here, set up on this hub."""
+        info = self._skills.get(name)
+        return info is not None and info.needs is None and info in self.available(ctx)
+
+    async def _may_change_group(self, ctx: Context) -> bool:
+        """Whether this person may change this chat's settings (always, outside a group)."""
+        if ctx.event.chat.kind != "group" or self._group_settings_open or ctx.is_admin:
+            return True
+        return self._group_admin is not None and await self._group_admin(ctx.event)
+
     async def help_skill(self, ctx: Context) -> None:
-        lines = ["Commands:"]
-        for info in self.available(ctx):
-            lines.append(f"{info.usage} — {info.description}")
-        if self._fallback and "chat" not in ctx.chat.skills_off:
-            if ctx.event.chat.kind == "group":
-                lines.append("Mention me or reply to me to chat.")
+        t = ctx.t
+        lines = [t("Commands:")]
+        shown = self.available(ctx)
+        if not await self._may_change_group(ctx):
+            shown = [info for info in shown if info.name not in GROUP_SETTINGS]
+        for info in shown:
+            # A bare `/name` is not a text to translate; a usage with arguments is (`/video <描述>`).
+            usage = info.usage if info.usage == f"/{info.name}" else t(info.usage)
+            if t.lang == "zh" and (aliases := self.aliases_of(info.name)):
+                usage = t("%(usage)s (also %(aliases)s)", usage=usage, aliases=", ".join(f"/{a}" for a in aliases))
+            if info.needs is not None:
+                lines.append(
+                    t(
+                        "%(usage)s — %(what)s (not set up on this hub: add %(section)s)",
+                        usage=usage,
+                        what=t(info.description),
+                        section=info.needs,
+                    )
+                )
             else:
-                lines.append("Any other text: chat with me.")
+                lines.append(t("%(usage)s — %(what)s", usage=usage, what=t(info.description)))
+        fallback = self._fallback
+        if fallback and "chat" not in ctx.chat.skills_off:
+            group = ctx.event.chat.kind == "group"
+            if fallback.needs is not None and group:
+                lines.append(
+                    t(
+                        "Mention me or reply to me to chat (not set up on this hub: add %(section)s).",
+                        section=fallback.needs,
+                    )
+                )
+            elif fallback.needs is not None:
+                lines.append(
+                    t("Any other text: chat with me (not set up on this hub: add %(section)s).", section=fallback.needs)
+                )
+            elif group:
+                lines.append(t("Mention me or reply to me to chat."))
+            else:
+                lines.append(t("Any other text: chat with me."))
         await ctx.reply("\n".join(lines))
 
     # --- dispatch -----------------------------------------------------------------------
@@ -141,18 +206,15 @@ class Router:
         else:
             info = self._skills.get(command.name)
         is_admin, unsigned_admin = await self._admin_rights(event)
-        refusal, reason = _refusal(command, info, chat, is_admin)
+        lang: Lang = await self._language(event, chat) if self._language is not None else "en"
+        ctx = Context(event=event, command=command, chat=chat, is_admin=is_admin, replier=replier, lang=lang)
+        refusal, reason = await self._refusal(ctx, command, info)
         if unsigned_admin and info is not None and info.admin_only:
-            fix = UNSIGNED_FIX.get(event.channel, "")
-            refusal, reason = UNSIGNED_ADMIN.format(channel=event.channel, fix=fix), "body not covered by a signature"
-        ctx = Context(
-            event=event,
-            command=command,
-            chat=chat,
-            is_admin=is_admin,
-            replier=replier,
-            skill="" if refusal is not None or info is None else (info.skill or info.name),
-        )
+            text = UNSIGNED_ADMIN.get(event.channel)
+            refusal = ctx.t(text) if text else ctx.t(UNSIGNED_OTHER, channel=event.channel)
+            reason = "body not covered by a signature"
+        if refusal is None and info is not None:
+            ctx.skill = info.skill or info.name
 
         async def innermost(_event: Event, c: Context) -> None:
             if refusal is not None:
@@ -175,6 +237,36 @@ class Router:
                 ctx.skill or "-",
                 (time.perf_counter() - started) * 1000,
             )
+
+    async def _refusal(
+        self, ctx: Context, command: CommandObject | None, info: SkillInfo | None
+    ) -> tuple[str | None, str | None]:
+        """Why the matched command may not run here, if it may not: (the reply, the reason to audit).
+
+        Refusals (unknown command, not an admin, switched off) run inside the middlewares too, so
+        the access policy speaks first to someone it keeps out; they carry no skill name, so
+        nothing counts them as a use. Each says what to do next.
+        """
+        t = ctx.t
+        if info is None:
+            assert command is not None
+            return t("Unknown command /%(command)s. Send /help to see what I can do.", command=command.raw_name), None
+        if info.admin_only and not ctx.is_admin:
+            return _admins_only(ctx.t, ctx.event), "not an admin"
+        if info.skill and info.skill in ctx.chat.skills_off:
+            return t(
+                "/%(command)s is switched off in this chat. An admin can turn it back on.", command=info.name
+            ), None
+        if command is not None and info.name in GROUP_SETTINGS and not await self._may_change_group(ctx):
+            return (
+                t(
+                    "In a group, /%(command)s changes the whole group: only the group's admins and the bot's "
+                    "admins may use it here. Ask one of them, or use it in a private chat with me.",
+                    command=info.name,
+                ),
+                None,
+            )
+        return None, None
 
     async def _reachable_chat(self, ref: str) -> ChatSettings:
         """The chat's settings; a chat marked unreachable that writes again is reachable again
@@ -200,28 +292,23 @@ class Router:
                 "event=skill_failed id=%s channel=%s chat=%s skill=%s", event.id, event.channel, event.chat, ctx.skill
             )
             try:
-                await ctx.reply(APOLOGY)
+                await ctx.reply(ctx.t(APOLOGY))
             except Exception:
                 log.exception("event=apology_failed id=%s", event.id)
 
 
-def _refusal(
-    command: CommandObject | None, info: SkillInfo | None, chat: ChatSettings, is_admin: bool
-) -> tuple[str | None, str | None]:
-    """Why the matched command may not run here, if it may not: (the reply, the reason to audit).
-
-    Refusals (unknown command, not an admin, switched off) run inside the middlewares too, so
-    the access policy speaks first to someone it keeps out; they carry no skill name, so
-    nothing counts them as a use.
-    """
-    if info is None:
-        assert command is not None
-        return f"Unknown command /{command.raw_name}. Send /help to see what I can do.", None
-    if info.admin_only and not is_admin:
-        return "Sorry, that command is for the bot's admins only.", "not an admin"
-    if info.skill and info.skill in chat.skills_off:
-        return f"/{info.name} is switched off in this chat.", None
-    return None, None
+def _admins_only(t: Texts, event: Event) -> str:
+    """The admins-only refusal, with how this person would become one on this platform."""
+    if event.channel == "web":
+        return t(
+            "Sorry, that command is for the bot's admins only. On the web chat, an admin is whoever "
+            "sends the web token: set [web] token and token_is_admin = true, then open the page with it."
+        )
+    return t(
+        "Sorry, that command is for the bot's admins only. To make you one, whoever runs this hub "
+        "can run: hub admin add %(user)s",
+        user=event.sender.key,
+    )
 
 
 def _bind(mw: Middleware, nxt: Handler) -> Handler:

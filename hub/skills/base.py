@@ -17,9 +17,12 @@ class SkillInfo:
 
     name: str
     handler: Skill
+    # msgids: translated into the chat's language by /help
     description: str
     usage: str = ""
     admin_only: bool = False
     # The switchable skill behind the command, for `/admin skill` and quotas.
     skill: str | None = None
     aliases: tuple[str, ...] = ()
+    # The config section the command needs when it is not set up on this hub (None: it is).
+    needs: str | None = None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from hub.errors import ProviderError
 from hub.events import ChatRef
+from hub.i18n import N_
 from hub.routing.context import Context
 from hub.skills.prompt import Msg, build_messages, opening, reply_reserve, tokens_of
+from hub.storage.cached import Cached
 from hub.storage.chats import ChatRepo, ChatSettings, KeyValueRepo
 from hub.storage.memory import MemoryRepo, estimate_tokens, speaker_content
 from hub.storage.personas import Persona, PersonaRepo
@@ -20,13 +21,14 @@ if TYPE_CHECKING:  # the gateway imports the model SDK: only when models are con
 
 log = logging.getLogger("hub.chat")
 
-NO_MODEL = (
-    "No chat model is configured yet: add a [[models]] entry (name, base_url, api_key, model) "
-    "to config/hub.toml and restart the hub."
+# msgids: said with ctx.t(...) in the chat's language.
+NO_MODEL = N_(
+    "No chat model is configured yet: whoever runs this hub can add a [[models]] entry (name, base_url, "
+    "api_key, model) to config/hub.toml and restart the hub."
 )
-MODEL_DOWN = "The model is not answering right now, please try again in a minute."
-EMPTY_ANSWER = "The model gave an empty answer, please try again or put it another way."
-TEXT_ONLY = "I can only read text for now: please write your message."
+MODEL_DOWN = N_("The model is not answering right now, please try again in a minute.")
+EMPTY_ANSWER = N_("The model gave an empty answer, please try again or put it another way.")
+TEXT_ONLY = N_("I can only read text for now: please write your message.")
 # Where an admin's `/admin model default <name>` keeps its choice.
 DEFAULT_MODEL_KEY = "default_model"
 TYPING_EVERY_S = 4.0
@@ -36,7 +38,7 @@ class NoModelChat:
     """What plain text gets while no model is configured: how to configure one."""
 
     async def __call__(self, ctx: Context) -> None:
-        await ctx.reply(NO_MODEL)
+        await ctx.reply(ctx.t(NO_MODEL))
 
 
 class ModelChoice:
@@ -46,20 +48,18 @@ class ModelChoice:
     def __init__(self, gateway: ModelGateway, kv: KeyValueRepo, ttl_s: float = 2.0) -> None:
         self._gateway = gateway
         self._kv = kv
-        self._ttl = ttl_s
-        self._cached: tuple[float, str | None] = (-1e9, None)
+        self._cached: Cached[str | None] = Cached(self._read, ttl_s)
 
     async def default(self) -> str:
-        at, name = self._cached
-        if time.monotonic() - at >= self._ttl:
-            stored = await self._kv.get(DEFAULT_MODEL_KEY)
-            name = self._gateway.find(stored) if isinstance(stored, str) else None
-            self._cached = (time.monotonic(), name)
-        return name or self._gateway.default
+        return await self._cached.get() or self._gateway.default
+
+    async def _read(self) -> str | None:
+        stored = await self._kv.get(DEFAULT_MODEL_KEY)
+        return self._gateway.find(stored) if isinstance(stored, str) else None
 
     def forget(self) -> None:
         """Read the admins' default again at the next message (after changing it here)."""
-        self._cached = (-1e9, None)
+        self._cached.invalidate()
 
     @property
     def names(self) -> list[str]:
@@ -121,7 +121,7 @@ class ChatSkill:
     async def __call__(self, ctx: Context) -> None:
         text = ctx.event.message.text
         if not text:
-            await ctx.reply(TEXT_ONLY)
+            await ctx.reply(ctx.t(TEXT_ONLY))
             return
         chat = str(ctx.event.chat)
         model = await self._models.for_chat(ctx.chat)
@@ -148,16 +148,17 @@ class ChatSkill:
                 len(stream.text),
                 exc,
             )
+            # After a partial answer, the apology is a paragraph of its own.
             if stream.text:
-                await stream.push("\n\n" + MODEL_DOWN)
+                await stream.push("\n\n" + ctx.t(MODEL_DOWN))
                 await stream.finish()
             else:
-                await ctx.reply(MODEL_DOWN)
+                await ctx.reply(ctx.t(MODEL_DOWN))
             return
         finally:
             typing.cancel()
         if not result.text.strip():
-            await ctx.reply(EMPTY_ANSWER)
+            await ctx.reply(ctx.t(EMPTY_ANSWER))
             return
         await stream.finish()
         log.info(

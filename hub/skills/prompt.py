@@ -68,7 +68,9 @@ FRAMES = {
 
 
 def frame_of(persona: Persona | None) -> Frame:
-    return FRAMES.get(persona.language if persona else "en", FRAMES["en"])
+    if persona is None:
+        return FRAMES["en"]
+    return FRAMES.get(persona.language or "zh", FRAMES["en"])
 
 
 def system_prompt(persona: Persona | None, *, group: bool = False) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,6 +11,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from hub.storage.cached import Cached
 from hub.storage.db import Database, utcnow
 from hub.storage.models import pairing, quotas, usage
 
@@ -38,11 +38,8 @@ class QuotaRepo:
 
     def __init__(self, db: Database, ttl_s: float = 3.0) -> None:
         self._db = db
-        self._ttl = ttl_s
-        self._cache: tuple[float, dict[tuple[str, str], int]] | None = None
-        self._changes = 0
-        # Read beside the batch writer's writes: the messages that find the copy stale at once
-        # share one read, rather than each taking a connection of its own.
+        self._cache: Cached[dict[tuple[str, str], int]] = Cached(self._read, ttl_s)
+        # Read beside the batch writer's writes, not on a pooled connection of its own.
         self._k_table = f"quotas.table:{id(self)}"
         db.writer.register_sync(self._k_table, self._table_batch)
 
@@ -52,17 +49,13 @@ class QuotaRepo:
             await conn.execute(delete(quotas).where(quotas.c.subject == subject, quotas.c.skill == skill))
             if per_day is not None:
                 await conn.execute(quotas.insert().values(subject=subject, skill=skill, per_day=per_day))
-        self._changes += 1
-        self._cache = None
+        self._cache.invalidate()
 
     async def _table(self) -> dict[tuple[str, str], int]:
-        now = time.monotonic()
-        if self._cache is not None and now - self._cache[0] < self._ttl:
-            return self._cache[1]
-        changes = self._changes
+        return await self._cache.get()
+
+    async def _read(self) -> dict[tuple[str, str], int]:
         found: dict[tuple[str, str], int] = await self._db.writer.submit(self._k_table, None)
-        if changes == self._changes:  # a read that overlapped a `set` is not kept
-            self._cache = (now, found)
         return found
 
     def _table_batch(self, conn: Connection, asks: list[None]) -> Sequence[dict[tuple[str, str], int]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +15,8 @@ from sqlalchemy import Connection, bindparam, delete, or_, select, update
 from hub.storage.db import Database, utcnow
 from hub.storage.models import audit, chats, inbox, kv, users
 
+log = logging.getLogger("hub.storage")
+
 
 @dataclass(frozen=True, slots=True)
 class ChatSettings:
@@ -21,6 +25,7 @@ class ChatSettings:
     model: str | None = None
     skills_off: frozenset[str] = field(default_factory=frozenset)
     unreachable: bool = False
+    language: str | None = None
 
 
 class ChatRepo:
@@ -39,12 +44,23 @@ class ChatRepo:
         self._k_get = f"chats.get:{id(self)}"
         db.writer.register_sync(self._k_get, self._get_batch)
         self._select = select(chats).where(chats.c.ref.in_(bindparam("refs", expanding=True)))
+        # Chats read again in the background: once an entry is half its TTL old, the event
+        # that finds it is routed with it while the next one is read (never older than the TTL).
+        self._reloading: dict[str, asyncio.Task[ChatSettings]] = {}
 
     async def get(self, ref: str) -> ChatSettings:
         hit = self._cache.get(ref)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self._ttl:
+            if now - hit[0] >= self._ttl / 2 and ref not in self._reloading:
+                task = asyncio.get_running_loop().create_task(self._read(ref))
+                self._reloading[ref] = task
+                task.add_done_callback(lambda t: self._reloaded(ref, t))
             return hit[1]
+        return await self._read(ref)
+
+    async def _read(self, ref: str) -> ChatSettings:
+        now = time.monotonic()
         updates = self._updates
         found: ChatSettings = await self._db.writer.submit(self._k_get, ref)
         if updates == self._updates:
@@ -53,13 +69,19 @@ class ChatRepo:
             self._cache[ref] = (now, found)
         return found
 
+    def _reloaded(self, ref: str, task: asyncio.Task[ChatSettings]) -> None:
+        self._reloading.pop(ref, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The next event past the TTL reads it in the foreground, and sees the error.
+            log.warning("event=chat_reload_failed chat=%s error=%r", ref, exc)
+
     def _get_batch(self, conn: Connection, refs: list[str]) -> Sequence[ChatSettings]:
         rows: dict[str, ChatSettings] = {}
         unique = list(dict.fromkeys(refs))
         for i in range(0, len(unique), 500):
             for r in conn.execute(self._select, {"refs": unique[i : i + 500]}):
                 skills_off = frozenset(r.skills_off or ())
-                rows[r.ref] = ChatSettings(r.ref, r.persona, r.model, skills_off, bool(r.unreachable))
+                rows[r.ref] = ChatSettings(r.ref, r.persona, r.model, skills_off, bool(r.unreachable), r.language)
         return [rows.get(ref) or ChatSettings(ref) for ref in refs]
 
     async def update(self, ref: str, **values: Any) -> None:

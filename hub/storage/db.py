@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, String, create_engine,
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolResetState
 
 from hub import jsoncodec
 
@@ -51,6 +52,9 @@ class Database:
             # Opening an aiosqlite connection costs a thread and the pragmas: keep enough open
             # that a burst of concurrent reads reuses them instead of opening and closing more.
             kwargs.update(pool_size=20, max_overflow=40)
+            # The pool's own reset is a rollback after every commit: a trip to the
+            # connection's thread for nothing. _sqlite_reset rolls back only what is open.
+            kwargs["pool_reset_on_return"] = None
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         # Statement parameters are messages and tokens: never in an error's text (and so a log).
@@ -60,6 +64,7 @@ class Database:
         thread_engine: Engine | None = None
         if self.is_sqlite:
             sa_event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            sa_event.listen(self.engine.sync_engine, "reset", _sqlite_reset)
             if path and path != ":memory:":
                 thread_engine = _thread_engine(self.engine)
         self.writer = BatchWriter(self.engine, thread_engine)
@@ -110,6 +115,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_reset(dbapi_conn: Any, _record: Any, state: PoolResetState) -> None:
+    """A connection back in the pool: roll back a transaction still open on it (as the pool
+    would), and send nothing when none is (after a commit, or a read)."""
+    if state.asyncio_safe and dbapi_conn.driver_connection.in_transaction:
+        dbapi_conn.rollback()
 
 
 def _thread_engine(engine: AsyncEngine) -> Engine:

@@ -104,6 +104,8 @@ chats = Table(
     Column("unreachable", Boolean, nullable=False, server_default="0"),
     Column("unreachable_reason", Text),
     Column("migrated_to", String(255)),
+    # What `/lang` set for the chat (`zh` | `en`); NULL: the default order.
+    Column("language", String(8)),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )

@@ -9,7 +9,6 @@ configured persona of the same name as an admin's replaces it: the file is the d
 from __future__ import annotations
 
 import builtins
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 
 from hub.settings import PersonaSettings
+from hub.storage.cached import Cached
 from hub.storage.db import Database, utcnow
 from hub.storage.models import personas
 
@@ -33,7 +33,7 @@ class Persona:
     style: str = ""
     knowledge: str = ""
     greeting: str = ""
-    language: str = "zh"
+    language: str | None = None
     restate: bool = True
     default: bool = False
     source: str = "config"
@@ -58,8 +58,7 @@ class PersonaRepo:
 
     def __init__(self, db: Database, ttl_s: float = 5.0) -> None:
         self._db = db
-        self._ttl = ttl_s
-        self._cache: tuple[float, builtins.list[Persona]] | None = None
+        self._cache: Cached[builtins.list[Persona]] = Cached(self._read, ttl_s)
 
     async def sync(self, configured: Sequence[PersonaSettings]) -> None:
         """Make the configured personas the database's `config` rows."""
@@ -71,7 +70,7 @@ class PersonaRepo:
             for p in configured:
                 data = p.model_dump(exclude={"name"})
                 await conn.execute(personas.insert().values(name=p.name, data=data, source="config", created_at=now))
-        self._cache = None
+        self._cache.invalidate()
 
     async def add(self, name: str, fields: Mapping[str, Any], *, source: str = "admin") -> Persona:
         """Add or replace a persona; `fields` as in `[[personas]]`. Raises ValueError when wrong.
@@ -96,7 +95,7 @@ class PersonaRepo:
                         )
             await conn.execute(delete(personas).where(personas.c.name == name))
             await conn.execute(personas.insert().values(name=name, data=data, source=source, created_at=now))
-        self._cache = None
+        self._cache.invalidate()
         return Persona.from_settings(checked, source)
 
     async def remove(self, name: str) -> bool:
@@ -105,19 +104,17 @@ class PersonaRepo:
             return False
         async with self._db.engine.begin() as conn:
             result = await conn.execute(delete(personas).where(personas.c.name == found.name))
-        self._cache = None
+        self._cache.invalidate()
         return bool(result.rowcount)
 
     async def list(self) -> builtins.list[Persona]:
         """Every persona, by name."""
-        now = time.monotonic()
-        if self._cache is not None and now - self._cache[0] < self._ttl:
-            return self._cache[1]
+        return await self._cache.get()
+
+    async def _read(self) -> builtins.list[Persona]:
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(select(personas).order_by(personas.c.name))).all()
-        found = [_from_row(r) for r in rows]
-        self._cache = (now, found)
-        return found
+        return [_from_row(r) for r in rows]
 
     async def get(self, name: str) -> Persona | None:
         """The persona of that name; an exact match first, then ignoring case."""

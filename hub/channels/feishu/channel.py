@@ -21,13 +21,15 @@ from aiohttp import web
 from hub.channels.base import Channel, ChannelLimits, Ingress, LiveStream, SendRequest, SendResult, stop_tasks
 from hub.channels.feishu.api import FeishuApi
 from hub.channels.feishu.crypto import SIGNATURE, EventCrypto, token_matches
+from hub.channels.feishu.members import GroupAdmins
 from hub.channels.feishu.parse import CHANNEL, MESSAGE_EVENT, Envelope, envelope, parse_message, resource_of
 from hub.channels.feishu.render import FILE_MAX, IMAGE_MAX, TEXT_MAX, FeishuSender, reply_target
 from hub.channels.feishu.stream import FeishuCardStream, create_card
 from hub.channels.payload import parse_object
 from hub.errors import BadPayload, ConfigError, SendError, VerificationFailed
-from hub.events import ChatRef
+from hub.events import ChatRef, Event
 from hub.fetch import Fetcher
+from hub.i18n.language import ChatLanguages
 from hub.settings import FeishuSettings
 from hub.storage.db import Database
 from hub.storage.media import MediaStore, StoredMedia
@@ -54,6 +56,7 @@ class FeishuChannel(Channel):
         db: Database,
         public_url: str | None,
         fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         if not (settings.app_id and settings.app_secret):
             raise ConfigError([("feishu", "app_id and app_secret are required")])
@@ -62,7 +65,8 @@ class FeishuChannel(Channel):
         self._media = media
         api_base = settings.api_base or DEFAULT_API
         self.api = FeishuApi(api_base, settings.app_id, settings.app_secret.get_secret_value())
-        self._sender = FeishuSender(self.api, media, public_url, fetcher)
+        self._sender = FeishuSender(self.api, media, public_url, fetcher, languages)
+        self._group_admins = GroupAdmins(self.api)
         key = settings.encrypt_key.get_secret_value() if settings.encrypt_key else ""
         self._crypto = EventCrypto(key) if key else None
         self._token = settings.verification_token.get_secret_value() if settings.verification_token else None
@@ -110,6 +114,7 @@ class FeishuChannel(Channel):
 
     async def close(self) -> None:
         self._closed = True
+        self._group_admins.close()
         await self.api.stop()
 
     async def _learn_me(self) -> bool:
@@ -209,6 +214,9 @@ class FeishuChannel(Channel):
             log.warning("event=feishu_ws_unreadable error=%s", exc)
             return
         log.info("event=feishu_in id=%s type=%s new=%s via=websocket", env.event_id, env.event_type, new)
+
+    async def is_group_admin(self, event: Event) -> bool:
+        return await self._group_admins.is_admin(event)
 
     # --- outbound -------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from hub.channels.parts import render as render_parts
 from hub.channels.uploads import MB, MediaPreparer
 from hub.events import ChatRef, Mention, Message
 from hub.fetch import Fetcher
+from hub.i18n.language import ChatLanguages
 from hub.storage.media import MediaStore
 
 TEXT_MAX = 30 * 1024  # bytes of one text: the request limit is 150 KB after JSON escaping
@@ -95,7 +96,14 @@ def reply_target(target: ChatRef, quote: str | None, context: Mapping[str, Any] 
 
 
 class FeishuSender:
-    def __init__(self, api: FeishuApi, media: MediaStore, public_url: str | None, fetcher: Fetcher) -> None:
+    def __init__(
+        self,
+        api: FeishuApi,
+        media: MediaStore,
+        public_url: str | None,
+        fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
+    ) -> None:
         self.api = api
         self._media = MediaPreparer(
             _Uploads(api),
@@ -104,6 +112,7 @@ class FeishuSender:
             limits=LIMITS,
             voice_formats=frozenset({"opus"}),
             fetcher=fetcher,
+            languages=languages,
         )
         self._cover: str | None = None
         self._sent: OrderedDict[str, None] = OrderedDict()
@@ -113,7 +122,7 @@ class FeishuSender:
         reply_to = reply_target(target, quote, request.context)
 
         async def one(index: int, part: Part) -> str | None:
-            msg_type, content = await self._wire(await self._media.prepare(part))
+            msg_type, content = await self._wire(await self._media.prepare(part, request))
             # Feishu's uuid makes a retried send of the same part of a quoted reply a no-op.
             key = f"{target}|{quote}|{index + 1}|{msg_type}|{content}" if quote else None
             return await self.post(target, reply_to, msg_type, content, idempotency=key)

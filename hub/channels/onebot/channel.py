@@ -28,7 +28,8 @@ from hub.channels.onebot.sent import SentIds
 from hub.channels.parts import send_parts
 from hub.channels.payload import parse_object
 from hub.errors import BadPayload, HubError
-from hub.events import ChatRef
+from hub.events import ChatRef, Event
+from hub.i18n.language import ChatLanguages
 from hub.settings import OneBotSettings
 from hub.storage.media import MediaStore
 
@@ -37,6 +38,8 @@ log = logging.getLogger("hub.onebot")
 TEXT_MAX = 3000  # characters; QQ takes about 4,500, a margin for the implementations' own
 WS_PATH = "/onebot/v11/ws"
 HTTP_PATH = "/onebot/v11/http"
+# Sender roles (parse keeps them as context["group_role"]) of a group's own admins.
+GROUP_ADMIN_ROLES = frozenset({"owner", "admin"})
 
 
 class OneBotChannel(Channel):
@@ -59,12 +62,13 @@ class OneBotChannel(Channel):
         action_timeout_s: float = 30.0,
         on_connect: Callable[[str], Awaitable[None]] | None = None,
         recent_sent: Callable[[], Awaitable[Sequence[tuple[ChatRef, Sequence[str]]]]] | None = None,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self._ingress = ingress
         self._token = settings.access_token.get_secret_value() if settings.access_token else None
         self._secret = settings.secret.get_secret_value() if settings.secret else None
         self._api = HttpApi(settings.api_base, self._token) if settings.api_base else None
-        self._renderer = Renderer(media, public_url, text_max=TEXT_MAX)
+        self._renderer = Renderer(media, public_url, text_max=TEXT_MAX, languages=languages)
         self._max_frame = max_frame_bytes
         self._timeout = action_timeout_s
         self._on_connect = on_connect
@@ -95,6 +99,11 @@ class OneBotChannel(Channel):
 
     def status(self) -> str:
         return "running" if self.connections.accounts or self._api is not None else "connecting"
+
+    async def is_group_admin(self, event: Event) -> bool:
+        # The implementation tells each group message's sender role (owner, admin, member);
+        # it is as trustworthy as the connection it came by (access_token, HMAC).
+        return event.chat.kind == "group" and event.context.get("group_role") in GROUP_ADMIN_ROLES
 
     # --- in: HTTP POST ----------------------------------------------------------------------
 
@@ -175,7 +184,7 @@ class OneBotChannel(Channel):
     async def send(self, request: SendRequest) -> SendResult:
         target = request.target
         self_id, _ = split_chat(target)
-        parts = await self._renderer.render(request.message, _quoted(request.quote, self_id))
+        parts = await self._renderer.render(request.message, _quoted(request.quote, self_id), request)
 
         async def one(_index: int, part: Any) -> str | None:
             _, action, params = send_action(target, part)

@@ -14,15 +14,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hub.channels.base import split_text
+from hub.channels.base import SendRequest, split_text
 from hub.channels.parts import MediaLinks
 from hub.errors import SendError
 from hub.events import Audio, File, Image, Media, Mention, Message, Text, Video
+from hub.i18n.language import ChatLanguages
 from hub.storage.media import MediaStore
 
 OneBotMessage = list[dict[str, Any]]
 MB = 1024 * 1024
-NOUN = {"image": "image", "record": "audio", "video": "video", "file": "file"}
 
 
 def segment_type(seg: Media) -> str:
@@ -32,12 +32,21 @@ def segment_type(seg: Media) -> str:
 class Renderer:
     """Builds the arrays; needs the media store to turn local files into links or payloads."""
 
-    def __init__(self, media: MediaStore, public_url: str | None, *, text_max: int, base64_max: int = 8 * MB) -> None:
-        self._links = MediaLinks(media, public_url or None)
+    def __init__(
+        self,
+        media: MediaStore,
+        public_url: str | None,
+        *,
+        text_max: int,
+        base64_max: int = 8 * MB,
+        languages: ChatLanguages | None = None,
+    ) -> None:
+        self._links = MediaLinks(media, public_url or None, languages=languages)
         self._text_max = text_max
         self._base64_max = base64_max
 
-    async def render(self, message: Message, quote_id: str | None) -> list[OneBotMessage]:
+    async def render(self, message: Message, quote_id: str | None, request: SendRequest) -> list[OneBotMessage]:
+        """`request` is what `message` came in (a note's language)."""
         parts: list[OneBotMessage] = []
         current: OneBotMessage = []
 
@@ -53,7 +62,7 @@ class Renderer:
             elif isinstance(seg, Mention):
                 current.append({"type": "at", "data": {"qq": seg.user_id}})
             elif isinstance(seg, Image | Audio | Video | File):
-                item = await self._media_segment(seg)
+                item = await self._media_segment(seg, request)
                 if item["type"] == "image":
                     current.append(item)
                 else:
@@ -67,11 +76,11 @@ class Renderer:
             parts[0].insert(0, {"type": "reply", "data": {"id": quote_id}})
         return parts
 
-    async def _media_segment(self, seg: Media) -> dict[str, Any]:
+    async def _media_segment(self, seg: Media, request: SendRequest) -> dict[str, Any]:
         kind = segment_type(seg)
         file = await self._file_value(seg)
         if file is None:
-            note = f"This {NOUN[kind]} is too large to send here, and the hub has no public address to link it."
+            note = await self._links.note(request, seg.kind, None)
             return {"type": "text", "data": {"text": note}}
         data: dict[str, Any] = {"file": file}
         if kind == "file":

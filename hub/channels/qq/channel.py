@@ -25,6 +25,7 @@ from hub.channels.qq.crypto import QQSigner
 from hub.channels.qq.passive import PassiveReplies
 from hub.channels.qq.send import TEXT_BYTES, QQSender
 from hub.errors import BadPayload, ConfigError, SendError, VerificationFailed
+from hub.i18n.language import ChatLanguages
 from hub.settings import QQSettings
 from hub.storage.media import MediaStore
 from hub.storage.reply_slots import ReplySlotRepo
@@ -58,6 +59,7 @@ class QQChannel(Channel):
         slots: ReplySlotRepo,
         release_waiting: ReleaseWaiting,
         windows: Mapping[str, float] | None = None,
+        languages: ChatLanguages | None = None,
     ) -> None:
         if not (settings.app_id and settings.app_secret and settings.app_secret.get_secret_value()):
             raise ConfigError([("qq", "app_id and app_secret are required")])
@@ -67,7 +69,7 @@ class QQChannel(Channel):
         self._signer = QQSigner(secret)
         self.api = QQApi(settings.app_id, secret, api_base=settings.api_base, token_base=settings.token_base)
         self.passive = PassiveReplies(slots, windows)
-        self._sender = QQSender(self.api, media, public_url, self.passive)
+        self._sender = QQSender(self.api, media, public_url, self.passive, languages)
         self._release_waiting = release_waiting
         self._housekeeping: asyncio.Task[None] | None = None
         self._later: set[asyncio.Task[None]] = set()

@@ -14,18 +14,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from hub.channels.base import SendRequest
-from hub.channels.parts import MediaLinks, Part, render, send_parts
+from hub.channels.parts import CANNOT_SEND, NOT_SHOWN, MediaLinks, Part, render, send_parts
 from hub.channels.qq.api import MediaFetchFailed, QQApi, ReplyExpired
 from hub.channels.qq.passive import PassiveReplies
 from hub.errors import AwaitingUser, SendError
 from hub.events import ChatRef, Media
+from hub.i18n.language import ChatLanguages
 from hub.storage.media import MediaStore
 
 log = logging.getLogger("hub.qq")
 
 TEXT_BYTES = 4000
 FILE_TYPES = {"image": 1, "video": 2, "voice": 3}
-NOUN = {"image": "image", "video": "video", "voice": "audio", "file": "file"}
 WAITING = "QQ allows no reply now: it waits for the chat's next message"
 EXPIRED_TRIES = 3
 
@@ -36,10 +36,17 @@ def base_path(target: ChatRef) -> str:
 
 
 class QQSender:
-    def __init__(self, api: QQApi, media: MediaStore, public_url: str | None, passive: PassiveReplies) -> None:
+    def __init__(
+        self,
+        api: QQApi,
+        media: MediaStore,
+        public_url: str | None,
+        passive: PassiveReplies,
+        languages: ChatLanguages | None = None,
+    ) -> None:
         self._api = api
         # Files outside the media store are not published: only what the hub stored is linked.
-        self._links = MediaLinks(media, public_url or None, publish_files=False)
+        self._links = MediaLinks(media, public_url or None, publish_files=False, languages=languages)
         self._passive = passive
 
     async def send(self, request: SendRequest) -> list[str]:
@@ -48,7 +55,7 @@ class QQSender:
         base = base_path(target)
 
         async def send_one(n: int, part: Part) -> str | None:
-            body = await self._prepare(base, part)
+            body = await self._prepare(base, part, request)
             out = await self._reply(target, request.context, base, body)
             log.info("event=qq_sent target=%s part=%d kind=%s msg_seq=%d", target, n, part.kind, body["msg_seq"])
             return out["id"] if isinstance(out.get("id"), str) else None
@@ -72,7 +79,7 @@ class QQSender:
                 await self._passive.close(slot.msg_id)
         raise AwaitingUser(WAITING)
 
-    async def _prepare(self, base: str, part: Part) -> dict[str, Any]:
+    async def _prepare(self, base: str, part: Part, request: SendRequest) -> dict[str, Any]:
         """A part's message body without msg_id/msg_seq: text, or media uploaded by URL."""
         if part.media is None:
             return {"msg_type": 0, "content": part.text}
@@ -80,24 +87,21 @@ class QQSender:
         link = await self.link(seg)
         file_type = FILE_TYPES.get(part.kind)
         if file_type is None or link is None:
-            return self._link_text(part, link, "cannot be sent here")
+            return await self._link_text(part, link, request, CANNOT_SEND)
         try:
             out = await self._api.call(f"{base}/files", {"file_type": file_type, "url": link, "srv_send_msg": False})
         except MediaFetchFailed as exc:
             log.info("event=qq_media_fetch_failed kind=%s error=%r", part.kind, str(exc))
-            return self._link_text(part, link, "could not be shown here")
+            return await self._link_text(part, link, request, NOT_SHOWN)
         file_info = out.get("file_info")
         if not isinstance(file_info, str) or not file_info:
             raise SendError(f"{base}/files: answer without file_info", retryable=True)
         content = part.description.strip() if part.kind == "video" else ""
         return {"msg_type": 7, "content": content or " ", "media": {"file_info": file_info}}
 
-    def _link_text(self, part: Part, link: str | None, why: str) -> dict[str, Any]:
-        noun = NOUN.get(part.kind, "file")
-        if link:
-            note = f"This {noun} {why}; open it here:\n{link}"
-        else:
-            note = f"This {noun} cannot be sent here: the hub has no public address ([http] public_url) to link it."
+    async def _link_text(self, part: Part, link: str | None, request: SendRequest, reason: str) -> dict[str, Any]:
+        assert part.media is not None
+        note = await self._links.note(request, part.media.kind, link, reason=reason)
         head = part.description.strip() if part.kind == "video" else ""
         return {"msg_type": 0, "content": f"{head}\n{note}" if head else note}
 

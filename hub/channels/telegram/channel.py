@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from hub.backoff import Backoff
 from hub.channels.base import Channel, Ingress, LiveStream, SendRequest, SendResult, stop_tasks
 from hub.channels.payload import parse_json
+from hub.channels.telegram.members import GroupAdmins
 from hub.channels.telegram.parse import (
     CHANNEL,
     HANDLED_UPDATES,
@@ -45,6 +46,7 @@ from hub.channels.telegram.stream import TelegramLiveStream
 from hub.errors import BadPayload, ConfigError, HubError, SendError, VerificationFailed
 from hub.events import ChatRef, Event
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
+from hub.i18n.language import ChatLanguages
 from hub.settings import TelegramSettings
 from hub.storage.chats import ChatRepo
 from hub.storage.db import Database
@@ -85,6 +87,7 @@ class TelegramChannel(Channel):
         db: Database,
         public_url: str | None,
         fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self._settings = settings
         self._ingress = ingress
@@ -97,8 +100,14 @@ class TelegramChannel(Channel):
         self._me = BotIdentity(self.bot.id)
         self._secret = settings.secret_token.get_secret_value().encode() if settings.secret_token else None
         self._sender = TelegramSender(
-            self.bot, media, upload_limit_mb=settings.upload_limit_mb, public_url=public_url, fetcher=fetcher
+            self.bot,
+            media,
+            upload_limit_mb=settings.upload_limit_mb,
+            public_url=public_url,
+            fetcher=fetcher,
+            languages=languages,
         )
+        self._group_admins = GroupAdmins(self.bot)
         self._poller = Poller(self.bot, self._take, db) if settings.mode == "polling" else None
         # Groups that became supergroups, old chat id → new; also recorded on the chat's row.
         self._migrated: dict[str, int] = {}
@@ -127,6 +136,7 @@ class TelegramChannel(Channel):
 
     async def close(self) -> None:
         self._closed = True
+        self._group_admins.close()
         await self.bot.session.close()
 
     async def _learn_me(self) -> bool:
@@ -230,6 +240,9 @@ class TelegramChannel(Channel):
         except Exception:
             log.exception("event=telegram_migration_record_failed old=%s", old)
 
+    async def is_group_admin(self, event: Event) -> bool:
+        return await self._group_admins.is_admin(event)
+
     # --- outbound -------------------------------------------------------------------------
 
     async def send(self, request: SendRequest) -> SendResult:
@@ -244,7 +257,7 @@ class TelegramChannel(Channel):
             await self._record_migration(target.chat_id, new_chat_id)
 
         try:
-            ids = await self._sender.send_parts(
+            ids = await self._sender.to(request).send_parts(
                 self._chat_id(target), parts, request, reply_of(target, request.quote, request.context), migrated
             )
         except Exception as exc:

@@ -129,9 +129,18 @@ def parse_update(update: Update, me: BotIdentity) -> Event | None:
         mentions_bot=mentioned,
         reply_to=reply_to,
         reply_to_bot=reply_to_bot,
-        # Quoting needs the message id; the event id is the update id.
-        context={"message_id": msg.message_id},
+        # Quoting needs the message id; the event id is the update id. `lang`: the sender's app
+        # language, the chat's language where nothing else chose one.
+        context=_context(msg),
     )
+
+
+def _context(msg: TgMessage) -> dict[str, object]:
+    context: dict[str, object] = {"message_id": msg.message_id}
+    code = msg.from_user.language_code if msg.from_user is not None else None
+    if isinstance(code, str) and code:
+        context["lang"] = code[:16]
+    return context
 
 
 def _sender(msg: TgMessage) -> User | None:

@@ -4,6 +4,7 @@ linked), and the one mapping of Bot API failures to SendError."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import mimetypes
@@ -39,6 +40,7 @@ from hub.channels.telegram.session import JsonSession
 from hub.errors import SendError
 from hub.events import Audio, ChatRef, File, Image, Media, Message, Video
 from hub.fetch import Fetcher, FetchError, FetchTooLarge
+from hub.i18n.language import ChatLanguages
 from hub.storage.media import MediaStore, MediaTooLarge
 
 log = logging.getLogger("hub.telegram")
@@ -194,13 +196,27 @@ class TelegramSender:
     """Sends plans through one Bot; media too large for the upload limit goes as a link."""
 
     def __init__(
-        self, bot: Bot, media: MediaStore, *, upload_limit_mb: int, public_url: str | None, fetcher: Fetcher
+        self,
+        bot: Bot,
+        media: MediaStore,
+        *,
+        upload_limit_mb: int,
+        public_url: str | None,
+        fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self.bot = bot
         self._media = media
         self._fetcher = fetcher
         self.upload_limit = upload_limit_mb * MB
-        self._links = MediaLinks(media, public_url or None)
+        self._links = MediaLinks(media, public_url or None, languages=languages)
+        self._request: SendRequest | None = None
+
+    def to(self, request: SendRequest) -> TelegramSender:
+        """This sender for one message: a note sent instead of a media is in that chat's language."""
+        bound = copy.copy(self)
+        bound._request = request
+        return bound
 
     async def send_parts(
         self,
@@ -304,14 +320,8 @@ class TelegramSender:
     async def _send_link(
         self, common: dict[str, Any], seg: Media, caption: str | None, size: int | None, *, url: str | None = None
     ) -> TgMessage:
-        what = {"image": "The image", "video": "The video", "audio": "The audio"}.get(seg.kind, "The file")
-        how_big = f" ({size / MB:.0f} MB)" if size else ""
         link = url or await self._links.link(seg)
-        note = (
-            f"{what} is too large to send on Telegram{how_big}: {link}"
-            if link
-            else f"{what} is too large to send on Telegram{how_big}, and no public address is configured to link it."
-        )
+        note = await self._links.note(self._request, seg.kind, link, size=size)
         text = f"{caption}\n{note}" if caption else note
         return await self.bot.send_message(text=text[:TEXT_MAX], **common)
 

@@ -26,20 +26,22 @@ from hub.channels.wechat.inbound import CallbackCrypto, Inbound, open_envelope, 
 from hub.errors import SendError
 from hub.events import ChatRef, Event
 from hub.fetch import Fetcher
+from hub.i18n import N_, texts
+from hub.i18n.language import ChatLanguages, platform_languages
 from hub.storage.media import MediaStore
 
 MB = 1024 * 1024
 TEXT_MAX = 2048  # bytes of one text message, on both platforms
 SUBSCRIBE_EVENTS = frozenset({"subscribe", "subscribe_scan"})
 KEPT_EVENTS = SUBSCRIBE_EVENTS | {"unsubscribe"}
-WELCOME = "Hello! Send me a message to chat, or /help to see what I can do."
+WELCOME = N_("Hello! Send me a message to chat, or /help to see what I can do.")
 
 # A new follower's greeting, from the skills side; None (or empty) gives WELCOME.
 Greeting = Callable[[ChatRef], Awaitable[str | None]]
 
 
 async def plain_welcome(chat: ChatRef) -> str | None:
-    return WELCOME
+    return None
 
 
 def cdata_safe(text: str) -> str:
@@ -88,13 +90,21 @@ class WechatCore(Channel):
         *,
         greeting: Greeting,
         fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         self.log = logging.getLogger(f"hub.{self.name}")
         self._ingress = ingress
         self._crypto = crypto
         self.api = api
+        self.languages = languages or platform_languages()
         self._media = MediaPreparer(
-            api, media, public_url, limits=self.MEDIA_MAX, voice_formats=self.VOICE_FORMATS, fetcher=fetcher
+            api,
+            media,
+            public_url,
+            limits=self.MEDIA_MAX,
+            voice_formats=self.VOICE_FORMATS,
+            fetcher=fetcher,
+            languages=self.languages,
         )
         self._greeting = greeting
 
@@ -159,8 +169,12 @@ class WechatCore(Channel):
             (time.perf_counter() - started) * 1000,
         )
         if msg.event in SUBSCRIBE_EVENTS:
-            return self.greeting_reply(request, msg, await self._greeting(event.chat) or WELCOME)
+            return self.greeting_reply(request, msg, await self._greeting(event.chat) or await self._welcome(event))
         return await self.answer(request, msg, event, arrived)
+
+    async def _welcome(self, event: Event) -> str:
+        """The greeting where the chat's persona has none, in the chat's language."""
+        return texts(await self.languages.of_chat(str(event.chat)))(WELCOME)
 
     # --- out --------------------------------------------------------------------------------
 
@@ -173,7 +187,7 @@ class WechatCore(Channel):
             raise SendError(f"not a {self.PLATFORM} chat: {request.target}", retryable=False)
 
         async def send_one(n: int, part: Part) -> str | None:
-            out = await self.post(request.target, await self._media.prepare(part))
+            out = await self.post(request.target, await self._media.prepare(part, request))
             return str(out["msgid"]) if out.get("msgid") else None
 
         ids = await send_parts(render(request.message, TEXT_MAX), request, send_one)

@@ -42,6 +42,7 @@ from hub.channels.wechat.passive import HELD_TEXT_MAX, PassiveReplies
 from hub.errors import BadPayload, ConfigError
 from hub.events import ChatRef, Event, segment_to_dict
 from hub.fetch import Fetcher
+from hub.i18n.language import ChatLanguages
 from hub.settings import WechatSettings
 from hub.storage.held import HeldReplyRepo
 from hub.storage.media import MediaStore
@@ -80,6 +81,7 @@ class WechatChannel(WechatCore):
         greeting: Greeting = plain_welcome,
         passive_wait_s: float = 4.5,
         fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         if not (settings.app_id and settings.app_secret and settings.token):
             raise ConfigError([("wechat", "app_id, app_secret and token are required")])
@@ -95,7 +97,9 @@ class WechatChannel(WechatCore):
                 "secret": secret,
             },
         )
-        super().__init__(crypto, api, ingress, media, public_url, greeting=greeting, fetcher=fetcher)
+        super().__init__(
+            crypto, api, ingress, media, public_url, greeting=greeting, fetcher=fetcher, languages=languages
+        )
         self._replay: ReplayGuard | None = None
         if not crypto.safe:
             if nonces is None:
@@ -106,7 +110,7 @@ class WechatChannel(WechatCore):
         if settings.reply_mode == "passive":
             if held is None:
                 raise ConfigError([("wechat.reply_mode", "passive mode needs the held-replies store")])
-            self.passive = PassiveReplies(held, wait_s=passive_wait_s)
+            self.passive = PassiveReplies(held, wait_s=passive_wait_s, languages=self.languages)
         self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -198,10 +202,10 @@ class WechatChannel(WechatCore):
         # the complete reply or none of it.
         held: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for part in render(request.message, HELD_TEXT_MAX):
-            payload = await self._media.prepare(part)
+            payload = await self._media.prepare(part, request)
             if payload["msgtype"] != "text":
                 # Uploaded media lives 3 days at WeChat; a reply held longer goes as a link.
-                payload["expired"] = await self._media.expired_text(part)
+                payload["expired"] = await self._media.expired_text(part, request)
             what = segment_to_dict(part.media) if part.media is not None else {"text": part.text}
             held.append((what, payload))
         if held:

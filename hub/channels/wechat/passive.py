@@ -27,18 +27,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.i18n import LANGS, N_, Texts, texts
+from hub.i18n.language import ChatLanguages, platform_languages
 from hub.storage.db import utcnow
 from hub.storage.held import HeldReply, HeldReplyRepo, dedupe_key
 
 log = logging.getLogger("hub.wechat")
 
 PASSIVE_TEXT_MAX = 2048  # bytes of one passive text reply
-EARLIER = "[Reply to your earlier message]"
-CURRENT = "[Reply to this message]"
-MORE = "[More follows: send me any message to get it.]"
+EARLIER = N_("[Reply to your earlier message]")
+CURRENT = N_("[Reply to this message]")
+MORE = N_("[More follows: send me any message to get it.]")
 SEPARATOR = "\n\n"
 # Room for the notes around held text, so any one held text fits a reply with its notes.
-NOTES_ROOM = sum(len(n.encode()) for n in (EARLIER, CURRENT, MORE)) + 4 * len(SEPARATOR)
+NOTES_ROOM = max(sum(len(texts(lang)(n).encode()) for n in (EARLIER, CURRENT, MORE)) for lang in LANGS) + 4 * len(
+    SEPARATOR
+)
 HELD_TEXT_MAX = PASSIVE_TEXT_MAX - NOTES_ROOM
 ANSWER_MEMORY_S = 60.0
 HOLD_DAYS = 7
@@ -56,12 +60,12 @@ class Plan:
     ids: list[int]
 
 
-def plan_answer(held: Sequence[HeldReply], event_id: str, now: datetime | None = None) -> Plan:
+def plan_answer(held: Sequence[HeldReply], event_id: str, t: Texts, now: datetime | None = None) -> Plan:
     """The one reply to give now from what is held (oldest first), and the rows it uses.
 
     A held media goes alone (as its link once WeChat has forgotten the upload). Held texts are
-    merged while they fit, each group marked when it answers another message than this one; a
-    note says when more is waiting.
+    merged while they fit, each group marked when it answers another message than this one (in
+    the chat's language, `t`); a note says when more is waiting.
     """
     now = now or utcnow()
     first = held[0]
@@ -80,8 +84,8 @@ def plan_answer(held: Sequence[HeldReply], event_id: str, now: datetime | None =
         earlier = reply.quote is not None and reply.quote != event_id
         block = str(reply.payload.get("text", ""))
         if reply.quote != last_quote and (earlier or blocks):
-            block = f"{EARLIER if earlier else CURRENT}\n{block}"
-        more_room = _size(SEPARATOR + MORE) if len(ids) + 1 < len(held) else 0
+            block = f"{t(EARLIER) if earlier else t(CURRENT)}\n{block}"
+        more_room = _size(SEPARATOR + t(MORE)) if len(ids) + 1 < len(held) else 0
         if blocks and _size(SEPARATOR.join([*blocks, block])) + more_room > PASSIVE_TEXT_MAX:
             break
         blocks.append(block)
@@ -89,13 +93,21 @@ def plan_answer(held: Sequence[HeldReply], event_id: str, now: datetime | None =
         last_quote = reply.quote
     text = SEPARATOR.join(blocks)
     if len(ids) < len(held):
-        text += SEPARATOR + MORE
+        text += SEPARATOR + t(MORE)
     return Plan({"msgtype": "text", "text": text}, ids)
 
 
 class PassiveReplies:
-    def __init__(self, held: HeldReplyRepo, *, wait_s: float = 4.5, poll_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        held: HeldReplyRepo,
+        *,
+        wait_s: float = 4.5,
+        poll_s: float = 0.3,
+        languages: ChatLanguages | None = None,
+    ) -> None:
         self._held = held
+        self._languages = languages or platform_languages()
         self.wait_s = wait_s
         self._poll_s = poll_s
         self._waiters: dict[str, set[asyncio.Event]] = {}
@@ -139,6 +151,7 @@ class PassiveReplies:
         waiter = asyncio.Event()
         self._waiters.setdefault(chat, set()).add(waiter)
         deadline = (arrived if arrived is not None else now) + self.wait_s
+        t: Texts | None = None  # the chat's language, once there is a reply to mark
         try:
             while not self._closing and self._current.get(event_id) is me:
                 waiter.clear()
@@ -147,7 +160,9 @@ class PassiveReplies:
                 if held and (late or not expects_reply or any(h.quote == event_id for h in held)):
                     if not is_open():
                         return None  # WeChat went away: leave the reply for the retry
-                    plan = plan_answer(held, event_id)
+                    if t is None:
+                        t = texts(await self._languages.of_chat(chat))
+                    plan = plan_answer(held, event_id, t)
                     if await self._held.take(plan.ids):
                         self._given[event_id] = (time.monotonic() + ANSWER_MEMORY_S, plan.payload)
                         return plan.payload

@@ -22,6 +22,7 @@ from hub.channels.wechat.inbound import CallbackCrypto, Inbound
 from hub.errors import ConfigError, SendError
 from hub.events import ChatRef
 from hub.fetch import Fetcher
+from hub.i18n.language import ChatLanguages
 from hub.settings import WecomSettings
 from hub.storage.media import MediaStore
 
@@ -45,6 +46,7 @@ class WecomChannel(WechatCore):
         public_url: str | None,
         greeting: Greeting = plain_welcome,
         fetcher: Fetcher,
+        languages: ChatLanguages | None = None,
     ) -> None:
         if not (settings.corp_id and settings.agent_id and settings.secret and settings.token):
             raise ConfigError([("wecom", "corp_id, agent_id, secret and token are required")])
@@ -62,7 +64,9 @@ class WecomChannel(WechatCore):
             "/cgi-bin/gettoken",
             {"corpid": settings.corp_id, "corpsecret": settings.secret.get_secret_value()},
         )
-        super().__init__(crypto, api, ingress, media, public_url, greeting=greeting, fetcher=fetcher)
+        super().__init__(
+            crypto, api, ingress, media, public_url, greeting=greeting, fetcher=fetcher, languages=languages
+        )
 
     # --- in ---------------------------------------------------------------------------------
 
