@@ -197,6 +197,7 @@ PLAIN_SAMPLES = [
     message_update("just talking", chat_id=-5, chat_type="group"),
     message_update("from a bot", from_user={"id": 42, "is_bot": True, "first_name": "B"}),
     message_update("no last name", from_user={"id": 43, "is_bot": False, "first_name": "Ann"}),
+    message_update("你好", from_user={"id": 44, "is_bot": False, "first_name": "Li", "language_code": "zh-hans"}),
     message_update("   "),
     message_update("a channel", chat_type="channel"),
 ]

@@ -235,6 +235,10 @@ def parse_plain(data: Mapping[str, Any], me: BotIdentity) -> Event | NotPlain | 
     name = f"{user['first_name']} {last}" if last else user["first_name"]
     segments: list[Segment] = [Mention(str(me.id), me.username or "")] if mentioned else []
     segments.append(Text(text))
+    context: dict[str, object] = {"message_id": msg["message_id"]}
+    code = user.get("language_code")
+    if code:  # as `_context` reads it
+        context["lang"] = code[:16]
     return Event(
         id=str(data["update_id"]),
         channel=CHANNEL,
@@ -242,7 +246,7 @@ def parse_plain(data: Mapping[str, Any], me: BotIdentity) -> Event | NotPlain | 
         sender=User(CHANNEL, str(user["id"]), name),
         message=Message(tuple(segments)),
         mentions_bot=mentioned,
-        context={"message_id": msg["message_id"]},
+        context=context,
     )
 
 
