@@ -12,6 +12,7 @@ fake model (each event is a chat turn). For each, after a short warm-up:
 - the hub's RSS when idle (after the warm-up) and at its peak (VmHWM), and its CPU time.
 
     python bench/onebot_bench.py [--events 5000] [--concurrency 50] [--users 1000] [--only none|model]
+                                 [--pg [DSN]] [--workers N]   (N > 1 needs --pg: the pair against one process)
                                  [--profile DIR]
 
 Goal (issue 14): at least 2,000 events/s in → out with the durable inbox on SQLite, ack p99
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_openai import FakeOpenAI  # noqa: E402
 from harness import HubProcess  # noqa: E402
+from ingest_bench import cpu_seconds, drop_pg_database, machine_busy, pg_database  # noqa: E402
 
 SECRET = "bench-secret"
 TOKEN = "bench-token"
@@ -81,12 +83,6 @@ async def serve_fakes() -> None:
 
 
 # --- measuring ------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mb(pid: int, key: str) -> float:
@@ -175,7 +171,7 @@ class Load:
         await self.http.close()
 
 
-def write_config(tmp: Path, api_url: str, model_url: str | None) -> Path:
+def write_config(tmp: Path, api_url: str, model_url: str | None, database_url: str | None = None) -> Path:
     model = (
         f'[[models]]\nname = "bench"\nbase_url = "{model_url}"\napi_key = "sk-bench"\nmodel = "fake-chat"\n'
         if model_url
@@ -184,7 +180,8 @@ def write_config(tmp: Path, api_url: str, model_url: str | None) -> Path:
     cfg = tmp / "hub.toml"
     cfg.write_text(
         f'data_dir = "{tmp / "data"}"\n[http]\nport = 0\n'
-        f'[onebot]\nenabled = true\naccess_token = "{TOKEN}"\nsecret = "{SECRET}"\napi_base = "{api_url}"\n{model}',
+        + (f'[database]\nurl = "{database_url}"\n' if database_url else "")
+        + f'[onebot]\nenabled = true\naccess_token = "{TOKEN}"\nsecret = "{SECRET}"\napi_base = "{api_url}"\n{model}',
         encoding="utf-8",
     )
     return cfg
@@ -192,8 +189,11 @@ def write_config(tmp: Path, api_url: str, model_url: str | None) -> Path:
 
 async def workload(name: str, api_url: str, model_url: str | None, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="hub-onebot-bench-") as tmp:
-        cfg = write_config(Path(tmp), api_url, model_url)
-        hub = HubProcess(["-m", "hub", "run", "--config", str(cfg)], env={}, cwd=Path(tmp))
+        db_url, db_name = await pg_database(args.pg) if args.pg else (None, "")
+        cfg = write_config(Path(tmp), api_url, model_url, db_url)
+        run_args = ["-m", "hub", "run", "--config", str(cfg), "--workers", str(args.workers)]
+        hub = HubProcess(run_args, env={}, cwd=Path(tmp))
+        print(f"[{name}] hub on " + (f"PostgreSQL, {args.workers} worker(s)" if args.pg else "SQLite, one process"))
         url = await hub.start(timeout=120)
         assert hub.proc is not None
         pid = hub.proc.pid
@@ -207,6 +207,7 @@ async def workload(name: str, api_url: str, model_url: str | None, args: argpars
             idle_mb = memory_mb(pid, "VmRSS")
             spy = _profiler(pid, args.profile, name)
             cpu_before = cpu_seconds(pid)
+            busy_before = machine_busy()
             try:
                 latencies, start, done = await load.burst(args.events, args.concurrency)
             finally:
@@ -214,6 +215,8 @@ async def workload(name: str, api_url: str, model_url: str | None, args: argpars
                     spy.send_signal(2)
                     spy.wait(30)
             cpu = cpu_seconds(pid) - cpu_before
+            busy_after = machine_busy()
+            busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
             wall = done - start
             ms = [x * 1000 for x in latencies]
             print(
@@ -228,11 +231,14 @@ async def workload(name: str, api_url: str, model_url: str | None, args: argpars
                 f"  hub CPU {cpu:.2f} s ({cpu / wall * 100:.0f}% of one core), "
                 f"{cpu * 1000 / args.events:.2f} ms per event"
             )
+            print(f"  machine CPU busy {busy * 100:.0f}% of {os.cpu_count()} cores during the burst")
         finally:
             await load.close()
             code = hub.terminate(timeout=30)
             if code != 0:
                 print(f"  hub exited {code}; log: {hub.log_path}", file=sys.stderr)
+            if args.pg:
+                await drop_pg_database(args.pg, db_name)
 
 
 def _profiler(pid: int, out_dir: str | None, name: str) -> subprocess.Popen[bytes] | None:
@@ -269,6 +275,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000, help="private chats the events come from, in turn")
     parser.add_argument("--only", choices=["none", "model"])
     parser.add_argument("--profile", metavar="DIR", help="py-spy the hub during the bursts (collapsed stacks)")
+    parser.add_argument("--workers", type=int, default=1, help="hub run --workers N (N > 1 needs --pg)")
+    parser.add_argument(
+        "--pg",
+        nargs="?",
+        const="postgresql://postgres@127.0.0.1:5432/test",
+        metavar="DSN",
+        help="run the hub on a fresh database of this PostgreSQL server (default: the local one)",
+    )
     parser.add_argument("--fakes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fakes:
