@@ -111,6 +111,7 @@ def build_app(
     router, dispatcher = build_routing(
         settings, store, people, outbox, channels, metrics, recovery_interval_s, languages
     )
+    outbox.give_way = dispatcher.give_way  # sends too yield to the acks while the loop is behind
     _build_channels(
         settings,
         channels,

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from hub.backoff import backoff_delay
 from hub.channels.base import Channel, SendRequest
@@ -57,6 +57,9 @@ class Outbox:
         self._inflight: set[int] = set()
         self._busy: set[str] = set()  # targets with a send under way in this process
         self._sends: set[asyncio.Task[None]] = set()
+        # Awaited before each claim: the inbound side's pacing, so that sends too let the
+        # webhooks' acks go first while the loop is behind.
+        self.give_way: Callable[[], Awaitable[None]] | None = None
 
     # --- queueing -------------------------------------------------------------------------
 
@@ -127,6 +130,8 @@ class Outbox:
 
     async def _run(self) -> None:
         while not self._stopping:
+            if self.give_way is not None:
+                await self.give_way()
             free = self._concurrency - len(self._inflight)
             items: list[OutboxItem] = []
             if free > 0:

@@ -34,6 +34,11 @@ log = logging.getLogger("hub.inbound")
 MAX_ATTEMPTS = 5
 UNHANDLED_TEXT = N_("Sorry, I could not handle that message, even after several tries. Please try again later.")
 RETRY_CAP_S = 2.0
+# The loop's lateness is probed every LAG_PROBE_S; above LAG_HIGH_S a new event waits (at most
+# PACE_MAX_S) so that the acks of the webhooks do not queue behind handling.
+LAG_PROBE_S = 0.005
+LAG_HIGH_S = 0.010
+PACE_MAX_S = 0.1
 
 
 class IngressClosed(HubError):
@@ -80,6 +85,10 @@ class Dispatcher:
         # How long a lane keeps trying one event while the database refuses it; the chat's
         # later events wait behind it, so their order holds through a short outage.
         self._retry_budget = retry_budget_s
+        # How late the loop runs (seconds), probed: handling gives way to acks when it is late.
+        self._lag = 0.0
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
         self._lanes: dict[str, _Lane] = {}
         self._inflight: set[int] = set()
         self._accepting = False
@@ -129,6 +138,7 @@ class Dispatcher:
         try:
             while lane.queue:
                 work = lane.queue[0]
+                await self.give_way()
                 try:
                     async with self._active:
                         handled = await self._handle_one(work)
@@ -148,6 +158,25 @@ class Dispatcher:
             lane.task = None
             if not lane.queue and self._lanes.get(key) is lane:
                 del self._lanes[key]
+
+    async def give_way(self) -> None:
+        """The loop is behind: the webhooks' acks (store, then answer) go first. A new event
+        waits until the loop catches up, or at most PACE_MAX_S, so handling never stops."""
+        if self._lag > LAG_HIGH_S:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._caught_up.wait(), PACE_MAX_S)
+
+    async def _lag_probe(self) -> None:
+        """How late the loop runs what is due: a spike counts at once, then fades."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            self._lag = max(loop.time() - began - LAG_PROBE_S, self._lag * 0.7)
+            if self._lag > LAG_HIGH_S:
+                self._caught_up.clear()
+            else:
+                self._caught_up.set()
 
     async def _handle_one(self, work: _Work) -> tuple[str | None, float] | None:
         """Handle one event, again while the database refuses writes (within the retry budget):
@@ -224,6 +253,7 @@ class Dispatcher:
         self._tasks = [
             asyncio.create_task(self._recovery_loop(), name="inbox-recovery"),
             asyncio.create_task(self._renew_loop(), name="inbox-renew"),
+            asyncio.create_task(self._lag_probe(), name="inbox-lag-probe"),
         ]
 
     async def _recover(self, *, take_all: bool = False) -> int:
