@@ -205,16 +205,24 @@ class WebChannel(Channel):
             },
         )
 
-    async def page_labels(self, request: web.Request) -> web.StreamResponse:
-        """The page's words in its session's language (which `/lang` may have changed)."""
+    def _session_of(self, request: web.Request) -> str | web.StreamResponse:
+        """The `session` of a GET the page makes, or the refusal to answer instead."""
         refused = self._refusal(request)
         if refused is not None:
             return refused
         if not self._origin_ok(request):
+            # Reading the stream marks its messages delivered: another site's page must not.
             return web.json_response({"error": "cross-site request refused"}, status=403)
         session = request.query.get("session", "")
         if not SESSION_RE.match(session):
             return web.json_response({"error": "session must be 1-128 characters of A-Z a-z 0-9 _ . -"}, status=400)
+        return session
+
+    async def page_labels(self, request: web.Request) -> web.StreamResponse:
+        """The page's words in its session's language (which `/lang` may have changed)."""
+        session = self._session_of(request)
+        if not isinstance(session, str):
+            return session
         hint = from_accept_language(request.headers.get("Accept-Language"))
         lang = await self._languages.of_chat(str(ChatRef("web", "private", session)), hint)
         return web.json_response(labels(lang), headers={"Cache-Control": "no-cache"})
@@ -309,15 +317,9 @@ class WebChannel(Channel):
         return await sink.done()
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        refused = self._refusal(request)
-        if refused is not None:
-            return refused
-        if not self._origin_ok(request):
-            # Reading the stream marks its messages delivered: another site's page must not.
-            return web.json_response({"error": "cross-site request refused"}, status=403)
-        session = request.query.get("session", "")
-        if not SESSION_RE.match(session):
-            return web.json_response({"error": "session must be 1-128 characters of A-Z a-z 0-9 _ . -"}, status=400)
+        session = self._session_of(request)
+        if not isinstance(session, str):
+            return session
         response = _sse_response()
         await response.prepare(request)
         waiter = self._events.waiter(session)
