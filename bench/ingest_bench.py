@@ -16,11 +16,13 @@ connections take them: the ack rate, and updates in → replies out at the fake 
 
     python bench/ingest_bench.py [--rate 500] [--steady-s 10] [--burst 10000] [--concurrency 64]
                                  [--chats 1000] [--only help|text] [--profile DIR]
-                                 [--pg [DSN]] [--workers N]
+                                 [--pg [DSN]] [--workers N] [--bare]
 
 `--pg` runs the hub on a fresh database of the local PostgreSQL (or DSN); with `--workers 2`
 the throughput of the pair can be set against one process on the same database, and the
-machine's CPU use during the burst is printed too.
+machine's CPU use during the burst is printed too. `--bare` runs the same load against
+`bench/bare_webhook.py` (ack, then one pooled sendMessage POST, nothing stored): the ceiling of
+this machine and this harness, to read the hub's figures against.
 
 Goals (issue 5): ack p99 ≤ 20 ms at 500 updates/s; ≥ 2,000 updates/s in → out on one process.
 Each burst also reports the hub's own CPU time per update (all its threads, from /proc), which
@@ -266,9 +268,14 @@ async def workload(name: str, text: str, tg_url: str, model_url: str | None, arg
     with tempfile.TemporaryDirectory(prefix="hub-ingest-bench-") as tmp:
         db_url, db_name = await pg_database(args.pg) if args.pg else (None, "")
         cfg = write_config(Path(tmp), tg_url, model_url, db_url)
-        run_args = ["-m", "hub", "run", "--config", str(cfg), "--workers", str(args.workers)]
+        if args.bare:
+            run_args = [str(ROOT / "bench" / "bare_webhook.py"), "--config", str(cfg)]
+        else:
+            run_args = ["-m", "hub", "run", "--config", str(cfg), "--workers", str(args.workers)]
         hub = HubProcess(run_args, env={}, cwd=Path(tmp))
         where = f"PostgreSQL, {args.workers} worker(s)" if args.pg else "SQLite, one process"
+        if args.bare:
+            where = "nothing: the bare aiohttp ceiling (bench/bare_webhook.py)"
         print(f"[{name}] hub on {where}")
         url = await hub.start(timeout=120)
         load = Load(url, tg_url, text, args.concurrency, args.chats)
@@ -375,6 +382,11 @@ def main() -> None:
         const="postgresql://postgres@127.0.0.1:5432/test",
         metavar="DSN",
         help="run the hub on a fresh database of this PostgreSQL server (default: the local one)",
+    )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="run the same load against a bare aiohttp ack + one POST server instead of the hub (the ceiling)",
     )
     parser.add_argument("--fakes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
