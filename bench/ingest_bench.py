@@ -273,9 +273,10 @@ async def workload(name: str, text: str, tg_url: str, model_url: str | None, arg
         else:
             run_args = ["-m", "hub", "run", "--config", str(cfg), "--workers", str(args.workers)]
         hub = HubProcess(run_args, env={}, cwd=Path(tmp))
-        where = f"PostgreSQL, {args.workers} worker(s)" if args.pg else "SQLite, one process"
         if args.bare:
             where = "nothing: the bare aiohttp ceiling (bench/bare_webhook.py)"
+        else:
+            where = f"PostgreSQL, {args.workers} worker(s)" if args.pg else "SQLite, one process"
         print(f"[{name}] hub on {where}")
         url = await hub.start(timeout=120)
         load = Load(url, tg_url, text, args.concurrency, args.chats)
