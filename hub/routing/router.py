@@ -68,6 +68,9 @@ class Router:
         self._fallback: SkillInfo | None = None
         self._middlewares: list[Middleware] = []
         self._refusal_hooks: list[Callable[[Context, str], Awaitable[None]]] = []
+        # /help's text by everything it depends on: built from a few dozen translations, the
+        # same for every chat alike (a popular command when a bot joins a busy group).
+        self._help: dict[tuple[object, ...], str] = {}
 
     # --- registration -------------------------------------------------------------------
 
@@ -89,10 +92,12 @@ class Router:
         self._skills[name] = info
         for alias in aliases:
             self._aliases[alias.lstrip("/")] = name
+        self._help.clear()
 
     def set_fallback(self, handler: Skill, *, skill: str = "chat", needs: str | None = None) -> None:
         """What handles plain text (the chat skill)."""
         self._fallback = SkillInfo(skill, handler, N_("chat with the model"), "", False, skill, needs=needs)
+        self._help.clear()
 
     def use(self, middleware: Middleware) -> None:
         """Add a middleware around every skill call; the first added runs outermost."""
@@ -132,10 +137,21 @@ class Router:
         return self._group_admin is not None and await self._group_admin(ctx.event)
 
     async def help_skill(self, ctx: Context) -> None:
+        may_change = await self._may_change_group(ctx)
+        group = ctx.event.chat.kind == "group"
+        key = (ctx.lang, ctx.is_admin, ctx.chat.skills_off, may_change, group)
+        text = self._help.get(key)
+        if text is None:
+            if len(self._help) >= 1000:  # skills_off sets are few; this bounds the odd case
+                self._help.clear()
+            text = self._help[key] = self._help_text(ctx, may_change, group)
+        await ctx.reply(text)
+
+    def _help_text(self, ctx: Context, may_change: bool, group: bool) -> str:
         t = ctx.t
         lines = [t("Commands:")]
         shown = self.available(ctx)
-        if not await self._may_change_group(ctx):
+        if not may_change:
             shown = [info for info in shown if info.name not in GROUP_SETTINGS]
         for info in shown:
             # A bare `/name` is not a text to translate; a usage with arguments is (`/video <描述>`).
@@ -155,7 +171,6 @@ class Router:
                 lines.append(t("%(usage)s — %(what)s", usage=usage, what=t(info.description)))
         fallback = self._fallback
         if fallback and "chat" not in ctx.chat.skills_off:
-            group = ctx.event.chat.kind == "group"
             if fallback.needs is not None and group:
                 lines.append(
                     t(
@@ -171,7 +186,7 @@ class Router:
                 lines.append(t("Mention me or reply to me to chat."))
             else:
                 lines.append(t("Any other text: chat with me."))
-        await ctx.reply("\n".join(lines))
+        return "\n".join(lines)
 
     # --- dispatch -----------------------------------------------------------------------
 
