@@ -44,6 +44,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._now: dict[float, ColumnElement[datetime]] = {}
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
@@ -80,6 +81,9 @@ class Database:
         SQLite gets the text it stores for a naive UTC datetime (six decimals), so stored
         deadlines compare as text and read back like any other time.
         """
+        cached = self._now.get(after_s)
+        if cached is not None:
+            return cached
         # Imported here: models imports nothing from this module, but keep the engine module light.
         from hub.storage.models import UTCDateTime
 
@@ -89,6 +93,10 @@ class Database:
             expr = stamp.concat(literal("000"))
         else:
             expr = func.now() + timedelta(seconds=after_s) if after_s else func.now()
+        # Kept: the same few offsets (the leases) are asked for by every batch.
+        if len(self._now) < 64:
+            self._now[after_s] = type_coerce(expr, UTCDateTime())
+            return self._now[after_s]
         return type_coerce(expr, UTCDateTime())
 
     def insert(self, table: Any) -> Any:
