@@ -208,8 +208,6 @@ CHECKPOINT_S = 1.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 # Items of one kind in one transaction, at most.
 MAX_BATCH = 256
-# How long the writer waits, once woken, for more to commit together.
-GATHER_S = 0.002
 BatchFn = Callable[[AsyncConnection, list[Any]], Awaitable[Sequence[Any]]]
 SyncBatchFn = Callable[[Connection, list[Any]], Sequence[Any]]
 _Entries = list[tuple[Any, "asyncio.Future[Any]"]]
@@ -219,8 +217,8 @@ class BatchWriter:
     """Collects writes of one kind and commits whatever arrived meanwhile in one transaction.
 
     `await submit(kind, item)` returns when the item is committed (its result, per the kind's
-    function). Once woken the writer gathers for `gather_s` (a couple of milliseconds), and
-    while one commit is in flight the next batch gathers, so batches grow with load.
+    function). Once woken the writer commits what is pending at once; while that commit is in
+    flight the next batch gathers, so batches grow with load.
 
     Kinds registered with `register_sync` are plain functions on a synchronous connection: on
     a SQLite file they run in the writer's own thread, the whole batch at once; elsewhere in
@@ -232,7 +230,6 @@ class BatchWriter:
         self._thread_engine = thread_engine
         self._thread: ThreadPoolExecutor | None = None
         self._conn: Connection | None = None  # used in the writer's thread only
-        self.gather_s = GATHER_S
         self._kinds: dict[str, BatchFn] = {}
         self._sync: dict[str, SyncBatchFn] = {}
         self._pending: dict[str, _Entries] = {}
@@ -291,11 +288,10 @@ class BatchWriter:
 
     async def _run(self) -> None:
         while True:
+            # No wait to gather more: what arrives while a commit is in flight makes the next
+            # batch, so batches grow with load by themselves, and a lone write (a chat's first
+            # token waits on it) goes at once.
             await self._wake.wait()
-            if not self._closing and self.gather_s > 0:
-                # A few milliseconds more gather what the loop is about to write: batches a few
-                # times larger, whose statements and commit cost the same.
-                await asyncio.sleep(self.gather_s)
             self._wake.clear()
             batch: dict[str, _Entries] = {}
             for k, entries in self._pending.items():
