@@ -7,10 +7,8 @@ mistake as `(dotted.key, what is wrong)`; config_report.py says what would run.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
-import tomllib
 from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -91,6 +89,8 @@ def _check_env_vars(
             if fields is None:
                 break  # a dict or list value: any sub-key is the value's business
             if part not in fields:
+                import difflib  # only on a mistake
+
                 # Suggest the variable's own spelling: HUB_HTTP__PROT → HUB_HTTP__PORT.
                 close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.7)
                 near = f" (did you mean {var[: len(var) - len(part)]}{close[0].upper()}?)" if close else ""
@@ -132,6 +132,8 @@ def _known_keys(loc: list[str]) -> list[str]:
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:
+    import difflib  # only on a mistake
+
     near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.7)
     return f" (did you mean `{near[0]}`?)" if near else ""
 
@@ -241,6 +243,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     data: dict[str, Any] = {}
     file = config_path(path, env)
     if file is not None:
+        import tomllib  # no file, no parser to import (the embedded default)
+
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:

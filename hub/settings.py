@@ -2,9 +2,12 @@
 
 Each component receives only its own section. Reading and checking the whole (load_settings,
 describe) is in hub/config.py.
-"""
 
-from __future__ import annotations
+Built at every start, so kept cheap to build: annotations are real objects, not strings
+(no `from __future__ import annotations`: pydantic would compile each string again), and
+list or dict defaults are literals (pydantic copies them per instance; a factory costs a
+signature inspection each).
+"""
 
 import ipaddress
 from pathlib import Path
@@ -20,7 +23,9 @@ CHANNEL_NAMES = ("web", "telegram", "wechat", "wecom", "feishu", "qq", "onebot")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Built when first validated: the sections are validated as part of `Settings`, whose own
+    # validator covers them all, so building each one's as well at import was wasted (~10 ms).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _check_url(value: str | None, *, path_allowed: bool = True) -> str | None:
@@ -61,7 +66,7 @@ class HttpSettings(Section):
     public_url: str | None = None
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     # Hostnames or CIDRs fetched from even when private (hub/fetch.py); each entry checked alone.
-    fetch_allow: list[Annotated[str, AfterValidator(_fetch_allow_entry)]] = Field(default_factory=list)
+    fetch_allow: list[Annotated[str, AfterValidator(_fetch_allow_entry)]] = []
     metrics_token: SecretStr | None = None
 
     @field_validator("public_url")
@@ -117,7 +122,7 @@ DEFAULT_ALIASES = {
 
 
 class CommandsSettings(Section):
-    aliases: dict[str, str] = Field(default_factory=dict)
+    aliases: dict[str, str] = {}
 
     def effective_aliases(self) -> dict[str, str]:
         """The defaults with the configured changes: alias (no slash) → command."""
@@ -318,7 +323,7 @@ class AccessRules(Section):
 class AccessSettings(AccessRules):
     private: Literal["open", "allowlist", "pairing"] | None = "open"
     groups: Literal["open", "allowlist"] | None = "open"
-    allow: list[str] | None = Field(default_factory=list)
+    allow: list[str] | None = []
     pairing_ttl_s: int | None = Field(3600, gt=0)
     # Who may change a group's persona, model, memory and language there.
     group_settings: Literal["admins", "anyone"] = "admins"
@@ -354,24 +359,26 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     media_retention_days: int = Field(7, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    http: HttpSettings = HttpSettings()
-    database: DatabaseSettings = DatabaseSettings()
-    bot: BotSettings = BotSettings()
-    commands: CommandsSettings = CommandsSettings()
-    api: ApiSettings = ApiSettings()
-    web: WebSettings = WebSettings()
-    telegram: TelegramSettings = TelegramSettings()
-    wechat: WechatSettings = WechatSettings()
-    wecom: WecomSettings = WecomSettings()
-    feishu: FeishuSettings = FeishuSettings()
-    qq: QQSettings = QQSettings()
-    onebot: OneBotSettings = OneBotSettings()
-    models: list[ModelSettings] = Field(default_factory=list)
-    personas: list[PersonaSettings] = Field(default_factory=list)
-    providers: ProvidersSettings = ProvidersSettings()
-    admins: list[str] = Field(default_factory=list)
-    access: AccessSettings = AccessSettings()
-    quotas: QuotasSettings = QuotasSettings()
+    # The defaults, unvalidated: constants, and validating them would build each section's
+    # own validator at import (see Section).
+    http: HttpSettings = HttpSettings.model_construct()
+    database: DatabaseSettings = DatabaseSettings.model_construct()
+    bot: BotSettings = BotSettings.model_construct()
+    commands: CommandsSettings = CommandsSettings.model_construct()
+    api: ApiSettings = ApiSettings.model_construct()
+    web: WebSettings = WebSettings.model_construct()
+    telegram: TelegramSettings = TelegramSettings.model_construct()
+    wechat: WechatSettings = WechatSettings.model_construct()
+    wecom: WecomSettings = WecomSettings.model_construct()
+    feishu: FeishuSettings = FeishuSettings.model_construct()
+    qq: QQSettings = QQSettings.model_construct()
+    onebot: OneBotSettings = OneBotSettings.model_construct()
+    models: list[ModelSettings] = []
+    personas: list[PersonaSettings] = []
+    providers: ProvidersSettings = ProvidersSettings.model_construct()
+    admins: list[str] = []
+    access: AccessSettings = AccessSettings.model_construct()
+    quotas: QuotasSettings = QuotasSettings.model_construct()
 
     @classmethod
     def settings_customise_sources(
