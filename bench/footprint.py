@@ -12,8 +12,13 @@ Each run also measures the floor: a bare interpreter importing only the librarie
 cannot start without (aiohttp's server, SQLAlchemy's async engine on aiosqlite,
 pydantic-settings); what is above it is the hub's own.
 
-`--imports` also starts the hub once under `python -X importtime` and prints where the import
-time goes, by top-level package: the place to look for what is imported but not needed.
+`--imports` also prints where the floor itself goes: a bare interpreter imports the required
+libraries step by step (asyncio, pydantic, pydantic-settings, aiohttp, SQLAlchemy, its ORM and
+async engine, the aiosqlite dialect) and each step's CPU and RSS are what it adds, shared
+dependencies counted where first imported; their sum is the floor, which on a slow 2-core
+machine is above the goal by itself. Then it starts the hub once under `python -X importtime`
+and splits the start's imports, by top-level package, into the floor's modules and what the
+hub adds to them: the place to look for what is imported but not needed.
 
 The hub runs as it does once installed, with its bytecode cached (pip compiles it at install;
 a checkout writes `__pycache__` at its first start): the child's environment drops
@@ -177,28 +182,121 @@ def one_run(idle_s: float) -> Run:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def import_profile(top: int = 15) -> None:
-    """Start the hub (schema current) under -X importtime; print self time by top-level package."""
+# The floor in the order a bare interpreter imports it, each step with what it pulls in first
+# (asyncio brings ssl and so OpenSSL; pydantic-settings brings importlib.metadata and email...).
+FLOOR_STEPS = (
+    ("asyncio",),
+    ("pydantic",),
+    ("pydantic_settings",),
+    ("aiohttp", "aiohttp.web"),
+    ("sqlalchemy",),
+    ("sqlalchemy.orm", "sqlalchemy.ext.asyncio"),
+    ("sqlalchemy.dialects.sqlite.aiosqlite",),
+)
+assert {m for step in FLOOR_STEPS for m in step} >= set(REQUIRED)
+
+FLOOR_STEPS_CODE = f"""
+import importlib, os, sys
+def mark(label):
+    t = os.times()
+    rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS:")).split()[1]
+    print(label, t.user + t.system, int(rss) / 1024, len(sys.modules), flush=True)
+mark("interpreter")
+for step in {FLOOR_STEPS!r}:
+    for name in step:
+        importlib.import_module(name)
+    mark("+".join(step))
+os._exit(0)
+"""
+
+
+@dataclass
+class Step:
+    label: str
+    cpu_s: float  # what this step added
+    rss_mb: float
+    modules: int
+
+
+def floor_steps(runs: int) -> list[Step]:
+    """The floor step by step, in a bare interpreter: the median of `runs` of what each adds."""
+    labels: list[str] = []
+    samples: list[list[tuple[float, float, float]]] = []  # per run, per step: CPU, RSS, modules so far
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", FLOOR_STEPS_CODE], env=child_env(), capture_output=True, check=True)
+        rows = [line.split() for line in out.stdout.decode().splitlines()]
+        labels = [row[0] for row in rows]
+        samples.append([(float(cpu), float(rss), float(n)) for _label, cpu, rss, n in rows])
+
+    def added(i: int, k: int) -> float:
+        return statistics.median(run[i][k] - (run[i - 1][k] if i else 0.0) for run in samples)
+
+    return [Step(label, added(i, 0), added(i, 1), int(added(i, 2))) for i, label in enumerate(labels)]
+
+
+def importtime_rows(log: str) -> list[tuple[str, int]]:
+    """(module, self µs) for each module -X importtime names ("import time: self | cumulative | name")."""
+    rows = []
+    for line in log.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2 and "self [us]" not in line:
+            head, _cumulative, name = line.split("|")
+            rows.append((name.strip(), int(head.split(":")[1])))
+    return rows
+
+
+def by_package(rows: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(top-level package, self µs, modules), the heaviest first."""
+    out: dict[str, list[int]] = {}
+    for name, us in rows:
+        entry = out.setdefault(name.split(".")[0], [0, 0])
+        entry[0] += us
+        entry[1] += 1
+    return sorted(((k, us, n) for k, (us, n) in out.items()), key=lambda row: -row[1])
+
+
+def print_packages(title: str, rows: list[tuple[str, int]], top: int) -> None:
+    total = sum(us for _name, us in rows)
+    print(f"  {title}: {len(rows)} modules, {total / 1e6:.3f} s")
+    for package, us, n in by_package(rows)[:top]:
+        print(f"    {package:28s} {us / 1000:7.1f} ms  {n:4d} modules")
+
+
+def import_profile(runs: int, top: int = 12) -> None:
+    """Where the floor goes, step by step; then the hub's start (schema current) under
+    -X importtime, split into the floor's modules and what the hub adds to them."""
+    steps = floor_steps(runs)
+    print(
+        f"where the floor goes (a bare interpreter importing it step by step; what each step adds, median of {runs}):"
+    )
+    for st in steps:
+        print(f"  {st.label:48s} {st.cpu_s:6.3f} s CPU  {st.rss_mb:+6.1f} MB  {st.modules:+4d} modules")
+    cpu, rss = sum(st.cpu_s for st in steps), sum(st.rss_mb for st in steps)
+    verdict = "above" if cpu > GOAL_START_S or rss > GOAL_RSS_MB else "within"
+    print(
+        f"  {'the floor':48s} {cpu:6.3f} s CPU  {rss:6.1f} MB   goal {GOAL_START_S} s, {GOAL_RSS_MB:g} MB:"
+        f" the floor alone is {verdict} it on this machine"
+    )
     workdir = Path(tempfile.mkdtemp(prefix="hub-footprint-"))
     try:
+        floor_log = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", f"import {', '.join(REQUIRED)}"],
+            env=child_env(),
+            capture_output=True,
+            check=True,
+        ).stderr.decode()
+        floor_modules = {name for name, _us in importtime_rows(floor_log)}
         port = free_port()
         stop_hub(start_hub(workdir, port).proc)  # creates the schema: the profiled start finds it current
         started = start_hub(workdir, port, command=[sys.executable, "-X", "importtime", "-m", "hub", "run"])
         stop_hub(started.proc)
-        by_package: dict[str, int] = {}
-        modules = 0
-        for line in (workdir / "stderr.log").read_text().splitlines():
-            if not line.startswith("import time:") or "|" not in line or "self [us]" in line:
-                continue
-            # "import time: <self us> | <cumulative us> | <indented module name>"
-            head, _cumulative, name = line.split("|")
-            package = name.strip().split(".")[0]
-            by_package[package] = by_package.get(package, 0) + int(head.split(":")[1])
-            modules += 1
-        total = sum(by_package.values())
-        print(f"imports at start: {modules} modules, {total / 1e6:.3f} s (inflated by -X importtime)")
-        for package, us in sorted(by_package.items(), key=lambda kv: -kv[1])[:top]:
-            print(f"  {package:28s} {us / 1000:7.1f} ms")
+        rows = importtime_rows((workdir / "stderr.log").read_text())
+        print("imports at start, schema current (self time, inflated by -X importtime):")
+        print_packages(
+            "the floor's (imported by the required libraries alone too)",
+            [r for r in rows if r[0] in floor_modules],
+            top,
+        )
+        print_packages("what the hub adds", [r for r in rows if r[0] not in floor_modules], top)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -246,7 +344,7 @@ def main() -> int:
         f" {median('rss_mb') - median('floor_rss_mb'):+.1f} MB (floor: {', '.join(REQUIRED)})"
     )
     if args.imports:
-        import_profile()
+        import_profile(args.runs)
     return 0
 
 
