@@ -22,7 +22,6 @@ from hub.jobs.images import ImageJobs
 from hub.jobs.results import JobDelivery
 from hub.jobs.service import JobService
 from hub.metrics import Metrics
-from hub.providers.generation import ImageProvider, JobProvider
 from hub.replies import EventReplier, LiveSink
 from hub.routing.access import AccessControl
 from hub.routing.context import Replier
@@ -50,6 +49,7 @@ from hub.storage.web_events import WebEventRepo
 
 if TYPE_CHECKING:
     from hub.providers.chat_models import ModelGateway
+    from hub.providers.generation import ImageProvider, JobProvider
 
 
 @dataclass

@@ -13,15 +13,18 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hub.errors import ProviderError
 from hub.i18n import N_
 from hub.jobs.results import JobDelivery, Reason, no_longer_set_up, too_large
-from hub.providers.generation import GeneratedImage, ImageProvider
 from hub.storage.db import utcnow
 from hub.storage.jobs import DELIVERED, FAILED, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo, NewJob
 from hub.storage.media import MediaStore, MediaTooLarge, StoredMedia
+
+if TYPE_CHECKING:
+    # The providers' module (and its HTTP client) is imported with a configured provider only.
+    from hub.providers.generation import GeneratedImage, ImageProvider
 
 # The poller's logger: a job's whole story is under one name.
 log = logging.getLogger(__name__)

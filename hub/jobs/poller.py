@@ -23,12 +23,13 @@ from hub.i18n import N_
 from hub.jobs.images import IMAGE_PROVIDER, ImageJobs
 from hub.jobs.results import STARTED, JobDelivery, Reason, no_longer_set_up
 from hub.metrics import Metrics
-from hub.providers.generation import JobProvider, Poll
 from hub.storage.db import utcnow
 from hub.storage.jobs import FAILED, QUEUED, RUNNING, SUBMITTED, SUCCEEDED, TIMED_OUT, Job, JobRepo, NextPoll
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from hub.providers.generation import JobProvider, Poll
 
 log = logging.getLogger(__name__)
 

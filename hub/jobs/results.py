@@ -23,7 +23,6 @@ from hub.events import Audio, Image, Message, Video
 from hub.fetch import Fetcher, FetchPolicy, FetchTooLarge
 from hub.i18n import N_, Texts, texts
 from hub.i18n.language import HINT_KEY, ChatLanguages
-from hub.providers.generation import download
 from hub.redact import safe_text
 from hub.storage.db import utcnow
 from hub.storage.jobs import ACTIVE, DELIVERED, FAILED, SUCCEEDED, TIMED_OUT, Job, JobRepo
@@ -214,6 +213,8 @@ class JobDelivery:
         """Download a result into the media store, up to `max_download_bytes`."""
         if not url:
             raise ProviderError("the provider gave no result URL", retryable=False)
+        from hub.providers.generation import download  # a job ran, so a provider is configured
+
         ext, default_mime = MEDIA_DEFAULTS[job.skill]
         async with download(self._fetcher, url, max_bytes=self.max_download_bytes) as (ctype, chunks):
             mime = (ctype or "").split(";")[0].strip() or default_mime
