@@ -30,6 +30,8 @@ NOT_AT_START = {
     "apscheduler",  # only with a video or music provider
     "prometheus_client",
     "asyncpg",  # only on PostgreSQL
+    "tomllib",  # only with a configuration file (this start has none)
+    "difflib",  # only to suggest a key for a mistake in the configuration
 }
 NOT_AT_START_HUB = (
     "hub.channels.telegram",
@@ -38,6 +40,8 @@ NOT_AT_START_HUB = (
     "hub.channels.qq",
     "hub.channels.onebot",
     "hub.providers.chat_models",
+    "hub.providers.generation",  # only with a [providers.*] section
+    "hub.client",
     "hub.api",  # the delivery API: only with [api] token
     "sqlalchemy.dialects.postgresql",
 )
