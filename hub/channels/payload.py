@@ -28,7 +28,10 @@ def parse_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass
     else:
-        _check_depth(data)
+        # Each level opens with one of these bytes (strings may hold more): with few enough
+        # of them the document cannot be too deep, and walking it is not needed.
+        if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+            _check_depth(data)
         return data
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)

@@ -8,7 +8,6 @@ account. The peer is the TCP peer, never a header a client can write.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 
@@ -54,6 +53,7 @@ def check_signature(request: web.Request, body: bytes, secret: str | None) -> No
     header = request.headers.get("X-Signature", "")
     if not header:
         raise VerificationFailed("X-Signature required", 401)
-    expected = "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
-    if not hmac.compare_digest(expected.encode(), header.strip().lower().encode()):
+    # One C call: building an hmac object per event cost more than the digest itself.
+    expected = b"sha1=" + hmac.digest(secret.encode(), body, "sha1").hex().encode()
+    if not hmac.compare_digest(expected, header.strip().lower().encode()):
         raise VerificationFailed("wrong signature", 403)

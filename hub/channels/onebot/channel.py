@@ -124,17 +124,14 @@ class OneBotChannel(Channel):
         if isinstance(parsed, Ignored):
             if parsed.self_id and parsed.own_message_id:
                 self.sent.add(parsed.self_id, parsed.own_message_id)
-            log.debug("event=onebot_ignored via=%s reason=%s", via, parsed.reason)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("event=onebot_ignored via=%s reason=%s", via, parsed.reason)
             return
         new = await self._ingress.submit(parsed)
-        log.info(
-            "event=onebot_in via=%s id=%s chat=%s new=%s ms=%.1f",
-            via,
-            parsed.id,
-            parsed.chat,
-            new,
-            (time.perf_counter() - started) * 1000,
-        )
+        # Per event, so debug: at thousands a second an info line each cost more than parsing the event.
+        if log.isEnabledFor(logging.DEBUG):
+            ms = (time.perf_counter() - started) * 1000
+            log.debug("event=onebot_in via=%s id=%s chat=%s new=%s ms=%.1f", via, parsed.id, parsed.chat, new, ms)
 
     # --- in: the reverse WebSocket ----------------------------------------------------------
 
@@ -191,7 +188,8 @@ class OneBotChannel(Channel):
             mid = sent_id(await self.call(self_id, action, params))
             if mid is not None:
                 self.sent.add(self_id, mid)
-            log.debug("event=onebot_out self_id=%s action=%s parts=%s", self_id, action, describe(part))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("event=onebot_out self_id=%s action=%s parts=%s", self_id, action, describe(part))
             return mid
 
         return SendResult(tuple(await send_parts(parts, request, one)))

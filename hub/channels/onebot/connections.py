@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import secrets
 from typing import Any
 
 from aiohttp import web
 
+from hub import jsoncodec
 from hub.errors import SendError
 
 log = logging.getLogger("hub.onebot")
@@ -44,7 +44,7 @@ class Connection:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters[echo] = fut
         try:
-            frame = json.dumps({"action": action, "params": params, "echo": echo}, ensure_ascii=False)
+            frame = jsoncodec.dumps({"action": action, "params": params, "echo": echo})
             async with self._lock:
                 await self.ws.send_str(frame)
             return await asyncio.wait_for(fut, wait_s)

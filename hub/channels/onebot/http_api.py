@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+from aiohttp.payload import BytesPayload
+from yarl import URL
 
 from hub import jsoncodec
 from hub.errors import SendError
-
-_JSON = {"Content-Type": "application/json"}
 
 
 class HttpApi:
@@ -24,10 +24,20 @@ class HttpApi:
         self._headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}  # parsed once per action, not per call
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+            # No cookie jar: the API sets none worth keeping, and the jar is looked up per call.
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, headers=self._headers, cookie_jar=aiohttp.DummyCookieJar()
+            )
+
+    def _url(self, action: str) -> URL:
+        url = self._urls.get(action)
+        if url is None:
+            url = self._urls[action] = URL(f"{self._base}/{action}")
+        return url
 
     async def stop(self) -> None:
         if self._session is not None:
@@ -38,10 +48,10 @@ class HttpApi:
         if self._session is None:
             raise SendError("the OneBot HTTP API client is not started", retryable=True)
         try:
-            async with self._session.post(
-                f"{self._base}/{action}", data=jsoncodec.dumps_bytes(params), headers=_JSON
-            ) as resp:
-                body = await resp.read()
+            # A ready payload with its type: no per-call payload lookup nor header merge.
+            body = BytesPayload(jsoncodec.dumps_bytes(params), content_type="application/json")
+            async with self._session.post(self._url(action), data=body) as resp:
+                answer = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SendError(f"{action}: {type(exc).__name__}", retryable=True) from None
@@ -52,6 +62,6 @@ class HttpApi:
         if status >= 300:
             raise SendError(f"{action}: HTTP {status}", retryable=True)
         try:
-            return jsoncodec.loads(body)
+            return jsoncodec.loads(answer)
         except (ValueError, RecursionError):
             raise SendError(f"{action}: answer is not JSON", retryable=True) from None

@@ -47,6 +47,13 @@ class Renderer:
 
     async def render(self, message: Message, quote_id: str | None, request: SendRequest) -> list[OneBotMessage]:
         """`request` is what `message` came in (a note's language)."""
+        segments = message.segments
+        if len(segments) == 1 and isinstance(segments[0], Text) and len(segments[0].text) <= self._text_max:
+            # Most replies: one short text, one array, nothing to split.
+            part: OneBotMessage = [{"type": "text", "data": {"text": segments[0].text}}]
+            if quote_id:
+                part.insert(0, {"type": "reply", "data": {"id": quote_id}})
+            return [part]
         parts: list[OneBotMessage] = []
         current: OneBotMessage = []
 
@@ -56,7 +63,7 @@ class Renderer:
                 parts.extend(_split(current, self._text_max))
             current = []
 
-        for seg in message.segments:
+        for seg in segments:
             if isinstance(seg, Text):
                 current.append({"type": "text", "data": {"text": seg.text}})
             elif isinstance(seg, Mention):
