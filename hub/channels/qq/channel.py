@@ -72,7 +72,9 @@ class QQChannel(Channel):
         self._sender = QQSender(self.api, media, public_url, self.passive, languages)
         self._release_waiting = release_waiting
         self._housekeeping: asyncio.Task[None] | None = None
-        self._later: set[asyncio.Task[None]] = set()
+        # chat → its one pending second release, and when it is due (the latest message + the delay).
+        self._later: dict[str, asyncio.Task[None]] = {}
+        self._release_due: dict[str, float] = {}
         self.release_again_s = RELEASE_AGAIN_S
 
     def routes(self) -> list[web.RouteDef]:
@@ -83,9 +85,10 @@ class QQChannel(Channel):
         self._housekeeping = asyncio.create_task(self._expire_slots(), name="qq-slot-expiry")
 
     async def stop(self) -> None:
-        for task in list(self._later):
+        later = list(self._later.values())
+        for task in later:
             task.cancel()
-        await asyncio.gather(*self._later, return_exceptions=True)
+        await asyncio.gather(*later, return_exceptions=True)
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,10 +135,8 @@ class QQChannel(Channel):
         released: list[int] = []
         if new:
             released = await self._release_waiting(str(event.chat))
-            task = asyncio.create_task(self._release_later(str(event.chat)), name="qq-release-again")
-            self._later.add(task)
-            task.add_done_callback(self._later.discard)
-        log.info(
+            self._release_again(str(event.chat))
+        log.debug(
             "event=qq_in id=%s t=%s new=%s released=%d ms=%.1f",
             env.id,
             env.t,
@@ -153,13 +154,28 @@ class QQChannel(Channel):
         ids = await self._sender.send(request)
         return SendResult(tuple(ids))
 
+    def _release_again(self, chat: str) -> None:
+        """Release `chat` once more `release_again_s` after its latest message. A chat writing
+        fast gets one such release (an UPDATE) after its last message, not one per message:
+        each message releases the chat at once anyway, which covers what was parked before it."""
+        self._release_due[chat] = asyncio.get_running_loop().time() + self.release_again_s
+        if chat not in self._later:
+            self._later[chat] = asyncio.create_task(self._release_later(chat), name="qq-release-again")
+
     async def _release_later(self, chat: str) -> None:
-        await asyncio.sleep(self.release_again_s)
+        loop = asyncio.get_running_loop()
         try:
-            if ids := await self._release_waiting(chat):
-                log.info("event=qq_released_late chat=%s count=%d", chat, len(ids))
-        except Exception:
-            log.exception("event=qq_release_failed chat=%s", chat)
+            while (due := self._release_due.pop(chat, None)) is not None:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if chat in self._release_due:
+                    continue  # another message came meanwhile: wait until after that one
+                try:
+                    if ids := await self._release_waiting(chat):
+                        log.info("event=qq_released_late chat=%s count=%d", chat, len(ids))
+                except Exception:
+                    log.exception("event=qq_release_failed chat=%s", chat)
+        finally:
+            self._later.pop(chat, None)
 
     async def _expire_slots(self) -> None:
         while True:

@@ -24,12 +24,17 @@ REPLIES_PER_MSG = 5
 MARGIN_S = 20.0
 # How long a closed window's row is kept (retries of old events still find it spent).
 KEEP = timedelta(days=8)
+# How many msg_ids this process remembers having opened.
+OPENED_KEPT = 10_000
 
 
 class PassiveReplies:
     def __init__(self, slots: ReplySlotRepo, windows: Mapping[str, float] | None = None) -> None:
         self._slots = slots
         self.windows = {**WINDOWS, **(windows or {})}
+        # The msg_ids this process opened, newest last: a reply to one of them need not open
+        # it again (one write less per reply). Bounded; forgetting one only costs that write.
+        self._opened: dict[str, None] = {}
 
     def closes_at(self, kind: str, msg_at: datetime) -> datetime:
         window = self.windows.get(kind, WINDOWS["group"])
@@ -41,6 +46,7 @@ class PassiveReplies:
         if isinstance(msg_id, str) and msg_id:
             at = _msg_at(event.context) or event.received_at
             await self._slots.open(msg_id, str(event.chat), at, self.closes_at(event.chat.kind, at))
+            self._remember(msg_id)
 
     async def take(self, target: ChatRef, context: Mapping[str, Any] | None) -> Slot | None:
         """A slot for one reply to `target`: its own msg_id first, else the chat's newest."""
@@ -48,13 +54,20 @@ class PassiveReplies:
         msg_id = (context or {}).get("msg_id")
         if isinstance(msg_id, str) and msg_id:
             at = _msg_at(context or {})
-            if at is not None:
-                # The inbound side opens it; after a crash between the two, open it here.
+            if at is not None and msg_id not in self._opened:
+                # The inbound side opens it; after a crash between the two (or in another
+                # process), open it here.
                 await self._slots.open(msg_id, chat, at, self.closes_at(target.kind, at))
+                self._remember(msg_id)
             slot = await self._slots.take(msg_id, chat)
             if slot is not None:
                 return slot
         return await self._slots.take_latest(chat)
+
+    def _remember(self, msg_id: str) -> None:
+        self._opened[msg_id] = None
+        if len(self._opened) > OPENED_KEPT:
+            del self._opened[next(iter(self._opened))]
 
     async def close(self, msg_id: str) -> None:
         await self._slots.close(msg_id)

@@ -57,7 +57,7 @@ class QQSender:
         async def send_one(n: int, part: Part) -> str | None:
             body = await self._prepare(base, part, request)
             out = await self._reply(target, request.context, base, body)
-            log.info("event=qq_sent target=%s part=%d kind=%s msg_seq=%d", target, n, part.kind, body["msg_seq"])
+            log.debug("event=qq_sent target=%s part=%d kind=%s msg_seq=%d", target, n, part.kind, body["msg_seq"])
             return out["id"] if isinstance(out.get("id"), str) else None
 
         return await send_parts(render(request.message, TEXT_BYTES), request, send_one)
