@@ -229,15 +229,16 @@ class AccessControl:
             ttl = rules.pairing_ttl_s or 3600
             code = await self._pairing.issue(ctx.user, where, ttl)
             left = describe_wait((code.expires_at - self._clock()).total_seconds(), ctx.t)
-            if answer:
-                await ctx.reply(ctx.t(PAIRING, code=code.code, left=left, user=ctx.user))
+            # Recorded before the answer goes: whoever reads it finds it in the audit.
             log.info("event=pairing_code user=%s chat=%s", ctx.user, where)
             await self._audit.record(ctx.user, "access", "pairing", chat=where, detail=f"code {code.code} issued")
+            if answer:
+                await ctx.reply(ctx.t(PAIRING, code=code.code, left=left, user=ctx.user))
             return
-        if answer:
-            await ctx.reply(ctx.t(NOT_ALLOWED, user=ctx.user))
         log.info("event=refused reason=not_allowed chat=%s user=%s", where, ctx.user)
         await self._audit.record(ctx.user, "access", "refused", chat=where, detail="not on the allowlist")
+        if answer:
+            await ctx.reply(ctx.t(NOT_ALLOWED, user=ctx.user))
 
     async def housekeeping(self) -> None:
         """Drop expired pairing codes and usage older than `USAGE_KEPT_DAYS` (run hourly)."""
@@ -298,11 +299,11 @@ class AccessControl:
             return
         if await self._usage.take(ctx.user, skill, day, limit) is None:
             assert limit is not None
-            await ctx.reply(used_up(ctx.t, skill, limit, now))
             log.info("event=refused reason=quota user=%s skill=%s limit=%d", ctx.user, skill, limit)
             await self._audit.record(
                 ctx.user, f"quota {skill}", "refused", chat=str(event.chat), detail=f"{limit} per day used up"
             )
+            await ctx.reply(used_up(ctx.t, skill, limit, now))
             return
         try:
             await call_next(event, ctx)

@@ -233,10 +233,11 @@ class Router:
 
         async def innermost(_event: Event, c: Context) -> None:
             if refusal is not None:
-                await c.reply(refusal)
+                # The audit first, then the answer: whoever reads the refusal finds it recorded.
                 if reason is not None:
                     for hook in self._refusal_hooks:
                         await hook(c, reason)
+                await c.reply(refusal)
                 return
             assert info is not None
             await info.handler(c)
