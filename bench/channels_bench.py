@@ -16,7 +16,7 @@ carrying `/help`, from `--users` users in turn, over `--concurrency` keep-alive 
                                    [--concurrency 50] [--users 200] [--profile [DIR]]
 
 `--profile` records the hub with py-spy during each burst (`DIR/<channel>.txt`, collapsed
-stacks; `python /work/tools/stacks.py` or any flame graph tool reads them).
+stacks, which any flame graph tool reads).
 
 Goal (issue 17): about 0.5 ms of hub CPU per inbound event, on every channel alike.
 """
