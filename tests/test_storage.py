@@ -174,6 +174,24 @@ async def test_outbox_release_all_makes_a_dead_runs_claims_available_at_once(db:
     assert [i.message.text for i in await restarted.claim_due(10)] == ["x"]
 
 
+async def test_waiting_messages_are_released_per_chat_and_once(db: Database) -> None:
+    repo = OutboxRepo(db, "run")
+    p, q, r = (ChatRef("fake", "private", c) for c in "pqr")
+    ids = {}
+    for target, body in ((p, "p1"), (q, "q1"), (r, "r1")):
+        ids[body] = await repo.enqueue(NewMessage(target, Message.of(body)))
+    assert len(await repo.claim_due(10)) == 3
+    for body in ("p1", "q1", "r1"):
+        assert await repo.mark_waiting(ids[body], error="nothing to answer")
+    # Released together (one batch of the writer): each chat gets its own, a chat named twice
+    # gets its rows once, and a chat that wrote nothing keeps its message waiting.
+    got = await asyncio.gather(*(repo.release_waiting(str(t)) for t in (p, q, p)))
+    assert sorted(map(sorted, got)) == [[], [ids["p1"]], [ids["q1"]]]
+    status = {row["id"]: row["status"] for row in await repo.all_rows()}
+    assert (status[ids["p1"]], status[ids["q1"]], status[ids["r1"]]) == ("pending", "pending", "waiting")
+    assert sorted(i.message.text for i in await repo.claim_due(10)) == ["p1", "q1"]
+
+
 async def test_outbox_updates_are_fenced_on_the_holder(db: Database) -> None:
     slow = OutboxRepo(db, "slow", lease_s=0.2)
     fast = OutboxRepo(db, "fast", lease_s=30)

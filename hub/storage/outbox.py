@@ -137,11 +137,13 @@ class OutboxRepo:
         self._k_sent = f"outbox.sent:{id(self)}"
         self._k_progress = f"outbox.progress:{id(self)}"
         self._k_claim = f"outbox.claim:{id(self)}"
+        self._k_release = f"outbox.release:{id(self)}"
         # In this order in a batch's transaction: a claim sees the messages queued and the
         # marks made beside it.
         db.writer.register_sync(self._k_enqueue, self._enqueue_batch)
         db.writer.register_sync(self._k_sent, self._sent_batch)
         db.writer.register_sync(self._k_progress, self._progress_batch)
+        db.writer.register_sync(self._k_release, self._release_batch)
         db.writer.register_sync(self._k_claim, self._claim_batch)
         # Built once: a statement kept is compiled (and its cache key computed) once, not per batch.
         self._claim_stmt = self._build_claim()
@@ -150,6 +152,12 @@ class OutboxRepo:
             update(outbox)
             .where(outbox.c.id == bindparam("b_id"), outbox.c.status == "pending", outbox.c.holder == holder)
             .values(progress=bindparam("b_progress"))
+        )
+        self._release_stmt = (
+            update(outbox)
+            .where(outbox.c.target.in_(bindparam("b_targets", expanding=True)), outbox.c.status == "waiting")
+            .values(status="pending", next_attempt_at=db.now(), holder=None, lease_until=None)
+            .returning(outbox.c.id, outbox.c.target)
         )
 
     async def enqueue(self, msg: NewMessage, *, already_sent: bool = False) -> int:
@@ -356,15 +364,20 @@ class OutboxRepo:
 
     async def release_waiting(self, target: str) -> list[int]:
         """The chat wrote again: its waiting messages become due now. One UPDATE, so of two
-        processes releasing the same chat only one gets each row."""
-        stmt = (
-            update(outbox)
-            .where(outbox.c.target == target, outbox.c.status == "waiting")
-            .values(status="pending", next_attempt_at=self._db.now(), holder=None, lease_until=None)
-            .returning(outbox.c.id)
-        )
-        async with self._db.engine.begin() as conn:
-            return sorted(int(r.id) for r in await conn.execute(stmt))
+        processes releasing the same chat only one gets each row. Batched: a burst of
+        messages releases its chats in one statement."""
+        ids: list[int] = await self._db.writer.submit(self._k_release, target)
+        return ids
+
+    def _release_batch(self, conn: Connection, targets: list[str]) -> Sequence[list[int]]:
+        released: dict[str, list[int]] = {t: [] for t in targets}
+        for r in conn.execute(self._release_stmt, {"b_targets": list(released)}):
+            released[r.target].append(int(r.id))
+        # A chat named twice in one batch gets its rows once (the first asker), like two UPDATEs would.
+        out: list[list[int]] = []
+        for t in targets:
+            out.append(sorted(released.pop(t, [])))
+        return out
 
     async def statuses(self, keys: Sequence[str]) -> dict[str, str]:
         """The status of the messages queued under these idempotency keys (known ones only)."""

@@ -50,19 +50,19 @@ class PassiveReplies:
 
     async def take(self, target: ChatRef, context: Mapping[str, Any] | None) -> Slot | None:
         """A slot for one reply to `target`: its own msg_id first, else the chat's newest."""
-        chat = str(target)
         msg_id = (context or {}).get("msg_id")
-        if isinstance(msg_id, str) and msg_id:
-            at = _msg_at(context or {})
-            if at is not None and msg_id not in self._opened:
-                # The inbound side opens it; after a crash between the two (or in another
-                # process), open it here.
-                await self._slots.open(msg_id, chat, at, self.closes_at(target.kind, at))
-                self._remember(msg_id)
-            slot = await self._slots.take(msg_id, chat)
-            if slot is not None:
-                return slot
-        return await self._slots.take_latest(chat)
+        if not (isinstance(msg_id, str) and msg_id):
+            return await self._slots.take_latest(str(target))
+        opens: tuple[datetime, datetime] | None = None
+        at = _msg_at(context or {})
+        if at is not None and msg_id not in self._opened:
+            # The inbound side opens it; after a crash between the two (or in another
+            # process), the reply opens it, in the same write as its take.
+            opens = (at, self.closes_at(target.kind, at))
+        slot = await self._slots.take_reply(str(target), msg_id, opens)
+        if opens is not None:
+            self._remember(msg_id)
+        return slot
 
     def _remember(self, msg_id: str) -> None:
         self._opened[msg_id] = None
